@@ -1,0 +1,74 @@
+"""Config helpers: instantiate registry entries, resolvers, and checks that need no data."""
+from __future__ import annotations
+
+import secrets
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from noisybench.errors import ConfigError
+
+CONFIG_MODULE = "noisybench.conf"
+CONFIG_NAME = "train"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def register_resolvers() -> None:
+    """`${nb_uid:}`: a random tag, cached per config, so run/sweep dirs never collide when two jobs
+    start in the same second (Hydra copies the resolver cache into every job of a sweep)."""
+    if not OmegaConf.has_resolver("nb_uid"):
+        OmegaConf.register_new_resolver("nb_uid", lambda: secrets.token_hex(3), use_cache=True)
+
+
+def build(node: DictConfig):
+    """Instantiate a registry entry (a partial for `_partial_: true` entries; the runner supplies
+    the runtime arguments). `name` is the entry's label, not a constructor argument."""
+    container = OmegaConf.to_container(node, resolve=True)
+    container.pop("name", None)
+    try:
+        return instantiate(container)
+    except ConfigError:
+        raise
+    except Exception as e:  # hydra wraps constructor errors in InstantiationException
+        cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device={device!r} is not a device; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={device} but CUDA is not available here; use trainer.device=auto or cpu")
+    return dev
+
+
+def check_trainer(t: DictConfig) -> None:
+    if not int(t.epochs) >= 1:
+        raise ConfigError(f"trainer.epochs={t.epochs} must be >= 1")
+    if not int(t.batch_size) >= 1:
+        raise ConfigError(f"trainer.batch_size={t.batch_size} must be >= 1")
+    if not int(t.eval_every) >= 1:
+        raise ConfigError(f"trainer.eval_every={t.eval_every} must be >= 1")
+    resolve_device(str(t.device))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every check that needs no data: run before any directory is written."""
+    check_trainer(cfg.trainer)
+    build(cfg.noise)
+    build(cfg.method)(num_classes=2)  # hyperparameter checks do not depend on the class count
+    try:
+        build(cfg.optim.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    except ValueError as e:
+        raise ConfigError(f"optim.optimizer: {e}") from None
+    if cfg.dataset.get("subset") is not None and int(cfg.dataset.subset) < 1:
+        raise ConfigError(f"dataset.subset={cfg.dataset.subset} must be a positive number of samples (or null for all)")
+    if not 0.0 <= float(cfg.dataset.val_fraction) < 1.0:
+        raise ConfigError(f"dataset.val_fraction={cfg.dataset.val_fraction} is outside [0, 1)")

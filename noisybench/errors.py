@@ -1,0 +1,17 @@
+"""Errors a user can fix. The CLI prints their message as one line and exits non-zero."""
+
+
+class NoisybenchError(Exception):
+    """Base class: the message must say what is wrong and how to fix it, in one line."""
+
+
+class ConfigError(NoisybenchError, ValueError):
+    """A config value is out of range or inconsistent."""
+
+
+class DataError(NoisybenchError):
+    """A dataset file is missing, corrupt, or cannot be obtained."""
+
+
+class NonFiniteLossError(NoisybenchError):
+    """Training produced a NaN or infinite loss."""

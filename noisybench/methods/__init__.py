@@ -1,0 +1,1 @@
+"""Training methods. One file per method; see `base.LossMethod` for the protocol."""

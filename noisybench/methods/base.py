@@ -1,0 +1,46 @@
+"""The method protocol the runner calls.
+
+A *loss method* (CE, GCE, DAL) implements `forward(logits, targets) -> per-sample losses` and may
+react to the epoch in `on_epoch_start`. The default `train_step` does one optimizer step on the mean
+loss. A *step method* (STORM, anything meta-learned) overrides `train_step` and owns the whole step.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class Batch(NamedTuple):
+    x: torch.Tensor
+    y: torch.Tensor  # noisy labels
+    index: torch.Tensor  # positions in the training split (for per-sample state)
+
+
+class LossMethod(nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        """Called before every epoch (0-based). Schedules live here, not in the runner."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
+        """One optimisation step; returns the batch's mean loss as a detached device tensor."""
+        loss = self(model(batch.x), batch.y).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    def hparams(self) -> dict:
+        """Hyperparameters recorded with each run."""
+        return {}
+
+    def state(self) -> dict:
+        """Schedule values for this epoch, logged in metrics.csv (e.g. DAL's q and lambda)."""
+        return {}

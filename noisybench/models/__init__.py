@@ -1,0 +1,1 @@
+"""Plain nn.Modules. Each takes `input_shape` and `num_classes` from the runner."""

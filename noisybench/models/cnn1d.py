@@ -1,0 +1,32 @@
+"""Small 1-D CNN for MNIST-1D: the `ConvBase` of the MNIST-1D paper (Greydanus, 2020).
+
+Three conv layers (kernel 5 stride 2, then 3, 3; `channels` filters each, ReLU) and a linear head.
+An input of shape (L,) is treated as one channel; (C, L) as C channels.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class CNN1D(nn.Module):
+    def __init__(self, input_shape: Sequence[int], num_classes: int, channels: int = 25,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        in_ch = 1 if len(input_shape) == 1 else int(input_shape[0])
+        self.features = nn.Sequential(
+            nn.Conv1d(in_ch, channels, 5, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=1, padding=1), nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=1, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Dropout(dropout),
+        )
+        with torch.no_grad():
+            width = self.features(torch.zeros(1, in_ch, int(input_shape[-1]))).shape[1]
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(1)
+        return self.head(self.features(x))

@@ -1,0 +1,16 @@
+"""No noise: the labels are returned unchanged."""
+from __future__ import annotations
+
+from noisybench.errors import ConfigError
+from noisybench.noise import NoiseInjector
+
+
+class NoNoise(NoiseInjector):
+    def __init__(self, rate: float = 0.0, seed: int = 0) -> None:
+        super().__init__(rate, seed)
+        if self.rate != 0.0:
+            raise ConfigError(f"noise=none corrupts nothing but noise.rate={self.rate}; "
+                              "use noise=symmetric noise.rate=<rate> (or drop noise.rate)")
+
+    def corrupt(self, labels, num_classes, rng, features):
+        return labels.copy()
