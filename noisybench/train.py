@@ -97,6 +97,7 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     sched_cfg = cfg.optim.get("scheduler")
     scheduler = build(sched_cfg)(optimizer) if sched_cfg is not None and sched_cfg.get("_target_") else None
 
+    method.on_train_start(ds.x_train, ds.y_train, seed)
     n = len(ds.y_train)
     rows: list[dict] = []
     t_start = time.perf_counter()

@@ -23,6 +23,10 @@ class LossMethod(nn.Module):
         super().__init__()
         self.num_classes = int(num_classes)
 
+    def on_train_start(self, x_train: torch.Tensor, y_train: torch.Tensor, seed: int) -> None:
+        """Called once before training with the training split (NOISY labels only) and the
+        training seed; step methods that draw extra batches (e.g. STORM's meta batch) keep them."""
+
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called before every epoch (0-based). Schedules live here, not in the runner."""
 
