@@ -170,6 +170,10 @@ def report_main(args: list[str]) -> int:
     if missing:
         print(f"noisybench: error: no such path: {', '.join(missing)}", file=sys.stderr)
         return 2
+    if load_summary(a.paths).empty:
+        print("noisybench: error: no result.json found under the given paths (finished runs have one)",
+              file=sys.stderr)
+        return 1
     if a.out:
         df = write_report(a.paths, a.out, formats, kinds)
         print(f"{len(df)} runs -> {a.out}/summary.csv, " + ", ".join(str(a.out / WRITERS[f][0]) for f in formats))
@@ -177,9 +181,6 @@ def report_main(args: list[str]) -> int:
         df = load_summary(a.paths)
         for f in formats:
             print(WRITERS[f][1](df, kinds))
-    if df.empty:
-        print("noisybench: error: no result.json found under the given paths", file=sys.stderr)
-        return 1
     return 0
 
 
