@@ -78,15 +78,15 @@ def preflight(args: list[str]) -> str | None:
     if any(a.startswith("-") and a not in _HYDRA_FLAGS for a in args):
         return None  # --help, --cfg, --info ...: Hydra's own flags
     overrides = [a for a in args if a not in _HYDRA_FLAGS and not a.lstrip("+~").startswith("hydra")]
-    from hydra import compose, initialize_config_module
+    from hydra import compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from noisybench.config import CONFIG_MODULE, CONFIG_NAME, validate
+    from noisybench.config import CONFIG_NAME, hydra_context, validate
 
     try:
         jobs = _grid(overrides)
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        with hydra_context():
             for job in jobs:
                 validate(compose(CONFIG_NAME, overrides=job))
     except NoisybenchError as e:
@@ -123,14 +123,14 @@ def _train_task(cfg) -> None:
 def train_main(args: list[str]) -> int:
     import hydra
 
-    from noisybench.config import CONFIG_NAME, register_resolvers
+    from noisybench.config import CONFIG_NAME, config_path, register_resolvers
 
     register_resolvers()
     err = preflight(args)
     if err:
         print(f"noisybench: error: {err}", file=sys.stderr)
         return 2
-    app = hydra.main(version_base="1.3", config_path="pkg://noisybench.conf", config_name=CONFIG_NAME)(_train_task)
+    app = hydra.main(version_base="1.3", config_path=config_path(), config_name=CONFIG_NAME)(_train_task)
     _FAILURES.clear()
     saved = sys.argv
     sys.argv = ["noisybench train", *args]

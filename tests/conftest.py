@@ -5,9 +5,9 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
+from hydra import compose
 
-from noisybench.config import CONFIG_MODULE, CONFIG_NAME, register_resolvers
+from noisybench.config import CONFIG_NAME, hydra_context, register_resolvers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -32,7 +32,7 @@ def make_cfg(data_dir):
         shrink = [f"data_dir={data_dir}", "trainer.device=cpu", "trainer.progress=false"]
         if tiny:
             shrink += ["dataset.subset=128", "trainer.epochs=2", "trainer.batch_size=64"]
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        with hydra_context():
             return compose(CONFIG_NAME, overrides=[*shrink, *overrides])
 
     return _make
