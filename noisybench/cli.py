@@ -36,9 +36,10 @@ def _condense_hydra_error(e: Exception) -> str:
     msg = str(e)
     if "Could not find" in msg and "Available options" in msg:
         head, _, opts = msg.partition("Available options")
+        opts = opts.split("Config search path")[0]
         options = ", ".join(o.strip() for o in opts.split("\n")[1:] if o.strip())
         group = opts.split("\n")[0].strip(" :in'")
-        return f"{_one_line(head)} Choose one of {group}: {options}"
+        return f"{_one_line(head).rstrip('.')}. Choose one of {group}: {options}"
     cause = e.__cause__
     parts = [msg.split("\n")[0]]
     if "Could not override" in msg or "not in struct" in msg or "Key" in msg:
