@@ -139,7 +139,9 @@ def lookahead(p: torch.Tensor, g: torch.Tensor, group: dict, state: dict, kind: 
     step = float(state["step"]) + 1 if "step" in state else 1.0
     m = (1 - beta1) * g if "exp_avg" not in state else beta1 * state["exp_avg"] + (1 - beta1) * g
     v = (1 - beta2) * g * g if "exp_avg_sq" not in state else beta2 * state["exp_avg_sq"] + (1 - beta2) * g * g
-    denom = v.sqrt() / math.sqrt(1 - beta2 ** step) + group["eps"]
+    pos = v > 0  # sqrt'(0) = inf would turn the zero gradients of unused units into NaN
+    root = torch.where(pos, torch.where(pos, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
+    denom = root / math.sqrt(1 - beta2 ** step) + group["eps"]
     return p - (lr / (1 - beta1 ** step)) * m / denom
 
 
@@ -197,7 +199,7 @@ class STORM(LossMethod):
     def __init__(self, num_classes: int, base_loss="ce", forward_passes: int = 3,
                  class_separation: bool = True, first_order: bool = False, meta_interval: int = 1,
                  features: str = "full", meta_loss_rescaling: bool = True, meta_source: str = "noisy_train",
-                 rescaler_lr: float = 1e-2) -> None:
+                 rescaler_lr: float = 1e-2, normalize_weights: bool = False) -> None:
         super().__init__(num_classes)
         if int(forward_passes) < 1:
             raise ConfigError(f"method.forward_passes={forward_passes} must be >= 1 (the paper uses 3)")
@@ -221,6 +223,7 @@ class STORM(LossMethod):
         self.meta_loss_rescaling = bool(meta_loss_rescaling)
         self.meta_source = meta_source
         self.rescaler_lr = float(rescaler_lr)
+        self.normalize_weights = bool(normalize_weights)
         self.needs_clean_validation = meta_source == "clean_val"
         self.rescaler = Rescaler(NUM_FULL if features == "full" else NUM_LOSS,
                                  num_classes if class_separation else 1)
@@ -263,7 +266,8 @@ class STORM(LossMethod):
                 "forward_passes": self.forward_passes, "class_separation": self.class_separation,
                 "first_order": self.first_order, "meta_interval": self.meta_interval,
                 "features": self.features, "meta_loss_rescaling": self.meta_loss_rescaling,
-                "meta_source": self.meta_source, "rescaler_lr": self.rescaler_lr}
+                "meta_source": self.meta_source, "rescaler_lr": self.rescaler_lr,
+                "normalize_weights": self.normalize_weights}
 
     def state(self) -> dict:
         return self.base_loss.state()
@@ -331,7 +335,7 @@ class STORM(LossMethod):
                 f = memory.features(stats, y)
             else:
                 f = torch.stack([losses[0], stats[:, 4]], dim=1)
-            f = f.float()
+            f = f.to(self.rescaler.w1.dtype)
         head = y if self.class_separation else torch.zeros_like(y)
         return self.rescaler(f, head)
 
@@ -346,7 +350,8 @@ class STORM(LossMethod):
         with torch.set_grad_enabled(meta):
             w = self._weigh(model, x, y, logits0, loss0, self.memory)
         params = [p for _, p, _ in self._params]
-        g = torch.autograd.grad((w.detach() * loss0).sum() / B, params)  # linear in w: no graph needed
+        norm = self._norm(w.detach())
+        g = torch.autograd.grad((w.detach() * loss0).sum() / norm, params)  # linear in w: no graph needed
         if meta:
             self._meta_step(model, optimizer, x, y, g, w, rng0)
         for p, gi in zip(params, g):  # step 7: the lookahead's update, with the optimizer's own state
@@ -354,6 +359,10 @@ class STORM(LossMethod):
         optimizer.step()
         self._weights[batch.index] = w.detach()
         return loss0.detach().mean()
+
+    def _norm(self, w: torch.Tensor) -> torch.Tensor | int:
+        # the paper: no renormalisation (Σ w ℓ, here / |B|); option: Σ w ℓ / Σ w (MW-Net's PGC script)
+        return w.sum().clamp(min=1e-12) if self.normalize_weights else len(w)
 
     def _meta_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         # uniform with replacement, like the public code's WeightedRandomSampler(ones)
@@ -382,7 +391,7 @@ class STORM(LossMethod):
             w_m = self._weigh(at_star, xm, ym, logits_m, loss_m, self.meta_memory)
         else:
             w_m = torch.ones_like(loss_m)
-        meta_loss = (w_m * loss_m).sum() / Bm
+        meta_loss = (w_m * loss_m).sum() / self._norm(w_m)
         omega = list(self.rescaler.parameters())
         # 6. dL_meta/dω = outer term (through w′) + second-order term (through θ*)
         if second:
@@ -398,7 +407,11 @@ class STORM(LossMethod):
 
             with replay_rng(x.device, rng0):  # the same dropout masks as pass 0
                 _, a = jvp(train_losses, (primals,), (dict(zip(names, u)),))
-            inner = torch.autograd.grad((w * a.detach()).sum() / len(y), omega)
+            # dL/dw_i = <u, dg/dw_i>; dg/dw_i = ∇ℓ_i / n, or (∇ℓ_i - g) / Σw when normalised
+            norm = self._norm(w.detach())
+            if self.normalize_weights:
+                a = a - sum((ui * gi).sum() for ui, gi in zip(u, g))
+            inner = torch.autograd.grad((w * a.detach()).sum() / norm, omega)
             total = [i + o for i, o in zip(inner, outer)]
         else:
             total = torch.autograd.grad(meta_loss, omega)
