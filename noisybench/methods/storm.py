@@ -177,7 +177,7 @@ def _base_loss_node(base_loss) -> dict:
         return node
     name = str(base_loss)
     path = resources.files("noisybench.conf").joinpath("method", f"{name}.yaml")
-    if not path.is_file():
+    if name == "storm" or not path.is_file():
         choices = sorted(p.name[:-5] for p in resources.files("noisybench.conf").joinpath("method").iterdir()
                          if p.name.endswith(".yaml") and p.name != "storm.yaml")
         raise ConfigError(f"method.base_loss={name!r} is not a method config; use one of {', '.join(choices)}")
@@ -319,7 +319,11 @@ class STORM(LossMethod):
             return torch.stack([forward(x) for _ in range(n)])
 
     def _weigh(self, forward, x, y, logits0, loss0, memory: GroupMemory) -> torch.Tensor:
-        """Features (no gradient) and Ω's weights (gradient to ω if grad mode is on)."""
+        """Ω's weights (gradient to ω if grad mode is on) on features without gradient."""
+        f = self._features(forward, x, y, logits0, loss0, memory)
+        return self.rescaler(f, y if self.class_separation else torch.zeros_like(y))
+
+    def _features(self, forward, x, y, logits0, loss0, memory: GroupMemory) -> torch.Tensor:
         with torch.no_grad():
             logits = logits0.detach()[None]
             losses = loss0.detach()[None]
@@ -335,9 +339,7 @@ class STORM(LossMethod):
                 f = memory.features(stats, y)
             else:
                 f = torch.stack([losses[0], stats[:, 4]], dim=1)
-            f = f.to(self.rescaler.w1.dtype)
-        head = y if self.class_separation else torch.zeros_like(y)
-        return self.rescaler(f, head)
+            return f.to(self.rescaler.w1.dtype)
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
         self._setup(model, optimizer, len(batch.y))
@@ -357,7 +359,7 @@ class STORM(LossMethod):
         for p, gi in zip(params, g):  # step 7: the lookahead's update, with the optimizer's own state
             p.grad = gi
         optimizer.step()
-        self._weights[batch.index] = w.detach()
+        self._weights[batch.index] = w.detach().to(self._weights.dtype)
         return loss0.detach().mean()
 
     def _norm(self, w: torch.Tensor) -> torch.Tensor | int:
