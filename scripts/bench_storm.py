@@ -23,11 +23,7 @@ from noisybench.config import build
 from noisybench.methods.base import Batch
 from noisybench.train import build_data
 
-SETTINGS = {
-    "ce": ["method=ce"],
-    "storm default": ["method=storm"],
-    "storm fast": ["method=storm", "method.first_order=true", "method.meta_interval=4"],
-}
+FAST = "method.first_order=true method.meta_interval=4"
 
 
 def main(argv: list[str]) -> int:
@@ -35,13 +31,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per setting (after one warm-up epoch)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--data-dir", default=None, help="dataset cache (default: a temporary directory)")
+    p.add_argument("--fast", default=FAST, help=f"overrides of the fast setting (default: {FAST})")
     p.add_argument("overrides", nargs="*", help="config overrides shared by all settings, e.g. model=mlp")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     data_dir = a.data_dir or tempfile.mkdtemp(prefix="noisybench-bench-")
     shared = ["noise.rate=0.4", "trainer.device=cpu", f"data_dir={data_dir}", *a.overrides]
     with initialize_config_module("noisybench.conf", version_base="1.3"):
-        cfgs = {k: compose("train", overrides=[*shared, *v]) for k, v in SETTINGS.items()}
+        settings = {"ce": ["method=ce"], "storm default": ["method=storm"],
+                    "storm fast": ["method=storm", *a.fast.split()]}
+        cfgs = {k: compose("train", overrides=[*shared, *v]) for k, v in settings.items()}
     # STORM's config turns dropout on; give CE the same model so only the method differs
     dropout = cfgs["storm default"].model.get("dropout")
     if dropout is not None:

@@ -40,7 +40,13 @@ Deliberate departures from the public code:
   lookahead); `meta_source=clean_val` draws meta batches from the validation split with CLEAN labels
   (the paper's "meta learning w/ clean val." baseline when also `meta_loss_rescaling=false`); the
   run record then says `uses_clean_labels: true`.
+- `normalize_weights=true` (off by default) uses Σ w ℓ / Σ w (MW-Net's PGC script) instead; the
+  meta-gradient then includes the normaliser's derivative.
 - Ω's BN over a batch of one gives w = 0.5 instead of an error.
+
+Known behaviour (measured, see the branch report): with a persistent-state optimizer the absolute
+scale of w is the effective learning rate, and on mnist1d/digits the learned mean weight falls to
+~0.1, which slows training; the public code's fresh-Adam (sign-like) lookahead is insensitive to it.
 - Models with BatchNorm: the extra passes (and the meta passes) also update running statistics, as
   in the public code; passes 1..G-1 then run one at a time so batch statistics stay per pass.
 """
