@@ -36,9 +36,10 @@ def _condense_hydra_error(e: Exception) -> str:
     msg = str(e)
     if "Could not find" in msg and "Available options" in msg:
         head, _, opts = msg.partition("Available options")
+        opts = opts.split("Config search path")[0]
         options = ", ".join(o.strip() for o in opts.split("\n")[1:] if o.strip())
         group = opts.split("\n")[0].strip(" :in'")
-        return f"{_one_line(head)} Choose one of {group}: {options}"
+        return f"{_one_line(head).rstrip('.')}. Choose one of {group}: {options}"
     cause = e.__cause__
     parts = [msg.split("\n")[0]]
     if "Could not override" in msg or "not in struct" in msg or "Key" in msg:
@@ -78,15 +79,15 @@ def preflight(args: list[str]) -> str | None:
     if any(a.startswith("-") and a not in _HYDRA_FLAGS for a in args):
         return None  # --help, --cfg, --info ...: Hydra's own flags
     overrides = [a for a in args if a not in _HYDRA_FLAGS and not a.lstrip("+~").startswith("hydra")]
-    from hydra import compose, initialize_config_module
+    from hydra import compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from noisybench.config import CONFIG_MODULE, CONFIG_NAME, validate
+    from noisybench.config import CONFIG_NAME, hydra_context, validate
 
     try:
         jobs = _grid(overrides)
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        with hydra_context():
             for job in jobs:
                 validate(compose(CONFIG_NAME, overrides=job))
     except NoisybenchError as e:
@@ -123,14 +124,14 @@ def _train_task(cfg) -> None:
 def train_main(args: list[str]) -> int:
     import hydra
 
-    from noisybench.config import CONFIG_NAME, register_resolvers
+    from noisybench.config import CONFIG_NAME, config_path, register_resolvers
 
     register_resolvers()
     err = preflight(args)
     if err:
         print(f"noisybench: error: {err}", file=sys.stderr)
         return 2
-    app = hydra.main(version_base="1.3", config_path="pkg://noisybench.conf", config_name=CONFIG_NAME)(_train_task)
+    app = hydra.main(version_base="1.3", config_path=config_path(), config_name=CONFIG_NAME)(_train_task)
     _FAILURES.clear()
     saved = sys.argv
     sys.argv = ["noisybench train", *args]
@@ -170,6 +171,10 @@ def report_main(args: list[str]) -> int:
     if missing:
         print(f"noisybench: error: no such path: {', '.join(missing)}", file=sys.stderr)
         return 2
+    if load_summary(a.paths).empty:
+        print("noisybench: error: no result.json found under the given paths (finished runs have one)",
+              file=sys.stderr)
+        return 1
     if a.out:
         df = write_report(a.paths, a.out, formats, kinds)
         print(f"{len(df)} runs -> {a.out}/summary.csv, " + ", ".join(str(a.out / WRITERS[f][0]) for f in formats))
@@ -177,9 +182,6 @@ def report_main(args: list[str]) -> int:
         df = load_summary(a.paths)
         for f in formats:
             print(WRITERS[f][1](df, kinds))
-    if df.empty:
-        print("noisybench: error: no result.json found under the given paths", file=sys.stderr)
-        return 1
     return 0
 
 

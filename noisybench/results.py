@@ -24,7 +24,8 @@ KINDS = {
     "best": ("test_best", "ORACLE best test epoch (not a valid selection protocol)"),
 }
 DEFAULT_KINDS = ("last", "selected", "best")
-METRIC_TITLES = {"acc": "test accuracy (%)"}
+METRIC_TITLES = {"acc": "test accuracy (%)", "f1": "test F1 of the positive class (%)",
+                 "macro_f1": "test macro-F1 (%)", "mcc": "test Matthews correlation (x100)"}
 
 
 def find_records(paths: Iterable[Path | str]) -> list[Path]:
@@ -45,6 +46,8 @@ def _noise_label(noise: dict) -> str:
         label += " excl"
     if noise.get("sampling") == "exact":
         label += " exact"
+    if noise.get("apply_to_val") is False:
+        label += " (clean val)"
     return label
 
 
