@@ -67,6 +67,8 @@ from noisybench.methods.base import Batch, LossMethod
 from noisybench.methods.storm_features import NUM_FULL, NUM_LOSS, GroupMemory, pass_stats
 
 FEATURES = ("full", "loss")
+WEIGHT_NORMS = ("mass", "none", "weight_sum")
+LOOKAHEADS = ("persistent", "fresh_adam")
 META_SOURCES = ("noisy_train", "clean_val")
 INIT_STD = 0.02  # HF `init_weights` of the public code: Linear ~ N(0, 0.02), bias 0
 BN_EPS = 1e-5  # torch BatchNorm1d default, as in the public code's Ω
@@ -205,7 +207,7 @@ class STORM(LossMethod):
     def __init__(self, num_classes: int, base_loss="ce", forward_passes: int = 3,
                  class_separation: bool = True, first_order: bool = False, meta_interval: int = 1,
                  features: str = "full", meta_loss_rescaling: bool = True, meta_source: str = "noisy_train",
-                 rescaler_lr: float = 1e-2, normalize_weights: bool = False) -> None:
+                 rescaler_lr: float = 1e-2, weight_norm: str = "weight_sum", lookahead: str = "persistent") -> None:
         super().__init__(num_classes)
         if int(forward_passes) < 1:
             raise ConfigError(f"method.forward_passes={forward_passes} must be >= 1 (the paper uses 3)")
@@ -217,9 +219,16 @@ class STORM(LossMethod):
             raise ConfigError(f"method.meta_source={meta_source!r} is unknown; use noisy_train or clean_val")
         if not float(rescaler_lr) > 0:
             raise ConfigError(f"method.rescaler_lr={rescaler_lr} must be > 0 (the paper uses 1e-2)")
+        if weight_norm not in WEIGHT_NORMS:
+            raise ConfigError(f"method.weight_norm={weight_norm!r} is unknown; use {', '.join(WEIGHT_NORMS)}")
+        if lookahead not in LOOKAHEADS:
+            raise ConfigError(f"method.lookahead={lookahead!r} is unknown; use {' or '.join(LOOKAHEADS)}")
         if first_order and not meta_loss_rescaling:
             raise ConfigError("method.first_order=true with method.meta_loss_rescaling=false gives Ω no "
                               "gradient at all; set one of them to the other value")
+        if first_order and weight_norm == "mass":
+            raise ConfigError("method.first_order=true with method.weight_norm=mass gives Ω no gradient (the "
+                              "mass-preserved meta loss does not depend on w'); set first_order=false")
         self.base_name, self.base_loss = build_base_loss(base_loss, num_classes)
         self.forward_passes = int(forward_passes)
         self.class_separation = bool(class_separation)
@@ -229,7 +238,8 @@ class STORM(LossMethod):
         self.meta_loss_rescaling = bool(meta_loss_rescaling)
         self.meta_source = meta_source
         self.rescaler_lr = float(rescaler_lr)
-        self.normalize_weights = bool(normalize_weights)
+        self.weight_norm = weight_norm
+        self.lookahead = lookahead
         self.needs_clean_validation = meta_source == "clean_val"
         self.rescaler = Rescaler(NUM_FULL if features == "full" else NUM_LOSS,
                                  num_classes if class_separation else 1)
@@ -273,7 +283,7 @@ class STORM(LossMethod):
                 "first_order": self.first_order, "meta_interval": self.meta_interval,
                 "features": self.features, "meta_loss_rescaling": self.meta_loss_rescaling,
                 "meta_source": self.meta_source, "rescaler_lr": self.rescaler_lr,
-                "normalize_weights": self.normalize_weights}
+                "weight_norm": self.weight_norm, "lookahead": self.lookahead}
 
     def state(self) -> dict:
         return self.base_loss.state()
@@ -307,6 +317,9 @@ class STORM(LossMethod):
             raise ConfigError("method=storm needs dropout in the model (its features come from "
                               f"{self.forward_passes} dropout passes); set model.dropout=0.1 or higher")
         self._kind = _optimizer_kind(optimizer)
+        if self.lookahead == "fresh_adam" and self._kind != "adam":
+            raise ConfigError("method.lookahead=fresh_adam replays the public code's Adam lookahead and needs "
+                              "optim=adam; or use method.lookahead=persistent")
         self._decoupled = [bool(g.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW)))
                            for g in optimizer.param_groups]
         names = {id(p): n for n, p in model.named_parameters()}
@@ -358,33 +371,56 @@ class STORM(LossMethod):
         with torch.set_grad_enabled(meta):
             w = self._weigh(model, x, y, logits0, loss0, self.memory)
         params = [p for _, p, _ in self._params]
-        norm = self._norm(w.detach())
-        g = torch.autograd.grad((w.detach() * loss0).sum() / norm, params)  # linear in w: no graph needed
+        scale = self._scale(w.detach(), loss0.detach())
+        g = torch.autograd.grad(scale * (w.detach() * loss0).sum(), params)  # linear in w: no graph needed
         if meta:
-            self._meta_step(model, optimizer, x, y, g, w, rng0)
-        for p, gi in zip(params, g):  # step 7: the lookahead's update, with the optimizer's own state
-            p.grad = gi
-        optimizer.step()
+            self._meta_step(model, optimizer, x, y, g, w, loss0.detach(), rng0)
+        self._update_model(optimizer, params, g)  # step 7
         self._weights[batch.index] = w.detach().to(self._weights.dtype)
         return loss0.detach().mean()
 
-    def _norm(self, w: torch.Tensor) -> torch.Tensor | int:
-        # the paper: no renormalisation (Σ w ℓ, here / |B|); option: Σ w ℓ / Σ w (MW-Net's PGC script)
-        return w.sum().clamp(min=1e-12) if self.normalize_weights else len(w)
+    def _update_model(self, optimizer, params, g) -> None:
+        if self.lookahead == "persistent":  # the lookahead's update, with the optimizer's own state
+            for p, gi in zip(params, g):
+                p.grad = gi
+            optimizer.step()
+            return
+        with torch.no_grad():  # fresh_adam: model <- θ*, as the public storm.py copies fθ back
+            for (_, p, k), gi in zip(self._params, g):
+                p.copy_(lookahead(p, gi, optimizer.param_groups[k], {}, "adam", self._decoupled[k]))
+                p.grad = None
+        optimizer.step()  # every grad is None: no update; only marks the step for LR schedulers
+
+    def _scale(self, w: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """s(w) with the rescaled batch loss L = s(w) Σ_i w_i ℓ_i; `loss` holds detached values.
+
+        none: 1/|B| (the paper's Σ w ℓ, as a mean); weight_sum: 1/Σw (MW-Net's PGC script);
+        mass: Σℓ / (Σ wℓ |B|), the public DST code's mass preservation (the loss value stays the
+        unweighted mean; only the RELATIVE weights matter). The factor is differentiable in w (the
+        meta-gradient includes its derivative) and constant in θ, else L would not depend on w.
+        """
+        if self.weight_norm == "none":
+            return torch.ones((), dtype=w.dtype, device=w.device) / len(w)
+        if self.weight_norm == "weight_sum":
+            return 1.0 / w.sum().clamp(min=1e-12)
+        return loss.sum() / ((w * loss).sum().clamp(min=1e-12) * len(w))
+
+    def _opt_state(self, optimizer, p) -> dict:
+        # fresh_adam: the public code's `higher` lookahead starts every step from an EMPTY Adam state
+        return optimizer.state.get(p, {}) if self.lookahead == "persistent" else {}
 
     def _meta_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         # uniform with replacement, like the public code's WeightedRandomSampler(ones)
         idx = torch.randint(len(self._meta_y), (size,), generator=self._meta_gen).to(self._meta_y.device)
         return self._meta_x[idx], self._meta_y[idx]
 
-    def _meta_step(self, model, optimizer, x, y, g, w, rng0) -> None:
+    def _meta_step(self, model, optimizer, x, y, g, w, loss0, rng0) -> None:
         second = not self.first_order
         xm, ym = self._meta_batch(len(y))
-        Bm = len(ym)
         # 4. lookahead θ*(g): differentiable in g only for the second-order term
         gq = [gi.detach().requires_grad_(second) for gi in g]
         with torch.set_grad_enabled(second):
-            theta = [lookahead(p.detach(), gi, optimizer.param_groups[k], optimizer.state.get(p, {}),
+            theta = [lookahead(p.detach(), gi, optimizer.param_groups[k], self._opt_state(optimizer, p),
                                self._kind, self._decoupled[k]) for (_, p, k), gi in zip(self._params, gq)]
         star = {n: t.detach().requires_grad_(second) for (n, _, _), t in zip(self._params, theta)}
 
@@ -399,7 +435,7 @@ class STORM(LossMethod):
             w_m = self._weigh(at_star, xm, ym, logits_m, loss_m, self.meta_memory)
         else:
             w_m = torch.ones_like(loss_m)
-        meta_loss = (w_m * loss_m).sum() / self._norm(w_m)
+        meta_loss = self._scale(w_m, loss_m.detach()) * (w_m * loss_m).sum()
         omega = list(self.rescaler.parameters())
         # 6. dL_meta/dω = outer term (through w′) + second-order term (through θ*)
         if second:
@@ -415,11 +451,8 @@ class STORM(LossMethod):
 
             with replay_rng(x.device, rng0):  # the same dropout masks as pass 0
                 _, a = jvp(train_losses, (primals,), (dict(zip(names, u)),))
-            # dL/dw_i = <u, dg/dw_i>; dg/dw_i = ∇ℓ_i / n, or (∇ℓ_i - g) / Σw when normalised
-            norm = self._norm(w.detach())
-            if self.normalize_weights:
-                a = a - sum((ui * gi).sum() for ui, gi in zip(u, g))
-            inner = torch.autograd.grad((w * a.detach()).sum() / norm, omega)
+            # g(w) = s(w) Σ_i w_i ∇ℓ_i, so <u, g(w)> = s(w) Σ_i w_i a_i: its ω-gradient is the term
+            inner = torch.autograd.grad(self._scale(w, loss0) * (w * a.detach()).sum(), omega)
             total = [i + o for i, o in zip(inner, outer)]
         else:
             total = torch.autograd.grad(meta_loss, omega)
