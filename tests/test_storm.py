@@ -286,6 +286,8 @@ def test_storm_trains_every_model_for_two_batches(tmp_path, model):
     ["method@method.base_loss=gce", "method.base_loss.q=0.5"],
     ["method.first_order=true", "method.meta_interval=2", "method.features=loss", "method.class_separation=false"],
     ["method.meta_loss_rescaling=false", "optim=adam"],
+    ["method.weight_norm=mass", "optim=adam"],
+    ["method.weight_norm=none", "method.lookahead=fresh_adam", "optim=adam"],
 ])
 def test_storm_options_run(tmp_path, overrides):
     cfg = compose_cfg(tmp_path, "method=storm", "model=mlp", "dataset.subset=64", "trainer.batch_size=32",
@@ -307,10 +309,37 @@ def test_clean_val_meta_source_is_recorded(tmp_path):
     assert rec["uses_clean_labels"] is True and saved["uses_clean_labels"] is True
 
 
+def test_fresh_adam_lookahead_is_the_first_adam_step(tmp_path):
+    """lookahead=fresh_adam: every update is Adam's first step from an empty state (public storm.py)."""
+    torch.manual_seed(0)
+    model = MLP((6,), 3, hidden=(8,), dropout=0.3).double()
+    x, y = torch.randn(24, 6, dtype=torch.float64), torch.randint(3, (24,))
+    method = STORM(num_classes=3, lookahead="fresh_adam").double()
+    method.on_train_start(x, y, seed=0)
+    method.on_epoch_start(0, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for i in range(2):
+        before = [p.detach().clone() for p in model.parameters()]
+        method.train_step(model, opt, Batch(x[12 * i:12 * (i + 1)], y[12 * i:12 * (i + 1)], torch.arange(12)))
+        assert not opt.state  # the runner's optimizer never accumulates state
+        for b, p in zip(before, model.parameters()):
+            step = (p.detach() - b).abs()
+            # first Adam step: |Δθ| = lr·|g|/(|g| + eps), i.e. lr wherever the gradient is not tiny
+            assert bool((step <= 0.05 + 1e-12).all()) and float(step.max()) > 0.049
+    with pytest.raises(ConfigError, match="optim=adam"):
+        method2 = STORM(num_classes=3, lookahead="fresh_adam").double()
+        method2.on_train_start(x, y, seed=0)
+        method2.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), Batch(x[:12], y[:12], torch.arange(12)))
+    with pytest.raises(ConfigError, match="weight_norm"):
+        STORM(num_classes=3, weight_norm="mean")
+    with pytest.raises(ConfigError, match="first_order"):
+        STORM(num_classes=3, weight_norm="mass", first_order=True)
+
+
 def test_weights_separate_clean_from_corrupted(tmp_path):
-    """Toy problem, 40 % symmetric noise: STORM's weights favour the clean samples."""
-    cfg = compose_cfg(tmp_path, "method=storm", "model=mlp", "noise.rate=0.4", "optim=adam",
-                      "optim.optimizer.lr=1e-2", "trainer.epochs=8")
+    """Toy problem, 40 % symmetric noise, STORM's default settings (small MLP for speed): the weights
+    favour the clean samples."""
+    cfg = compose_cfg(tmp_path, "method=storm", "model=mlp", "noise.rate=0.4", "trainer.epochs=8")
     rec = run(cfg, tmp_path / "r", progress=False)
     mm = rec["method_metrics"]
     assert mm["weight_auc"] > 0.5

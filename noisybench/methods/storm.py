@@ -9,18 +9,20 @@ A step method: per training batch B (noisy labels),
      split by prediction/label agreement; cleared every epoch; the meta batches have their own);
   3. weights w_i = Ω_{ỹ_i}(f_i) ∈ (0, 1) (Eq. 6): Linear(F,F) → BN → ReLU → Linear(F,2) → BN →
      softmax, column 1; BN always on batch statistics; one Ω per class, each run on the whole batch;
-  4. lookahead θ* = one step of the inner optimizer on L(θ, w) = (1/|B|) Σ_i w_i ℓ_i(θ) (Eq. 1);
+  4. lookahead θ* = one step of the inner optimizer on L(θ, w) = Σ_i w_i ℓ_i(θ) / Σ_i w_i (Eq. 1;
+     normalisation: see `weight_norm` below);
   5. a meta batch drawn uniformly with replacement from the noisy TRAINING split, its weights w′
-     from the same Ω (meta loss rescaling, Eq. 5): L_meta = (1/|B′|) Σ_j w′_j ℓ_j(θ*);
+     from the same Ω (meta loss rescaling, Eq. 5): L_meta = Σ_j w′_j ℓ_j(θ*) / Σ_j w′_j;
   6. Ω takes one Adam step (lr 1e-2, every step, no warm-up) on dL_meta/dω: the outer term through
      w′ plus the second-order term through θ* (as in Meta-Weight-Net; `first_order` drops it);
   7. the model takes the step of 4 (model ← θ*, as the public `storm.py` does).
 
-Exactness and speed. θ*(w) depends on w only through g(w) = (1/|B|) Σ_i w_i ∇ℓ_i, so
+Exactness and speed. θ*(w) depends on w only through g(w) = s(w) Σ_i w_i ∇ℓ_i, so
 
-    ∂L_meta/∂w_i = ⟨u, ∇ℓ_i(θ)⟩ / |B|,   u = (∂θ*/∂g)ᵀ ∇_θ* L_meta,
+    ⟨u, g(w)⟩ = s(w) Σ_i w_i a_i,   a_i = ⟨u, ∇ℓ_i(θ)⟩,   u = (∂θ*/∂g)ᵀ ∇_θ* L_meta,
 
-i.e. the second-order term is a Jacobian-vector product of the per-sample training losses in the
+and the second-order term is the ω-gradient of s(w) Σ_i w_i a_i with a held constant;
+the a_i are a Jacobian-vector product of the per-sample training losses in the
 direction u (one forward-mode pass of `torch.func.jvp`, replaying pass 0's dropout masks by
 restoring the RNG state), instead of a backward through a create_graph backward. This is the
 exact MW-Net/`higher` meta-gradient (tests check it against finite differences), not an
@@ -31,22 +33,31 @@ Deliberate departures from the public code:
 - Lookahead = the runner's optimizer, with its persistent state (SGD momentum buffer, or Adam's
   moments and step count) read as constants, and the real update is that optimizer's step with the
   same gradient, so θ* and the new θ agree. The public code's `higher` lookahead starts from an
-  empty Adam state at every step (a sign-like first Adam step, probably unintended); not reproduced.
-  Supported: torch.optim.SGD (momentum, dampening, nesterov, weight decay) and Adam/AdamW.
-- Losses are averaged over the batch (Σ/|B|) instead of summed, so the runner's learning rates
-  (tuned for mean losses, as CE uses them) keep their meaning; weights are still not renormalised
-  (Σ_i w_i/|B| < 1 shrinks the step, as the sum does in the paper). With Adam this is a no-op.
+  empty Adam state at every step (a sign-like first Adam step, probably unintended); available as
+  `lookahead=fresh_adam` (below), not the default. Supported: torch.optim.SGD (momentum, dampening, nesterov, weight decay) and Adam/AdamW.
+- Loss normalisation `weight_norm` (the rescaled loss is s(w) Σ_i w_i ℓ_i, in the lookahead AND in
+  the meta loss, and the meta-gradient includes ds/dw):
+    weight_sum (default): s = 1/Σw, as MW-Net's PGC script. NOT the paper, which sums w ℓ unnormalised.
+      Why: with a persistent optimizer the scale of w is a learning rate, and the meta loss's direct
+      term d(Σ w′ℓ)/dω pushes every weight down (measured: mean weight ~0.1, mnist1d test 0.36 vs CE
+      0.86). With 1/Σw only the RELATIVE weights matter; the direct term keeps its useful part,
+      (ℓ_j − weighted mean)/Σw′, i.e. "down-weight the meta batch's outliers" (Eq. 5's intuition).
+    none: s = 1/|B|, the paper and public storm.py (Σ w ℓ; here a mean, so the runner's learning
+      rates keep their meaning; with Adam the factor is a no-op).
+    mass: s = Σℓ / (Σ wℓ · |B|), our reading of the public DST code's mass preservation, with the
+      losses in the factor taken as constants in θ (else L would not depend on w at all). The meta
+      loss's value is then the unweighted mean, so the direct term vanishes; measured to favour the
+      CORRUPTED samples on sms_spam (weight_auc 0.30), so not the default.
+- `lookahead=fresh_adam` reproduces the public storm.py exactly in this respect: the lookahead is
+  Adam's first step from an empty state (`higher` never sees the optimizer's state), and the model
+  takes θ*; the runner's optimizer keeps no state (optim=adam required).
 - `meta_interval=k` updates Ω only every k-th step (steps in between use the current Ω without a
   lookahead); `meta_source=clean_val` draws meta batches from the validation split with CLEAN labels
   (the paper's "meta learning w/ clean val." baseline when also `meta_loss_rescaling=false`); the
   run record then says `uses_clean_labels: true`.
-- `normalize_weights=true` (off by default) uses Σ w ℓ / Σ w (MW-Net's PGC script) instead; the
-  meta-gradient then includes the normaliser's derivative.
 - Ω's BN over a batch of one gives w = 0.5 instead of an error.
 
-Known behaviour (measured, see the branch report): with a persistent-state optimizer the absolute
-scale of w is the effective learning rate, and on mnist1d/digits the learned mean weight falls to
-~0.1, which slows training; the public code's fresh-Adam (sign-like) lookahead is insensitive to it.
+Other behaviour:
 - Models with BatchNorm: the extra passes (and the meta passes) also update running statistics, as
   in the public code; passes 1..G-1 then run one at a time so batch statistics stay per pass.
 """
