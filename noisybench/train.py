@@ -110,6 +110,10 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     scheduler = build(sched_cfg)(optimizer) if sched_cfg is not None and sched_cfg.get("_target_") else None
 
     method.on_train_start(ds.x_train, ds.y_train, seed)
+    if method.needs_clean_validation:  # opt-in baselines only; recorded as uses_clean_labels
+        method.on_clean_validation(ds.x_val, ds.y_val_clean)
+    corrupted = ds.y_train != ds.y_train_clean  # for method diagnostics only (epoch_metrics)
+    method_metrics: dict = {}
     n = len(ds.y_train)
     rows: list[dict] = []
     t_start = time.perf_counter()
@@ -130,7 +134,8 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(f"the training loss became {train_loss} in epoch {epoch}; "
                                      "lower the learning rate (optim.optimizer.lr) or check the inputs")
-        row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **method.state()}
+        method_metrics = method.epoch_metrics(corrupted)
+        row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **method.state(), **method_metrics}
         if (epoch + 1) % int(cfg.trainer.eval_every) == 0 or epoch == epochs - 1:
             pred_train = predict(model, ds.x_train, eval_bs)
             mem_noisy, mem_clean = memorization(pred_train, ds.y_train, ds.y_train_clean)
@@ -149,12 +154,13 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     train_time = time.perf_counter() - t_start
     bar.close()
 
-    record = make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time)
+    record = make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time, method_metrics)
     atomic_write_json(out_dir / "result.json", record)
     return record
 
 
-def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time) -> dict:
+def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time,
+                method_metrics: dict | None = None) -> dict:
     evaluated = [r for r in rows if "test" in r]
     last = evaluated[-1]
     with_val = [r for r in evaluated if r["val"] is not None]
@@ -165,6 +171,8 @@ def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "method": {"name": cfg.method.name, **method.hparams()},
+        "uses_clean_labels": bool(method.needs_clean_validation),
+        "method_metrics": dict(method_metrics or {}),  # the last epoch's epoch_metrics (e.g. weight_auc)
         "noise": {k: noise_report[k] for k in noise_report
                   if k not in ("transition_matrix", "transition_counts", "realized_noise_rate")},
         "realized_noise_rate": noise_report["realized_noise_rate"],

@@ -19,6 +19,11 @@ class Batch(NamedTuple):
 
 
 class LossMethod(nn.Module):
+    #: True only when a method is configured to learn from CLEAN validation labels (e.g. STORM with
+    #: meta_source=clean_val); the runner then calls `on_clean_validation` and records
+    #: `uses_clean_labels: true` in result.json.
+    needs_clean_validation: bool = False
+
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
@@ -26,6 +31,10 @@ class LossMethod(nn.Module):
     def on_train_start(self, x_train: torch.Tensor, y_train: torch.Tensor, seed: int) -> None:
         """Called once before training with the training split (NOISY labels only) and the
         training seed; step methods that draw extra batches (e.g. STORM's meta batch) keep them."""
+
+    def on_clean_validation(self, x_val: torch.Tensor, y_val_clean: torch.Tensor) -> None:
+        """Called once before training, and only if `needs_clean_validation`: the validation split
+        with its CLEAN labels."""
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called before every epoch (0-based). Schedules live here, not in the runner."""
@@ -47,4 +56,10 @@ class LossMethod(nn.Module):
 
     def state(self) -> dict:
         """Schedule values for this epoch, logged in metrics.csv (e.g. DAL's q and lambda)."""
+        return {}
+
+    def epoch_metrics(self, corrupted: torch.Tensor) -> dict:
+        """Diagnostics at the end of each epoch, given which training samples were corrupted
+        (bool, training split order). For evaluation only: a method must not train on it.
+        Merged into the metrics.csv row; the last epoch's values go into result.json."""
         return {}
