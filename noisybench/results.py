@@ -69,7 +69,9 @@ def load_summary(paths: Iterable[Path | str]) -> pd.DataFrame:
             "test_last": r["test_last"], "test_selected": r["test_selected"],
             "selected_epoch": r["selected_epoch"], "test_best": r["test_best"], "best_epoch": r.get("best_epoch"),
             "memorized_noisy_frac": r.get("memorized_noisy_frac"), "train_time_s": r.get("train_time_s"),
-            "device": r.get("device"),
+            "device": r.get("device"), "uses_clean_labels": r.get("uses_clean_labels", False),
+            # method diagnostics of the last epoch (e.g. STORM's weight_auc)
+            **{f"method_{k}": v for k, v in (r.get("method_metrics") or {}).items()},
         })
     df = pd.DataFrame(rows)
     if not df.empty:

@@ -17,9 +17,9 @@ import tempfile
 import time
 
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose
 
-from noisybench.config import build
+from noisybench.config import build, hydra_context
 from noisybench.methods.base import Batch
 from noisybench.train import build_data
 
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(a.threads)
     data_dir = a.data_dir or tempfile.mkdtemp(prefix="noisybench-bench-")
     shared = ["noise.rate=0.4", "trainer.device=cpu", f"data_dir={data_dir}", *a.overrides]
-    with initialize_config_module("noisybench.conf", version_base="1.3"):
+    with hydra_context():
         settings = {"ce": ["method=ce"], "storm default": ["method=storm"],
                     "storm fast": ["method=storm", *a.fast.split()]}
         cfgs = {k: compose("train", overrides=[*shared, *v]) for k, v in settings.items()}

@@ -9,7 +9,9 @@ from importlib import resources
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose
+
+from noisybench.config import hydra_context
 from torch import nn
 from torch.func import functional_call
 
@@ -22,7 +24,7 @@ from noisybench.train import run
 
 
 def compose_cfg(tmp_path, *overrides):
-    with initialize_config_module("noisybench.conf", version_base="1.3"):
+    with hydra_context():
         return compose("train", overrides=[
             "dataset=digits", "trainer.epochs=1", "trainer.device=cpu", "trainer.progress=false",
             f"data_dir={tmp_path / 'data'}", *overrides])
