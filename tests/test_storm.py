@@ -10,10 +10,10 @@ from importlib import resources
 import pytest
 import torch
 from hydra import compose
-
-from noisybench.config import hydra_context
 from torch import nn
 from torch.func import functional_call
+
+from noisybench.config import hydra_context
 
 from noisybench.errors import ConfigError
 from noisybench.methods.base import Batch
