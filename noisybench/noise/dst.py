@@ -92,14 +92,14 @@ class DSTAnnotationNoise(NoiseInjector):
                     noisy[row, s], kind[row, s] = new, k
                 row = nxt[row]
         changed = noisy != states
-        cells = N * S
-        report = {
-            "realized_noise_rate": float(changed.sum() / max(cells, 1)),
-            "realized_rate_of_eligible_cells": float(changed.sum() / max(int(eligible.sum()), 1)),
-            "selected_rate_of_eligible_cells": float(sum(counts.values()) / max(int(eligible.sum()), 1)),
-            "eligible_cells": int(eligible.sum()), "cells": int(cells),
+        n_elig = max(int(eligible.sum()), 1)
+        report = {  # rates are fractions of the eligible cells, the unit of `rate`
+            "realized_noise_rate": float(changed.sum() / n_elig),
+            "selected_rate": float(sum(counts.values()) / n_elig),
+            "changed_fraction_of_all_cells": float(changed.sum() / max(N * S, 1)),
+            "eligible_cells": int(eligible.sum()), "cells": int(N * S),
             "selected_per_kind": counts,
-            "realized_rate_per_kind": {k: float(((kind == i) & changed).sum() / max(cells, 1))
+            "realized_rate_per_kind": {k: float(((kind == i) & changed).sum() / n_elig)
                                        for i, k in enumerate(KINDS)},
             "turns_with_a_wrong_state": float(changed.any(axis=1).mean()) if N else 0.0,
         }
