@@ -37,7 +37,9 @@ class SlotHeads(nn.Module):
                  value_embedding: nn.Module | None = None, value_tokens: list | None = None) -> None:
         super().__init__()
         S, V = num_slots, max(max(num_values), 1)
-        self.query = nn.Parameter(torch.randn(S, dim) / math.sqrt(dim))
+        # two attention queries per slot: one for the gate and refer decisions (is the slot
+        # mentioned, and how), one for the value (where is it)
+        self.query = nn.Parameter(torch.randn(2, S, dim) / math.sqrt(dim))
         self.mix = nn.Linear(2 * dim, dim)
         self.drop = nn.Dropout(dropout)
         self.gate_w = nn.Parameter(torch.randn(S, dim, num_gates) / math.sqrt(dim))
@@ -61,17 +63,19 @@ class SlotHeads(nn.Module):
             self.value_proj = nn.Linear(dim, value_embedding.embedding_dim)
 
     def forward(self, h: torch.Tensor, pad: torch.Tensor) -> DSTOutput:
-        scores = torch.einsum("bld,sd->bsl", h, self.query) / math.sqrt(h.shape[-1])
-        att = scores.masked_fill(pad[:, None, :], MASKED).softmax(dim=-1)
-        ctx = torch.einsum("bsl,bld->bsd", att, h)
+        scores = torch.einsum("bld,qsd->qbsl", h, self.query) / math.sqrt(h.shape[-1])
+        att = scores.masked_fill(pad[None, :, None, :], MASKED).softmax(dim=-1)
+        ctx = torch.einsum("qbsl,bld->qbsd", att, h)
         pooled = (h * (~pad)[..., None]).sum(1) / (~pad).sum(1, keepdim=True).clamp(min=1)
-        r = self.drop(torch.tanh(self.mix(torch.cat([ctx, pooled[:, None].expand_as(ctx)], dim=-1))))
-        gate = torch.einsum("bsd,sdg->bsg", r, self.gate_w) + self.gate_b
+        r_gate = self.drop(torch.tanh(self.mix(torch.cat([ctx[0], pooled[:, None].expand_as(ctx[0])], dim=-1))))
+        r = self.drop(ctx[1])
+        gate = torch.einsum("bsd,sdg->bsg", r_gate, self.gate_w) + self.gate_b
         value = torch.einsum("bsd,sdv->bsv", r, self.value_w) + self.value_b
         if self.value_embedding is not None:
             tok = self.value_tokens
             emb = (self.value_embedding(tok) * (tok > 0)[..., None]).sum(2) / (tok > 0).sum(2, keepdim=True).clamp(min=1)
             value = value + torch.einsum("bse,sve->bsv", self.value_proj(r), emb)
+        r = r_gate
         value = value.masked_fill(self.value_mask, MASKED)
         refer = (torch.einsum("bsd,sdt->bst", r, self.refer_w) + self.refer_b).masked_fill(self.refer_mask, MASKED)
         return DSTOutput(gate, value, refer)
