@@ -17,8 +17,8 @@ drawn by the `kinds` weights among the kinds that apply to it:
 - ``dontcare``: spurious dontcare. Applies to real values. The label is `dontcare`, carried over like
   `wrong`.
 
-Cells processed in dialogue order; a selected cell that an earlier error already changed is left
-alone. `rate` is therefore the per-eligible-cell selection probability; because missed, wrong and
+Cells are processed in dialogue order; a selected cell that an earlier carried-over error already
+changed is left alone (counted in `selected_but_already_changed_per_kind`). `rate` is therefore the per-eligible-cell selection probability; because missed, wrong and
 dontcare carry over, the realised fraction of changed cells is higher. Both are recorded, per kind.
 """
 from __future__ import annotations
@@ -65,9 +65,8 @@ class DSTAnnotationNoise(NoiseInjector):
         selected = eligible & (rng.random((N, S)) < self.rate)
         weights = np.array([self.kinds[k] for k in KINDS])
         counts = {k: 0 for k in KINDS}
+        absorbed = {k: 0 for k in KINDS}
         for r, s in zip(*np.nonzero(selected)):  # row-major = dialogue order
-            if kind[r, s] >= 0:
-                continue
             v, p = states[r, s], before[r, s]
             update, real = v != p, v != dontcare_id
             ok = np.array([update, update and nxt[r] >= 0, real and len(slot_values[s]) > 1, real])
@@ -76,6 +75,9 @@ class DSTAnnotationNoise(NoiseInjector):
                 continue
             k = int(rng.choice(len(KINDS), p=w / w.sum()))
             counts[KINDS[k]] += 1
+            if kind[r, s] >= 0:  # already changed by an earlier error carried over
+                absorbed[KINDS[k]] += 1
+                continue
             if KINDS[k] == "late":
                 noisy[r, s], kind[r, s] = p, k
                 continue
@@ -99,6 +101,7 @@ class DSTAnnotationNoise(NoiseInjector):
             "changed_fraction_of_all_cells": float(changed.sum() / max(N * S, 1)),
             "eligible_cells": int(eligible.sum()), "cells": int(N * S),
             "selected_per_kind": counts,
+            "selected_but_already_changed_per_kind": absorbed,
             "realized_rate_per_kind": {k: float(((kind == i) & changed).sum() / n_elig)
                                        for i, k in enumerate(KINDS)},
             "turns_with_a_wrong_state": float(changed.any(axis=1).mean()) if N else 0.0,
@@ -109,6 +112,8 @@ class DSTAnnotationNoise(NoiseInjector):
 class DSTRealNoise(NoiseInjector):
     """No injected noise: the dataset's own training labels are the noisy ones (MultiWOZ 2.1 trained
     on, MultiWOZ 2.4 evaluated on; see `dataset.loader.train_version` / `eval_version`)."""
+
+    real = True  # a dataset with clean labels (synthwoz) refuses it
 
     def __init__(self, rate: float = 0.0, seed: int = 0, apply_to_val: bool = True) -> None:
         super().__init__(rate, seed, apply_to_val)
