@@ -56,3 +56,26 @@ def memorization(pred: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor) -
 # Metrics a dataset config may name as its headline in `dataset.metric`; all are logged for
 # datasets that list them in `dataset.extra_metrics`.
 METRICS = {"acc": accuracy, "f1": f1_positive, "macro_f1": macro_f1, "mcc": mcc}
+
+
+# Dialogue state tracking: states are [turns, slots] tensors of value ids (none and dontcare are ids).
+def joint_goal_accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """JGA (TripPy `metric_dst.py`): the fraction of turns whose predicted cumulative state equals
+    the gold one in EVERY slot, `none` and `dontcare` included."""
+    if target.shape[0] == 0:
+        return torch.tensor(float("nan"), device=target.device)
+    return (pred == target).all(dim=1).float().mean()
+
+
+def slot_accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The fraction of (turn, slot) cells with the gold value, `none` included."""
+    if target.numel() == 0:
+        return torch.tensor(float("nan"), device=target.device)
+    return (pred == target).float().mean()
+
+
+def gate_f1(pred: torch.Tensor, target: torch.Tensor, gate: int) -> torch.Tensor:
+    """F1 of one gate class over all (turn, slot) cells; 0 when the class is neither predicted nor gold."""
+    if target.numel() == 0:
+        return torch.tensor(float("nan"), device=target.device)
+    return _f1(pred.reshape(-1), target.reshape(-1), gate).float()

@@ -25,7 +25,8 @@ KINDS = {
 }
 DEFAULT_KINDS = ("last", "selected", "best")
 METRIC_TITLES = {"acc": "test accuracy (%)", "f1": "test F1 of the positive class (%)",
-                 "macro_f1": "test macro-F1 (%)", "mcc": "test Matthews correlation (x100)"}
+                 "macro_f1": "test macro-F1 (%)", "mcc": "test Matthews correlation (x100)",
+                 "jga": "test joint goal accuracy, JGA (%)", "slot_acc": "test slot accuracy (%)"}
 
 
 def find_records(paths: Iterable[Path | str]) -> list[Path]:

@@ -22,19 +22,12 @@ from noisybench import data as nbdata
 from noisybench.config import build, check_trainer, resolve_device
 from noisybench.errors import ConfigError, NonFiniteLossError
 from noisybench.methods.base import Batch
-from noisybench.metrics import METRICS, memorization
 from noisybench.noise import transition_matrix
+from noisybench.tasks import make_task
+from noisybench.tasks.classification import predict  # noqa: F401  (re-exported: it used to live here)
 from noisybench.utils import atomic_write_json, atomic_write_text, git_revision, resolve_data_dir, versions
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    model.eval()
-    if len(x) == 0:
-        return torch.empty(0, dtype=torch.int64, device=x.device)
-    return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
 
 
 def build_data(cfg: DictConfig) -> tuple[nbdata.Dataset, dict]:
@@ -71,37 +64,26 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _num(t: torch.Tensor) -> float | None:
-    v = float(t)
-    return None if math.isnan(v) else v
-
-
 def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     out_dir = Path(out_dir)
     check_trainer(cfg.trainer)
     device = resolve_device(str(cfg.trainer.device))
     epochs, bs, eval_bs = int(cfg.trainer.epochs), int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size)
     seed = int(cfg.seed)
-    metric_name = str(cfg.dataset.get("metric", "acc"))
-    if metric_name not in METRICS:
-        raise ConfigError(f"dataset.metric={metric_name!r} is unknown; use one of {', '.join(METRICS)}")
-    metric = METRICS[metric_name]
-    extra = [m for m in (cfg.dataset.get("extra_metrics") or []) if m != metric_name]
-    unknown = [m for m in extra if m not in METRICS]
-    if unknown:
-        raise ConfigError(f"dataset.extra_metrics has unknown {unknown}; use any of {', '.join(METRICS)}")
+    task = make_task(cfg.dataset)  # the problem's shape: data, model arguments, losses, evaluation
+    metric_name = task.metric
 
-    ds, noise_report = build_data(cfg)
+    ds, noise_report = task.build_data(cfg)
     atomic_write_json(out_dir / "noise.json", noise_report)
     ds = ds.to(device)
-    K = ds.num_classes
 
     if cfg.trainer.get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))  # small models: extra intra-op threads only add overhead
     torch.manual_seed(seed)  # model init and dropout draw from torch's (now seeded) default RNG
     shuffle = torch.Generator().manual_seed(seed)
-    model = build(cfg.model)(input_shape=ds.input_shape, num_classes=K).to(device)
-    method = build(cfg.method)(num_classes=K).to(device)
+    model = task.build_model(cfg.model, ds).to(device)
+    method = build(cfg.method)(num_classes=task.num_classes(ds)).to(device)
+    method.task = task
     try:
         optimizer = build(cfg.optim.optimizer)(model.parameters())
     except ValueError as e:
@@ -137,17 +119,7 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
         method_metrics = method.epoch_metrics(corrupted)
         row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **method.state(), **method_metrics}
         if (epoch + 1) % int(cfg.trainer.eval_every) == 0 or epoch == epochs - 1:
-            pred_train = predict(model, ds.x_train, eval_bs)
-            mem_noisy, mem_clean = memorization(pred_train, ds.y_train, ds.y_train_clean)
-            pred_test = predict(model, ds.x_test, eval_bs)
-            row.update({  # host syncs, once per evaluated epoch
-                "val": _num(metric(predict(model, ds.x_val, eval_bs), ds.y_val)),
-                "test": _num(metric(pred_test, ds.y_test)),
-                **{f"test_{m}": _num(METRICS[m](pred_test, ds.y_test)) for m in extra},
-                "train_noisy": _num(metric(pred_train, ds.y_train)),
-                "memorized_noisy_frac": _num(mem_noisy),
-                "memorized_clean_frac": _num(mem_clean),
-            })
+            row.update(task.evaluate(model, ds, eval_bs))
             bar.set_postfix(loss=f"{train_loss:.3f}", val=row["val"], test=row["test"])
         rows.append(row)
         atomic_write_text(out_dir / "metrics.csv", _csv(rows))

@@ -52,7 +52,7 @@ class Dataset:
 
     def to(self, device: torch.device) -> "Dataset":
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
-        return Dataset(**moved)
+        return type(self)(**moved)  # subclasses (e.g. DST's) keep their extra fields
 
 
 def split_pool(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,9 @@ class LossMethod(nn.Module):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
+        # set by the runner: applies `forward` to a task's structured outputs (noisybench.tasks);
+        # None = one label per sample
+        self.task = None
 
     def on_train_start(self, x_train: torch.Tensor, y_train: torch.Tensor, seed: int) -> None:
         """Called once before training with the training split (NOISY labels only) and the
@@ -42,9 +45,14 @@ class LossMethod(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def batch_losses(self, outputs, targets: torch.Tensor) -> torch.Tensor:
+        """Per-row losses of a batch: `forward` itself for one label per sample; a task with several
+        heads (DST: gate, value and refer per slot) applies `forward` to each and combines them."""
+        return self(outputs, targets) if self.task is None else self.task.losses(self, outputs, targets)
+
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
         """One optimisation step; returns the batch's mean loss as a detached device tensor."""
-        loss = self(model(batch.x), batch.y).mean()
+        loss = self.batch_losses(model(batch.x), batch.y).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
