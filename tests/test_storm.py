@@ -274,7 +274,12 @@ def _models():
 def test_storm_trains_every_model_for_two_batches(tmp_path, model):
     cfg = compose_cfg(tmp_path, "method=storm", f"model={model}", "dataset.subset=64", "trainer.batch_size=32",
                       "noise.rate=0.4")
-    rec = run(cfg, tmp_path / "r", progress=False)
+    try:
+        rec = run(cfg, tmp_path / "r", progress=False)
+    except ConfigError as e:
+        if "does not fit" in str(e):  # a model for another task (e.g. DST)
+            pytest.skip(str(e))
+        raise
     assert rec["method"]["name"] == "storm" and rec["uses_clean_labels"] is False
     mm = rec["method_metrics"]
     assert set(mm) >= {"weight_auc", "mean_weight_clean", "mean_weight_corrupted"}

@@ -266,6 +266,10 @@ class STORM(LossMethod):
         return self.base_loss(logits, targets)
 
     def on_train_start(self, x_train: torch.Tensor, y_train: torch.Tensor, seed: int) -> None:
+        task = getattr(self, "task", None)
+        if task is not None and not task.plain_logits:
+            raise ConfigError(f"method=storm does not support {task.kind} datasets yet (the per-slot gate-loss "
+                              "rescaling of the paper's DST variant is not implemented); use method=ce, gce or dal")
         # private streams derived from the training seed: Ω's init and the meta-batch draws
         s_init, s_meta = np.random.SeedSequence([int(seed), 0x5709]).generate_state(2)
         self.rescaler.reset_parameters(torch.Generator().manual_seed(int(s_init)))

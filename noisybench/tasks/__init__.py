@@ -47,6 +47,9 @@ class Task:
 
     kind = "task"
     model_hint = ""
+    #: True when a batch is one classification sample per row (model(x) -> logits [B, K]); step
+    #: methods that re-run the model themselves (STORM) need this
+    plain_logits = False
 
     def __init__(self, metric: str, extra_metrics: list[str] | None = None) -> None:
         self.metric = str(metric)
