@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 KINDS = {
     "last": ("test_last", "last epoch"),
-    "selected": ("test_selected", "selected by noisy validation"),
+    "selected": ("test_selected", "selected by validation (noisy labels unless the column says clean val)"),
     "best": ("test_best", "ORACLE best test epoch (not a valid selection protocol)"),
 }
 DEFAULT_KINDS = ("last", "selected", "best")
