@@ -24,6 +24,7 @@ from noisybench.errors import ConfigError, NonFiniteLossError
 from noisybench.methods.base import Batch
 from noisybench.metrics import METRICS, memorization
 from noisybench.noise import transition_matrix
+from noisybench.noise.cache import cached, noise_key
 from noisybench.utils import atomic_write_json, atomic_write_text, git_revision, resolve_data_dir, versions
 
 log = logging.getLogger(__name__)
@@ -37,20 +38,36 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.T
     return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
 
 
-def build_data(cfg: DictConfig) -> tuple[nbdata.Dataset, dict]:
-    """Dataset tensors (CPU) with noisy training/validation labels, and the noise report."""
-    pool = build(cfg.dataset.loader)(data_dir=str(resolve_data_dir(cfg.data_dir)))
+def build_noise(cfg: DictConfig) -> tuple[nbdata.Pool, np.ndarray, dict]:
+    """The training pool, its noisy labels (from the cache when this exact noise was made before)
+    and the noise report (realised rate and transition matrix)."""
+    data_dir = resolve_data_dir(cfg.data_dir)
+    pool = build(cfg.dataset.loader)(data_dir=str(data_dir))
     injector = build(cfg.noise)
-    noisy = injector(pool.y_train, pool.num_classes, features=pool.x_train)
+    key, payload = noise_key(str(cfg.dataset.name), OmegaConf.to_container(cfg.dataset.loader, resolve=True),
+                             str(cfg.noise.name), injector.spec(), pool.y_train, pool.num_classes)
+    cache_dir = data_dir / "noise-cache" / str(cfg.dataset.name) if cfg.get("noise_cache", True) else None
+    noisy, hit = cached(cache_dir, key, payload, len(pool.y_train),
+                        lambda: injector(pool.y_train, pool.num_classes, features=pool.x_train))
     counts, T = transition_matrix(pool.y_train, noisy, pool.num_classes)
+    expected = getattr(injector, "expected_rate", None)
     noise_report = {
         "type": cfg.noise.name, **injector.spec(),
         "realized_noise_rate": float(np.mean(noisy != pool.y_train)),
+        **({"expected_noise_rate": round(expected(pool.num_classes), 6)} if expected else {}),
         "applied_to": "train+val pool",
         "num_samples": int(len(noisy)),
+        "cache_key": key, "from_cache": hit,
+        "class_names": pool.class_names,
         "transition_matrix": T.round(6).tolist(),
         "transition_counts": counts.tolist(),
     }
+    return pool, noisy, noise_report
+
+
+def build_data(cfg: DictConfig) -> tuple[nbdata.Dataset, dict]:
+    """Dataset tensors (CPU) with noisy training/validation labels, and the noise report."""
+    pool, noisy, noise_report = build_noise(cfg)
     ds = nbdata.prepare(pool, noisy, float(cfg.dataset.val_fraction), int(cfg.dataset.split_seed),
                         cfg.dataset.get("subset"))
     return ds, noise_report
@@ -88,7 +105,15 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
 
     torch.manual_seed(seed)  # model init and dropout draw from torch's (now seeded) default RNG
     shuffle = torch.Generator().manual_seed(seed)
-    model = build(cfg.model)(input_shape=ds.input_shape, num_classes=K).to(device)
+    model = build(cfg.model)(input_shape=ds.input_shape, num_classes=K)
+    # the dataset's transform: normalisation inside the model (every caller of the model gets
+    # normalised floats from the compact stored tensors), augmentation of training batches only
+    transform = build(cfg.dataset.transform) if cfg.dataset.get("transform") is not None else None
+    if transform is not None:
+        model = torch.nn.Sequential(transform.normalizer(), model)
+    augment = transform.augment if transform is not None and transform.augments else None
+    aug_gen = torch.Generator(device=device).manual_seed(seed)
+    model = model.to(device)
     method = build(cfg.method)(num_classes=K).to(device)
     try:
         optimizer = build(cfg.optim.optimizer)(model.parameters())
@@ -109,7 +134,8 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
         total = torch.zeros((), device=device)
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
-            loss = method.train_step(model, optimizer, Batch(ds.x_train[idx], ds.y_train[idx], idx))
+            x = ds.x_train[idx] if augment is None else augment(ds.x_train[idx], aug_gen)
+            loss = method.train_step(model, optimizer, Batch(x, ds.y_train[idx], idx))
             total += loss * len(idx)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
