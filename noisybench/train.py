@@ -178,7 +178,8 @@ def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_
         "model": cfg.model.name,
         "method": {"name": cfg.method.name, **method.hparams()},
         "noise": {k: noise_report[k] for k in noise_report
-                  if k not in ("transition_matrix", "transition_counts", "realized_noise_rate")},
+                  if k not in ("transition_matrix", "transition_counts", "realized_noise_rate", "class_names",
+                               "from_cache")},
         "realized_noise_rate": noise_report["realized_noise_rate"],
         "seed": int(cfg.seed),
         "noise_seed": int(cfg.noise.seed),

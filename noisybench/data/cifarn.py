@@ -9,6 +9,7 @@ training labels (which also proves the sample order matches).
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +25,13 @@ def _load_pt(path: Path) -> dict:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception as e:
         raise DataError(f"cannot read {path} ({e}); delete it and provide the CIFAR-N file again") from None
-    allowed = []
+    # numpy's dtype classes are reached through other globals and not always listed up front
+    allowed = [np.ndarray, np.dtype, *{type(np.dtype(c)) for c in "?bBhHiIlLqQefdg"}]
     for name in unsafe:
         module, _, attr = name.rpartition(".")
         if not module.split(".")[0] == "numpy":
             raise DataError(f"{path} contains a non-numpy object ({name}); refusing to load it, "
                             "delete it and provide the CIFAR-N file again")
-        import importlib
-
         obj = importlib.import_module(module)
         for part in attr.split("."):
             obj = getattr(obj, part)
