@@ -69,8 +69,9 @@ def load_cifar(dataset: str, data_dir: str | None = None, download: bool = True,
         missing = [p for p, _ in wanted if not p.is_file()]
     if missing:
         raise DataError(f"{name}: {len(missing)} batch file(s) missing in {folder} (e.g. {missing[0].name}); "
-                        f"put the extracted {tv.filename} there (or set data_dir=...), or allow the download "
-                        "(dataset.loader.download=true, needs network)")
+                        f"put the extracted {tv.filename} there (or set data_dir=...), or "
+                        + ("retry when the network is up (the download failed)" if download else
+                           "allow the download (dataset.loader.download=true, needs network)"))
     if verify:
         bad = [p.name for p, md5 in wanted if not check_integrity(str(p), md5)]
         if bad:

@@ -94,11 +94,12 @@ def load_idx_dataset(dataset: str, data_dir: str | None = None, folder: str | No
     if files is None and download:
         files, source = _download(tv_name, root), "torchvision download"
     if files is None:
+        fetch = ("the download from torchvision's mirrors failed (no network?)" if download else
+                 "or allow the download (dataset.loader.download=true, needs network)")
         raise DataError(
             f"{name}: the four IDX files ({', '.join(FILES.values())}, .gz or raw) were not found; "
-            f"either put them in {candidates[0]} (or set data_dir=...), install them system-wide "
-            f"(searched: {', '.join(map(str, search_dirs)) or 'none'}; e.g. Debian's dataset-fashion-mnist), "
-            f"or allow the download (dataset.loader.download=true, needs network)")
+            f"put them in {candidates[0]} (or set data_dir=...), or in a system directory listed in "
+            f"dataset.loader.search_dirs (searched: {', '.join(map(str, search_dirs)) or 'none'}), {fetch}")
     arrays = {k: read_idx(p) for k, p in files.items()}
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
