@@ -39,9 +39,10 @@ def _condense_hydra_error(e: Exception) -> str:
     msg = str(e)
     if "Could not find" in msg and "Available options" in msg:
         head, _, opts = msg.partition("Available options")
+        opts = opts.split("Config search path")[0]
         options = ", ".join(o.strip() for o in opts.split("\n")[1:] if o.strip())
         group = opts.split("\n")[0].strip(" :in'")
-        return f"{_one_line(head)} Choose one of {group}: {options}"
+        return f"{_one_line(head).rstrip('.')}. Choose one of {group}: {options}"
     cause = e.__cause__
     parts = [msg.split("\n")[0]]
     if "Could not override" in msg or "not in struct" in msg or "Key" in msg:
@@ -81,15 +82,15 @@ def preflight(args: list[str]) -> str | None:
     if any(a.startswith("-") and a not in _HYDRA_FLAGS for a in args):
         return None  # --help, --cfg, --info ...: Hydra's own flags
     overrides = [a for a in args if a not in _HYDRA_FLAGS and not a.lstrip("+~").startswith("hydra")]
-    from hydra import compose, initialize_config_module
+    from hydra import compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from noisybench.config import CONFIG_MODULE, CONFIG_NAME, validate
+    from noisybench.config import CONFIG_NAME, hydra_context, validate
 
     try:
         jobs = _grid(overrides)
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        with hydra_context():
             for job in jobs:
                 validate(compose(CONFIG_NAME, overrides=job))
     except NoisybenchError as e:
@@ -126,14 +127,14 @@ def _train_task(cfg) -> None:
 def train_main(args: list[str]) -> int:
     import hydra
 
-    from noisybench.config import CONFIG_NAME, register_resolvers
+    from noisybench.config import CONFIG_NAME, config_path, register_resolvers
 
     register_resolvers()
     err = preflight(args)
     if err:
         print(f"noisybench: error: {err}", file=sys.stderr)
         return 2
-    app = hydra.main(version_base="1.3", config_path="pkg://noisybench.conf", config_name=CONFIG_NAME)(_train_task)
+    app = hydra.main(version_base="1.3", config_path=config_path(), config_name=CONFIG_NAME)(_train_task)
     _FAILURES.clear()
     saved = sys.argv
     sys.argv = ["noisybench train", *args]
@@ -185,7 +186,8 @@ def noise_main(args: list[str]) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from noisybench.config import CONFIG_MODULE, CONFIG_NAME, register_resolvers, validate
-    from noisybench.noise import transition_matrix
+    import numpy as np
+
     from noisybench.noise.report import format_matrix, save_heatmap
     from noisybench.train import build_noise
     from noisybench.utils import atomic_write_json
@@ -196,7 +198,7 @@ def noise_main(args: list[str]) -> int:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             cfg = compose(CONFIG_NAME, overrides=overrides)
         validate(cfg)
-        pool, noisy, report = build_noise(cfg)
+        pool, noisy, report, _ = build_noise(cfg)
     except NoisybenchError as e:
         print(f"noisybench: error: {_one_line(e)}", file=sys.stderr)
         return 1
@@ -204,7 +206,7 @@ def noise_main(args: list[str]) -> int:
         print(f"noisybench: error: {_condense_hydra_error(e)}", file=sys.stderr)
         return 2
     out = out or _noise_run_dir()
-    counts, T = transition_matrix(pool.y_train, noisy, pool.num_classes)
+    counts, T = np.array(report["transition_counts"]), np.array(report["transition_matrix"])
     atomic_write_json(out / "noise.json", {"dataset": cfg.dataset.name, **report})
     spec = ", ".join(f"{k}={v}" for k, v in report.items() if k not in (
         "type", "realized_noise_rate", "expected_noise_rate", "applied_to", "num_samples", "cache_key",
@@ -243,6 +245,10 @@ def report_main(args: list[str]) -> int:
     if missing:
         print(f"noisybench: error: no such path: {', '.join(missing)}", file=sys.stderr)
         return 2
+    if load_summary(a.paths).empty:
+        print("noisybench: error: no result.json found under the given paths (finished runs have one)",
+              file=sys.stderr)
+        return 1
     if a.out:
         df = write_report(a.paths, a.out, formats, kinds)
         print(f"{len(df)} runs -> {a.out}/summary.csv, " + ", ".join(str(a.out / WRITERS[f][0]) for f in formats))
@@ -250,9 +256,6 @@ def report_main(args: list[str]) -> int:
         df = load_summary(a.paths)
         for f in formats:
             print(WRITERS[f][1](df, kinds))
-    if df.empty:
-        print("noisybench: error: no result.json found under the given paths", file=sys.stderr)
-        return 1
     return 0
 
 

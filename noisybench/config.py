@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import secrets
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
@@ -12,6 +14,25 @@ from noisybench.errors import ConfigError
 CONFIG_MODULE = "noisybench.conf"
 CONFIG_NAME = "train"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def config_path() -> str:
+    """Where the config tree is: the checkout's top-level `conf/` when running from source (editable
+    install, or a checkout on sys.path), else the copy shipped in the wheel as `noisybench.conf`."""
+    src = Path(__file__).resolve().parent.parent / "conf"
+    return str(src) if (src / f"{CONFIG_NAME}.yaml").is_file() else f"pkg://{CONFIG_MODULE}"
+
+
+@contextmanager
+def hydra_context():
+    """Hydra's compose API initialised on the config tree (for preflight checks and tests)."""
+    from hydra import initialize_config_dir, initialize_config_module
+
+    path = config_path()
+    init = (initialize_config_module(CONFIG_MODULE, version_base="1.3") if path.startswith("pkg://")
+            else initialize_config_dir(path, version_base="1.3"))
+    with init:
+        yield
 
 
 def register_resolvers() -> None:

@@ -1,4 +1,9 @@
-"""Evaluation metrics on predicted labels. All return 0-dim tensors (no host sync here)."""
+"""Evaluation metrics on predicted labels. All return 0-dim tensors (no host sync here).
+
+Conventions follow scikit-learn: F1 of the positive class (label 1) with 0 when undefined; macro-F1
+averages over the labels present in the targets or the predictions; Matthews correlation uses the
+multiclass formula (Gorodkin 2004), 0 when undefined.
+"""
 from __future__ import annotations
 
 import torch
@@ -10,6 +15,37 @@ def accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred == target).float().mean()
 
 
+def _f1(pred: torch.Tensor, target: torch.Tensor, label: int | torch.Tensor) -> torch.Tensor:
+    tp = ((pred == label) & (target == label)).sum()
+    denom = (pred == label).sum() + (target == label).sum()  # = 2tp + fp + fn
+    return torch.where(denom > 0, 2.0 * tp / denom.clamp(min=1), torch.zeros((), device=pred.device))
+
+
+def f1_positive(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """F1 of class 1 (e.g. spam): the headline metric of imbalanced binary tasks."""
+    if target.numel() == 0:
+        return torch.tensor(float("nan"), device=target.device)
+    return _f1(pred, target, 1).float()
+
+
+def macro_f1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if target.numel() == 0:
+        return torch.tensor(float("nan"), device=target.device)
+    labels = torch.unique(torch.cat([pred, target]))
+    return torch.stack([_f1(pred, target, c) for c in labels]).float().mean()
+
+
+def mcc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if target.numel() == 0:
+        return torch.tensor(float("nan"), device=target.device)
+    k = int(torch.max(torch.cat([pred, target])).item()) + 1  # host sync: once per evaluation
+    cm = torch.bincount(target * k + pred, minlength=k * k).reshape(k, k).double()
+    t, p, c, s = cm.sum(1), cm.sum(0), cm.trace(), cm.sum()
+    num = c * s - (p * t).sum()
+    den = torch.sqrt((s * s - (p * p).sum()) * (s * s - (t * t).sum()))
+    return torch.where(den > 0, num / den.clamp(min=1e-300), torch.zeros((), dtype=den.dtype, device=den.device)).float()
+
+
 def memorization(pred: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Over the corrupted training samples (noisy != clean): the fraction predicted as their noisy
     label (memorised) and as their clean label (corrected). NaN when nothing is corrupted."""
@@ -17,5 +53,29 @@ def memorization(pred: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor) -
     return accuracy(pred[corrupted], noisy[corrupted]), accuracy(pred[corrupted], clean[corrupted])
 
 
-# Headline metrics a dataset config may name in `dataset.metric`.
-METRICS = {"acc": accuracy}
+# Metrics a dataset config may name as its headline in `dataset.metric`; all are logged for
+# datasets that list them in `dataset.extra_metrics`.
+METRICS = {"acc": accuracy, "f1": f1_positive, "macro_f1": macro_f1, "mcc": mcc}
+
+
+# Dialogue state tracking: states are [turns, slots] tensors of value ids (none and dontcare are ids).
+def joint_goal_accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """JGA (TripPy `metric_dst.py`): the fraction of turns whose predicted cumulative state equals
+    the gold one in EVERY slot, `none` and `dontcare` included."""
+    if target.shape[0] == 0:
+        return torch.tensor(float("nan"), device=target.device)
+    return (pred == target).all(dim=1).float().mean()
+
+
+def slot_accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The fraction of (turn, slot) cells with the gold value, `none` included."""
+    if target.numel() == 0:
+        return torch.tensor(float("nan"), device=target.device)
+    return (pred == target).float().mean()
+
+
+def gate_f1(pred: torch.Tensor, target: torch.Tensor, gate: int) -> torch.Tensor:
+    """F1 of one gate class over all (turn, slot) cells; 0 when the class is neither predicted nor gold."""
+    if target.numel() == 0:
+        return torch.tensor(float("nan"), device=target.device)
+    return _f1(pred.reshape(-1), target.reshape(-1), gate).float()

@@ -24,7 +24,9 @@ KINDS = {
     "best": ("test_best", "ORACLE best test epoch (not a valid selection protocol)"),
 }
 DEFAULT_KINDS = ("last", "selected", "best")
-METRIC_TITLES = {"acc": "test accuracy (%)"}
+METRIC_TITLES = {"acc": "test accuracy (%)", "f1": "test F1 of the positive class (%)",
+                 "macro_f1": "test macro-F1 (%)", "mcc": "test Matthews correlation (x100)",
+                 "jga": "test joint goal accuracy, JGA (%)", "slot_acc": "test slot accuracy (%)"}
 
 
 def find_records(paths: Iterable[Path | str]) -> list[Path]:
@@ -45,6 +47,8 @@ def _noise_label(noise: dict) -> str:
         label += " excl"
     if noise.get("sampling") == "exact":
         label += " exact"
+    if noise.get("apply_to_val") is False:
+        label += " (clean val)"
     return label
 
 
@@ -66,7 +70,9 @@ def load_summary(paths: Iterable[Path | str]) -> pd.DataFrame:
             "test_last": r["test_last"], "test_selected": r["test_selected"],
             "selected_epoch": r["selected_epoch"], "test_best": r["test_best"], "best_epoch": r.get("best_epoch"),
             "memorized_noisy_frac": r.get("memorized_noisy_frac"), "train_time_s": r.get("train_time_s"),
-            "device": r.get("device"),
+            "device": r.get("device"), "uses_clean_labels": r.get("uses_clean_labels", False),
+            # method diagnostics of the last epoch (e.g. STORM's weight_auc)
+            **{f"method_{k}": v for k, v in (r.get("method_metrics") or {}).items()},
         })
     df = pd.DataFrame(rows)
     if not df.empty:

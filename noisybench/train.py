@@ -22,54 +22,53 @@ from noisybench import data as nbdata
 from noisybench.config import build, check_trainer, resolve_device
 from noisybench.errors import ConfigError, NonFiniteLossError
 from noisybench.methods.base import Batch
-from noisybench.metrics import METRICS, memorization
 from noisybench.noise import transition_matrix
 from noisybench.noise.cache import cached, noise_key
+from noisybench.tasks import make_task
+from noisybench.tasks.classification import predict  # noqa: F401  (re-exported: it used to live here)
 from noisybench.utils import atomic_write_json, atomic_write_text, git_revision, resolve_data_dir, versions
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    model.eval()
-    if len(x) == 0:
-        return torch.empty(0, dtype=torch.int64, device=x.device)
-    return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
-
-
-def build_noise(cfg: DictConfig) -> tuple[nbdata.Pool, np.ndarray, dict]:
-    """The training pool, its noisy labels (from the cache when this exact noise was made before)
-    and the noise report (realised rate and transition matrix)."""
+def build_noise(cfg: DictConfig) -> tuple[nbdata.Pool, np.ndarray, dict, tuple[np.ndarray, np.ndarray]]:
+    """The training pool, its noisy labels (from the cache when this exact noise was made before),
+    the noise report (realised rate and transition matrix) and the (train, val) pool indices."""
     data_dir = resolve_data_dir(cfg.data_dir)
     pool = build(cfg.dataset.loader)(data_dir=str(data_dir))
+    train_idx, val_idx = nbdata.split_indices(pool, float(cfg.dataset.val_fraction), int(cfg.dataset.split_seed))
     injector = build(cfg.noise)
     key, payload = noise_key(str(cfg.dataset.name), OmegaConf.to_container(cfg.dataset.loader, resolve=True),
                              str(cfg.noise.name), injector.spec(), pool.y_train, pool.num_classes)
     cache_dir = data_dir / "noise-cache" / str(cfg.dataset.name) if cfg.get("noise_cache", True) else None
     noisy, hit = cached(cache_dir, key, payload, len(pool.y_train),
                         lambda: injector(pool.y_train, pool.num_classes, features=pool.x_train))
-    counts, T = transition_matrix(pool.y_train, noisy, pool.num_classes)
+    applied = np.arange(len(noisy))
+    if not injector.apply_to_val:  # papers that select on a clean validation split
+        noisy[val_idx] = pool.y_train[val_idx]
+        applied = train_idx
+    counts, T = transition_matrix(pool.y_train[applied], noisy[applied], pool.num_classes)
     expected = getattr(injector, "expected_rate", None)
     noise_report = {
         "type": cfg.noise.name, **injector.spec(),
-        "realized_noise_rate": float(np.mean(noisy != pool.y_train)),
+        "realized_noise_rate": float(np.mean(noisy[applied] != pool.y_train[applied])),
         **({"expected_noise_rate": round(expected(pool.num_classes), 6)} if expected else {}),
-        "applied_to": "train+val pool",
-        "num_samples": int(len(noisy)),
+        "applied_to": "train+val" if injector.apply_to_val else "train (validation labels clean)",
+        "num_samples": int(len(applied)),
         "cache_key": key, "from_cache": hit,
         "class_names": pool.class_names,
         "transition_matrix": T.round(6).tolist(),
         "transition_counts": counts.tolist(),
     }
-    return pool, noisy, noise_report
+    return pool, noisy, noise_report, (train_idx, val_idx)
 
 
 def build_data(cfg: DictConfig) -> tuple[nbdata.Dataset, dict]:
     """Dataset tensors (CPU) with noisy training/validation labels, and the noise report."""
-    pool, noisy, noise_report = build_noise(cfg)
-    ds = nbdata.prepare(pool, noisy, float(cfg.dataset.val_fraction), int(cfg.dataset.split_seed),
-                        cfg.dataset.get("subset"))
+    pool, noisy, noise_report, (train_idx, val_idx) = build_noise(cfg)
+    featurizer = build(cfg.dataset.features) if cfg.dataset.get("features") is not None else None
+    ds = nbdata.prepare(pool, noisy, train_idx, val_idx, int(cfg.dataset.split_seed),
+                        cfg.dataset.get("subset"), featurizer)
     return ds, noise_report
 
 
@@ -82,30 +81,24 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _num(t: torch.Tensor) -> float | None:
-    v = float(t)
-    return None if math.isnan(v) else v
-
-
 def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     out_dir = Path(out_dir)
     check_trainer(cfg.trainer)
     device = resolve_device(str(cfg.trainer.device))
     epochs, bs, eval_bs = int(cfg.trainer.epochs), int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size)
     seed = int(cfg.seed)
-    metric_name = str(cfg.dataset.get("metric", "acc"))
-    if metric_name not in METRICS:
-        raise ConfigError(f"dataset.metric={metric_name!r} is unknown; use one of {', '.join(METRICS)}")
-    metric = METRICS[metric_name]
+    task = make_task(cfg.dataset)  # the problem's shape: data, model arguments, losses, evaluation
+    metric_name = task.metric
 
-    ds, noise_report = build_data(cfg)
+    ds, noise_report = task.build_data(cfg)
     atomic_write_json(out_dir / "noise.json", noise_report)
     ds = ds.to(device)
-    K = ds.num_classes
 
+    if cfg.trainer.get("threads"):
+        torch.set_num_threads(int(cfg.trainer.threads))  # small models: extra intra-op threads only add overhead
     torch.manual_seed(seed)  # model init and dropout draw from torch's (now seeded) default RNG
     shuffle = torch.Generator().manual_seed(seed)
-    model = build(cfg.model)(input_shape=ds.input_shape, num_classes=K)
+    model = task.build_model(cfg.model, ds)
     # the dataset's transform: normalisation inside the model (every caller of the model gets
     # normalised floats from the compact stored tensors), augmentation of training batches only
     transform = build(cfg.dataset.transform) if cfg.dataset.get("transform") is not None else None
@@ -114,7 +107,8 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     augment = transform.augment if transform is not None and transform.augments else None
     aug_gen = torch.Generator(device=device).manual_seed(seed)
     model = model.to(device)
-    method = build(cfg.method)(num_classes=K).to(device)
+    method = build(cfg.method)(num_classes=task.num_classes(ds)).to(device)
+    method.task = task
     try:
         optimizer = build(cfg.optim.optimizer)(model.parameters())
     except ValueError as e:
@@ -123,6 +117,10 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     scheduler = build(sched_cfg)(optimizer) if sched_cfg is not None and sched_cfg.get("_target_") else None
 
     method.on_train_start(ds.x_train, ds.y_train, seed)
+    if method.needs_clean_validation:  # opt-in baselines only; recorded as uses_clean_labels
+        method.on_clean_validation(ds.x_val, ds.y_val_clean)
+    corrupted = ds.y_train != ds.y_train_clean  # for method diagnostics only (epoch_metrics)
+    method_metrics: dict = {}
     n = len(ds.y_train)
     rows: list[dict] = []
     t_start = time.perf_counter()
@@ -144,29 +142,23 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(f"the training loss became {train_loss} in epoch {epoch}; "
                                      "lower the learning rate (optim.optimizer.lr) or check the inputs")
-        row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **method.state()}
+        method_metrics = method.epoch_metrics(corrupted)
+        row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **method.state(), **method_metrics}
         if (epoch + 1) % int(cfg.trainer.eval_every) == 0 or epoch == epochs - 1:
-            pred_train = predict(model, ds.x_train, eval_bs)
-            mem_noisy, mem_clean = memorization(pred_train, ds.y_train, ds.y_train_clean)
-            row.update({  # host syncs, once per evaluated epoch
-                "val": _num(metric(predict(model, ds.x_val, eval_bs), ds.y_val)),
-                "test": _num(metric(predict(model, ds.x_test, eval_bs), ds.y_test)),
-                "train_noisy": _num(metric(pred_train, ds.y_train)),
-                "memorized_noisy_frac": _num(mem_noisy),
-                "memorized_clean_frac": _num(mem_clean),
-            })
+            row.update(task.evaluate(model, ds, eval_bs))
             bar.set_postfix(loss=f"{train_loss:.3f}", val=row["val"], test=row["test"])
         rows.append(row)
         atomic_write_text(out_dir / "metrics.csv", _csv(rows))
     train_time = time.perf_counter() - t_start
     bar.close()
 
-    record = make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time)
+    record = make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time, method_metrics)
     atomic_write_json(out_dir / "result.json", record)
     return record
 
 
-def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time) -> dict:
+def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time,
+                method_metrics: dict | None = None) -> dict:
     evaluated = [r for r in rows if "test" in r]
     last = evaluated[-1]
     with_val = [r for r in evaluated if r["val"] is not None]
@@ -177,6 +169,8 @@ def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "method": {"name": cfg.method.name, **method.hparams()},
+        "uses_clean_labels": bool(method.needs_clean_validation),
+        "method_metrics": dict(method_metrics or {}),  # the last epoch's epoch_metrics (e.g. weight_auc)
         "noise": {k: noise_report[k] for k in noise_report
                   if k not in ("transition_matrix", "transition_counts", "realized_noise_rate", "class_names",
                                "from_cache")},
@@ -191,6 +185,10 @@ def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_
         "val_selected": selected["val"] if selected else None,
         "selected_epoch": selected["epoch"] if selected else None,
         "selection": "best noisy-validation score (no clean labels used)",
+        "test_other_metrics": {  # the dataset's extra metrics at the last and the selected epoch
+            "last": {k[5:]: v for k, v in last.items() if k.startswith("test_")},
+            "selected": {k[5:]: v for k, v in selected.items() if k.startswith("test_")} if selected else None,
+        },
         "test_best": best["test"],
         "best_epoch": best["epoch"],
         "test_best_note": "oracle: best clean-test epoch, not a valid model-selection protocol",
@@ -200,6 +198,7 @@ def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_
         "num_classes": int(ds.num_classes),
         "train_time_s": round(train_time, 3),
         "device": str(device),
+        "torch_threads": torch.get_num_threads(),
         "versions": versions(),
         "git_revision": git_revision(),
         "dataset_info": ds.info,

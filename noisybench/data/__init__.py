@@ -26,6 +26,9 @@ class Pool:
     num_classes: int
     class_names: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # indices (into the pool) of a validation split the dataset defines itself (e.g. STORM's
+    # valid.tsv); None = hold out `val_fraction` of the pool at random
+    val_index: np.ndarray | None = None
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Dataset:
 
     def to(self, device: torch.device) -> "Dataset":
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
-        return Dataset(**moved)
+        return type(self)(**moved)  # subclasses (e.g. DST's) keep their extra fields
 
 
 def split_pool(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,15 +64,33 @@ def split_pool(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def prepare(pool: Pool, noisy_pool_labels: np.ndarray, val_fraction: float, split_seed: int,
-            subset: int | None) -> Dataset:
-    train_idx, val_idx = split_pool(len(pool.y_train), val_fraction, split_seed)
+def split_indices(pool: Pool, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices into the pool: the dataset's own validation split when it has one."""
+    if pool.val_index is not None:
+        val = np.sort(np.asarray(pool.val_index, dtype=np.int64))
+        return np.setdiff1d(np.arange(len(pool.y_train)), val), val
+    return split_pool(len(pool.y_train), val_fraction, split_seed)
+
+
+def prepare(pool: Pool, noisy_pool_labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+            split_seed: int, subset: int | None, featurizer: Any = None) -> Dataset:
+    """Index the pool into train/val tensors, take the training subset, and featurise.
+
+    A `featurizer` (e.g. TF-IDF for text) is fitted on the training samples only, then applied to
+    the validation and test inputs."""
     if subset is not None:
         if int(subset) < 1:
             raise ConfigError(f"dataset.subset={subset} must be a positive number of samples (or null for all)")
         # a seeded subset that does not depend on the training seed
         keep = np.random.default_rng(split_seed + 1).permutation(len(train_idx))[: int(subset)]
         train_idx = np.sort(train_idx[keep])
+
+    x_train, x_val, x_test = pool.x_train[train_idx], pool.x_train[val_idx], pool.x_test
+    info = dict(pool.info)
+    if featurizer is not None:
+        featurizer.fit(x_train)
+        x_train, x_val, x_test = (featurizer.transform(x) for x in (x_train, x_val, x_test))
+        info["features"] = featurizer.describe()
 
     def t(a, dtype):
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
@@ -78,12 +99,12 @@ def prepare(pool: Pool, noisy_pool_labels: np.ndarray, val_fraction: float, spli
     f = torch.uint8 if pool.x_train.dtype == np.uint8 else torch.float32
     i = torch.int64
     return Dataset(
-        x_train=t(pool.x_train[train_idx], f), y_train=t(noisy_pool_labels[train_idx], i),
+        x_train=t(x_train, f), y_train=t(noisy_pool_labels[train_idx], i),
         y_train_clean=t(pool.y_train[train_idx], i),
-        x_val=t(pool.x_train[val_idx], f), y_val=t(noisy_pool_labels[val_idx], i),
+        x_val=t(x_val, f), y_val=t(noisy_pool_labels[val_idx], i),
         y_val_clean=t(pool.y_train[val_idx], i),
-        x_test=t(pool.x_test, f), y_test=t(pool.y_test, i),
-        num_classes=pool.num_classes, info=dict(pool.info),
+        x_test=t(x_test, f), y_test=t(pool.y_test, i),
+        num_classes=pool.num_classes, info=info,
     )
 
 

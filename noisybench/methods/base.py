@@ -19,13 +19,25 @@ class Batch(NamedTuple):
 
 
 class LossMethod(nn.Module):
+    #: True only when a method is configured to learn from CLEAN validation labels (e.g. STORM with
+    #: meta_source=clean_val); the runner then calls `on_clean_validation` and records
+    #: `uses_clean_labels: true` in result.json.
+    needs_clean_validation: bool = False
+
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
+        # set by the runner: applies `forward` to a task's structured outputs (noisybench.tasks);
+        # None = one label per sample
+        self.task = None
 
     def on_train_start(self, x_train: torch.Tensor, y_train: torch.Tensor, seed: int) -> None:
         """Called once before training with the training split (NOISY labels only) and the
         training seed; step methods that draw extra batches (e.g. STORM's meta batch) keep them."""
+
+    def on_clean_validation(self, x_val: torch.Tensor, y_val_clean: torch.Tensor) -> None:
+        """Called once before training, and only if `needs_clean_validation`: the validation split
+        with its CLEAN labels."""
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called before every epoch (0-based). Schedules live here, not in the runner."""
@@ -33,9 +45,14 @@ class LossMethod(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def batch_losses(self, outputs, targets: torch.Tensor) -> torch.Tensor:
+        """Per-row losses of a batch: `forward` itself for one label per sample; a task with several
+        heads (DST: gate, value and refer per slot) applies `forward` to each and combines them."""
+        return self(outputs, targets) if self.task is None else self.task.losses(self, outputs, targets)
+
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
         """One optimisation step; returns the batch's mean loss as a detached device tensor."""
-        loss = self(model(batch.x), batch.y).mean()
+        loss = self.batch_losses(model(batch.x), batch.y).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -47,4 +64,10 @@ class LossMethod(nn.Module):
 
     def state(self) -> dict:
         """Schedule values for this epoch, logged in metrics.csv (e.g. DAL's q and lambda)."""
+        return {}
+
+    def epoch_metrics(self, corrupted: torch.Tensor) -> dict:
+        """Diagnostics at the end of each epoch, given which training samples were corrupted
+        (bool, training split order). For evaluation only: a method must not train on it.
+        Merged into the metrics.csv row; the last epoch's values go into result.json."""
         return {}

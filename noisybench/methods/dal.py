@@ -16,6 +16,8 @@ Deliberate departures: λ is set to 0 whenever q(e) <= 1. The published formula 
 (even > 1) λ when q_e <= 1 (e.g. q_s = 0.6, q_e = 0.9 gives λ(0) = 4); the intended semantics is
 "bootstrap only once q has passed 1", which the guard enforces and which agrees with the formula
 whenever q_s < 1 < q_e. q_e <= q_s is rejected (q must grow; q_e = q_s divides by zero).
+K in ln K is the width of the logits passed in (= num_classes for classification); for DST's padded
+value heads it is the padded width, i.e. the largest number of values of any slot.
 """
 from __future__ import annotations
 
@@ -70,7 +72,8 @@ class DAL(LossMethod):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = gce_loss(logits, targets, self.q)
         if self.lam > 0:
-            loss = loss + self.lam * self.bootstrap_term(logits) / (self.q * math.log(self.num_classes))
+            # K = the logits' width (a DST task calls the loss on heads with different class counts)
+            loss = loss + self.lam * self.bootstrap_term(logits) / (self.q * math.log(logits.shape[1]))
         return loss
 
     def hparams(self) -> dict:

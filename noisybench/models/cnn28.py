@@ -12,11 +12,16 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from noisybench.errors import ConfigError
+
 
 class CNN28(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_classes: int, channels: int = 16, hidden: int = 128,
                  dropout: float = 0.0) -> None:
         super().__init__()
+        if len(input_shape) not in (2, 3) or min(input_shape[-2:]) < 4:
+            raise ConfigError(f"model=cnn28 does not fit inputs of shape {tuple(input_shape)}: it needs "
+                              "(C, H, W) or (H, W) images; use model=mlp or model=cnn1d")
         in_ch = int(input_shape[0]) if len(input_shape) == 3 else 1
         c = int(channels)
         self.features = nn.Sequential(

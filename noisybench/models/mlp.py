@@ -1,4 +1,4 @@
-"""Multi-layer perceptron on the flattened input."""
+"""Multi-layer perceptron on the flattened input (`input_dropout` drops input features, e.g. TF-IDF)."""
 from __future__ import annotations
 
 import math
@@ -10,9 +10,9 @@ from torch import nn
 
 class MLP(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 256),
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, input_dropout: float = 0.0) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
+        layers: list[nn.Module] = [nn.Flatten(), nn.Dropout(input_dropout)]
         width = math.prod(input_shape)
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]

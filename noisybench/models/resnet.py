@@ -56,8 +56,8 @@ class ResNet(nn.Module):
                  width: int = 64, preact: bool = False) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise ConfigError(f"the CIFAR ResNets need (C, H, W) images, got input shape {tuple(input_shape)}; "
-                              "use model=mlp or model=cnn1d for this dataset")
+            raise ConfigError(f"a CIFAR ResNet does not fit inputs of shape {tuple(input_shape)}: it needs "
+                              "(C, H, W) images; use model=mlp or model=cnn1d for this dataset")
         block = PreActBlock if preact else BasicBlock
         self.stem = nn.Conv2d(int(input_shape[0]), width, 3, 1, 1, bias=False)
         self.stem_bn = None if preact else nn.BatchNorm2d(width)

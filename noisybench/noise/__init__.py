@@ -13,7 +13,11 @@ from noisybench.errors import ConfigError
 class NoiseInjector:
     """Base class. Subclasses implement `corrupt(labels, num_classes, rng, features)`."""
 
-    def __init__(self, rate: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, rate: float = 0.0, seed: int = 0, apply_to_val: bool = True) -> None:
+        if not isinstance(apply_to_val, bool):
+            raise ConfigError(f"noise.apply_to_val={apply_to_val!r} must be true or false")
+        # false: the validation split keeps clean labels (papers that select on a clean validation set)
+        self.apply_to_val = apply_to_val
         try:
             rate = float(rate)
         except (TypeError, ValueError):
@@ -35,7 +39,7 @@ class NoiseInjector:
 
     def spec(self) -> dict:
         """Every field that defines the noise (recorded with each run)."""
-        return {"rate": self.rate, "seed": self.seed}
+        return {"rate": self.rate, "seed": self.seed, "apply_to_val": self.apply_to_val}
 
 
 def transition_matrix(clean: np.ndarray, noisy: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

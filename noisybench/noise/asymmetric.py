@@ -52,8 +52,8 @@ SAMPLING = ("bernoulli", "exact")
 
 class AsymmetricNoise(NoiseInjector):
     def __init__(self, rate: float = 0.4, map: str | None = "auto", dataset: str | None = None,
-                 sampling: str = "bernoulli", seed: int = 0) -> None:
-        super().__init__(rate, seed)
+                 sampling: str = "bernoulli", seed: int = 0, apply_to_val: bool = True) -> None:
+        super().__init__(rate, seed, apply_to_val)
         self.dataset = dataset
         if map in (None, "auto", "none"):
             raise ConfigError(f"dataset {dataset!r} defines no asymmetric map; use noise.map=pairflip "

@@ -32,8 +32,9 @@ def truncated_normal_mean(rate: float, std: float) -> float:
 
 
 class InstanceNoise(NoiseInjector):
-    def __init__(self, rate: float = 0.4, std: float = 0.1, dataset: str | None = None, seed: int = 0) -> None:
-        super().__init__(rate, seed)
+    def __init__(self, rate: float = 0.4, std: float = 0.1, dataset: str | None = None, seed: int = 0,
+                 apply_to_val: bool = True) -> None:
+        super().__init__(rate, seed, apply_to_val)
         if not float(std) > 0:
             raise ConfigError(f"noise.std={std} must be > 0 (Xia et al. use 0.1)")
         self.std, self.dataset = float(std), dataset

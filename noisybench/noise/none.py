@@ -6,8 +6,8 @@ from noisybench.noise import NoiseInjector
 
 
 class NoNoise(NoiseInjector):
-    def __init__(self, rate: float = 0.0, seed: int = 0) -> None:
-        super().__init__(rate, seed)
+    def __init__(self, rate: float = 0.0, seed: int = 0, apply_to_val: bool = True) -> None:
+        super().__init__(rate, seed, apply_to_val)
         if self.rate != 0.0:
             raise ConfigError(f"noise=none corrupts nothing but noise.rate={self.rate}; "
                               "use noise=symmetric noise.rate=<rate> (or drop noise.rate)")

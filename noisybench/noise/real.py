@@ -17,8 +17,8 @@ from noisybench.utils import resolve_data_dir
 class RealNoise(NoiseInjector):
     def __init__(self, label_set: str = "worse", dataset: str | None = None,
                  human_labels: Mapping[str, Any] | None = None, data_dir: str | None = None,
-                 download: bool = True, seed: int = 0) -> None:
-        super().__init__(0.0, seed)
+                 download: bool = True, seed: int = 0, apply_to_val: bool = True) -> None:
+        super().__init__(0.0, seed, apply_to_val)
         if not human_labels:
             raise ConfigError(f"dataset {dataset!r} has no human label sets; real noise exists for cifar10 "
                               "(CIFAR-10N) and cifar100 (CIFAR-100N); use noise=symmetric, asymmetric or instance")
@@ -42,4 +42,5 @@ class RealNoise(NoiseInjector):
 
     def spec(self) -> dict:
         # no rate: the noise is whatever the annotators produced (see realized_noise_rate)
-        return {"seed": self.seed, "label_set": self.label_set, "dataset": self.dataset, "file": self.file}
+        return {"seed": self.seed, "apply_to_val": self.apply_to_val, "label_set": self.label_set,
+                "dataset": self.dataset, "file": self.file}

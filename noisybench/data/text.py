@@ -1,0 +1,169 @@
+"""Text classification data: split directories of TSV files, and TF-IDF features.
+
+A split directory holds `train.tsv` and optionally `valid.tsv` and `test.tsv`: tab-separated, a
+header row, no quoting (the format of STORM's spam splits: `index<TAB>sentence1<TAB>label`).
+Labels may be any strings; they are mapped to ids (numeric order when all labels are integers,
+else sorted) and the mapping is recorded with each run.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from noisybench.data import Pool
+from noisybench.errors import ConfigError, DataError
+
+SPLITS = ("train", "valid", "test")
+
+
+def read_tsv(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason}); re-save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    if not rows:
+        raise DataError(f"{path} is empty; it needs a header row with '{text_column}' and '{label_column}'")
+    header = rows[0]
+    for col, key in ((text_column, "text_column"), (label_column, "label_column")):
+        if col not in header:
+            raise DataError(f"{path} has no column '{col}' (its columns: {', '.join(header)}); "
+                            f"set dataset.{key}=<column>")
+    ti, li = header.index(text_column), header.index(label_column)
+    texts, labels = [], []
+    for n, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path} line {n} has {len(row)} fields, the header has {len(header)}; "
+                            "the file must be tab-separated without quoting (no tabs inside texts)")
+        texts.append(row[ti])
+        labels.append(row[li].strip())
+    if not texts:
+        raise DataError(f"{path} has a header but no rows; every split needs at least one example")
+    return texts, labels
+
+
+def label_mapping(labels: Sequence[str]) -> dict[str, int]:
+    uniq = set(labels)
+    try:
+        ordered = sorted(uniq, key=lambda v: float(v))
+    except ValueError:
+        ordered = sorted(uniq)
+    return {v: i for i, v in enumerate(ordered)}
+
+
+def stratified_split(labels: np.ndarray, sizes: Sequence[int], seed: int) -> list[np.ndarray]:
+    """Seeded stratified split into parts of the given sizes (per-class quotas by largest remainder)."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    if sum(sizes) > n:
+        raise DataError(f"cannot split {n} examples into parts of sizes {list(sizes)}")
+    classes = np.unique(labels)
+    by_class = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+    parts: list[list[int]] = [[] for _ in sizes]
+    offsets = {c: 0 for c in classes}
+    for p, size in enumerate(sizes):
+        quota = {c: size * len(by_class[c]) / n for c in classes}
+        take = {c: int(np.floor(q)) for c, q in quota.items()}
+        for c in sorted(classes, key=lambda c: quota[c] - take[c], reverse=True)[: size - sum(take.values())]:
+            take[c] += 1
+        for c in classes:
+            parts[p].extend(by_class[c][offsets[c]:offsets[c] + take[c]])
+            offsets[c] += take[c]
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def write_tsv(path: Path, texts: Sequence[str], labels: Sequence[int]) -> None:
+    """Write a split in the STORM format (atomically); tabs/newlines inside texts become spaces."""
+    from noisybench.utils import atomic_write_text
+
+    lines = ["index\tsentence1\tlabel"]
+    lines += [f"{i}\t{' '.join(t.split())}\t{y}" for i, (t, y) in enumerate(zip(texts, labels))]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def load_split_dir(path: str | Path, text_column: str = "sentence1", label_column: str = "label",
+                   test_fraction: float = 0.2, split_seed: int = 0,
+                   class_names: Sequence[str] | None = None, name: str = "tsv") -> Pool:
+    """Pool from a split directory. Without valid.tsv the runner holds out `dataset.val_fraction`
+    of train; without test.tsv a seeded stratified `test_fraction` of train becomes the test set."""
+    path = Path(path).expanduser()
+    if not (path / "train.tsv").is_file():
+        raise DataError(f"no train.tsv in {path}; dataset.path must be a directory with train.tsv "
+                        "(and optionally valid.tsv, test.tsv)")
+    raw = {s: read_tsv(path / f"{s}.tsv", text_column, label_column) for s in SPLITS if (path / f"{s}.tsv").is_file()}
+    mapping = label_mapping(raw["train"][1])
+    for split in ("valid", "test"):
+        if split in raw:
+            unseen = sorted(set(raw[split][1]) - set(mapping))
+            if unseen:
+                raise DataError(f"{path / (split + '.tsv')} has labels never seen in train.tsv: "
+                                f"{', '.join(unseen[:5])}; every label must occur in the training split")
+    if len(mapping) < 2:
+        raise DataError(f"{path / 'train.tsv'} has a single label ({next(iter(mapping))}); need at least 2 classes")
+    texts = list(raw["train"][0])
+    y = np.array([mapping[v] for v in raw["train"][1]], dtype=np.int64)
+    if "test" in raw:
+        x_test, y_test = np.array(raw["test"][0], dtype=object), np.array([mapping[v] for v in raw["test"][1]])
+    else:
+        if not 0 < test_fraction < 1:
+            raise ConfigError(f"dataset.loader.test_fraction={test_fraction} must be in (0, 1) when there is no test.tsv")
+        n_test = max(1, int(round(test_fraction * len(y))))
+        test_idx, train_idx = stratified_split(y, [n_test, len(y) - n_test], split_seed)
+        x_test, y_test = np.array(texts, dtype=object)[test_idx], y[test_idx]
+        texts, y = [texts[i] for i in train_idx], y[train_idx]
+    val_index = None
+    if "valid" in raw:
+        val_index = np.arange(len(texts), len(texts) + len(raw["valid"][0]))
+        texts += raw["valid"][0]
+        y = np.concatenate([y, [mapping[v] for v in raw["valid"][1]]]).astype(np.int64)
+    names = list(class_names) if class_names else list(mapping)
+    return Pool(np.array(texts, dtype=object), y, x_test, np.asarray(y_test, dtype=np.int64),
+                num_classes=len(mapping), class_names=names, val_index=val_index,
+                info={"source": name, "path": str(path), "label_map": mapping,
+                      "splits": {s: len(raw[s][0]) for s in raw}})
+
+
+def load_tsv(data_dir: str | None = None, path: str | None = None, **kwargs) -> Pool:
+    """`dataset=tsv`: the user's own split directory (`dataset.loader.path`)."""
+    if not path:
+        raise ConfigError("dataset=tsv needs dataset.loader.path=<directory with train.tsv [valid.tsv test.tsv]>")
+    return load_split_dir(path, **kwargs)
+
+
+class TfidfFeatures:
+    """scikit-learn's TfidfVectorizer, fitted on the training split only; dense float32 output.
+
+    Dense rather than sparse: at spam-benchmark sizes (a few thousand documents, ~10^4 terms) a
+    dense matrix of tens of MB makes batch indexing and the linear layer plain tensor ops."""
+
+    def __init__(self, lowercase: bool = True, ngram_range: Sequence[int] = (1, 1), min_df: int | float = 1,
+                 max_df: float = 1.0, max_features: int | None = None, sublinear_tf: bool = False,
+                 stop_words: str | None = None) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.params = dict(lowercase=lowercase, ngram_range=tuple(ngram_range), min_df=min_df, max_df=max_df,
+                           max_features=max_features, sublinear_tf=sublinear_tf, stop_words=stop_words)
+        self.vectorizer = TfidfVectorizer(dtype=np.float32, **self.params)
+
+    def fit(self, texts: np.ndarray) -> "TfidfFeatures":
+        try:
+            self.vectorizer.fit(list(texts))
+        except ValueError as e:  # e.g. an empty vocabulary
+            raise DataError(f"TF-IDF could not be fitted on the training texts: {e}; "
+                            "check dataset.features (min_df, stop_words) and the text column") from None
+        return self
+
+    def transform(self, texts: np.ndarray) -> np.ndarray:
+        return self.vectorizer.transform(list(texts)).toarray()
+
+    def describe(self) -> dict:
+        return {"type": "tfidf", "vocabulary_size": len(self.vectorizer.vocabulary_), **self.params}

@@ -1,0 +1,21 @@
+"""Linear classifier (multinomial logistic regression) with dropout on the input features.
+
+STORM's spam experiments use a single Linear(tfidf_dim, 2) on TF-IDF features, with the features
+dropped out (STORM's extra forward passes need dropout)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class Linear(nn.Module):
+    def __init__(self, input_shape: Sequence[int], num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(math.prod(input_shape), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(x.flatten(1)))

@@ -1,0 +1,67 @@
+"""One label per sample (every image and text dataset): the runner's original behaviour."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from noisybench.errors import ConfigError
+from noisybench.metrics import METRICS, memorization
+from noisybench.tasks import LossTerms, Task
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    model.eval()
+    if len(x) == 0:
+        return torch.empty(0, dtype=torch.int64, device=x.device)
+    return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+
+
+def _num(t: torch.Tensor) -> float | None:
+    v = float(t)
+    return None if math.isnan(v) else v
+
+
+class ClassificationTask(Task):
+    kind = "classification"
+    model_hint = "a classification model, e.g. model=mlp"
+
+    def __init__(self, metric: str = "acc", extra_metrics: list[str] | None = None) -> None:
+        super().__init__(metric, extra_metrics)
+        if self.metric not in METRICS:
+            raise ConfigError(f"dataset.metric={self.metric!r} is unknown; use one of {', '.join(METRICS)}")
+        unknown = [m for m in self.extra_metrics if m not in METRICS]
+        if unknown:
+            raise ConfigError(f"dataset.extra_metrics has unknown {unknown}; use any of {', '.join(METRICS)}")
+
+    def build_data(self, cfg):
+        from noisybench.train import build_data  # the classification pipeline lives in the runner module
+
+        return build_data(cfg)
+
+    def model_kwargs(self, ds):
+        return {"input_shape": ds.input_shape, "num_classes": ds.num_classes}
+
+    def loss_terms(self, method, outputs, targets) -> LossTerms:
+        n = len(targets)
+        rows = torch.arange(n, device=targets.device)
+        return LossTerms(method(outputs, targets), outputs, targets, torch.zeros_like(rows), rows, 1.0,
+                         torch.zeros(n, device=outputs.device, dtype=outputs.dtype))
+
+    def losses(self, method, outputs, targets):
+        return method(outputs, targets)  # = combine(loss_terms(...)), without the bookkeeping
+
+    def evaluate(self, model, ds, batch_size):
+        metric = METRICS[self.metric]
+        pred_train = predict(model, ds.x_train, batch_size)
+        mem_noisy, mem_clean = memorization(pred_train, ds.y_train, ds.y_train_clean)
+        pred_test = predict(model, ds.x_test, batch_size)
+        return {  # host syncs, once per evaluated epoch
+            "val": _num(metric(predict(model, ds.x_val, batch_size), ds.y_val)),
+            "test": _num(metric(pred_test, ds.y_test)),
+            **{f"test_{m}": _num(METRICS[m](pred_test, ds.y_test)) for m in self.extra_metrics},
+            "train_noisy": _num(metric(pred_train, ds.y_train)),
+            "memorized_noisy_frac": _num(mem_noisy),
+            "memorized_clean_frac": _num(mem_clean),
+        }

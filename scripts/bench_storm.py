@@ -1,0 +1,81 @@
+"""Training time per epoch of STORM relative to CE: same data, model, batch size and optimizer,
+one process, interleaved epochs, median over epochs (evaluation excluded).
+
+    python scripts/bench_storm.py                       # mnist1d / cnn1d, batch 128, CPU, 1 thread
+    python scripts/bench_storm.py --epochs 5 model=mlp  # any further args are config overrides
+
+Settings timed: `default` = the faithful configuration (G = 3, second order, Ω updated every step)
+and `fast` = method.first_order=true method.meta_interval=4 (Ω updated every 4th step, without the
+second-order term). Data come from the normal loaders (mnist1d is generated offline).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+from hydra import compose
+
+from noisybench.config import build, hydra_context
+from noisybench.methods.base import Batch
+from noisybench.train import build_data
+
+FAST = "method.first_order=true method.meta_interval=4"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per setting (after one warm-up epoch)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--data-dir", default=None, help="dataset cache (default: a temporary directory)")
+    p.add_argument("--fast", default=FAST, help=f"overrides of the fast setting (default: {FAST})")
+    p.add_argument("overrides", nargs="*", help="config overrides shared by all settings, e.g. model=mlp")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    data_dir = a.data_dir or tempfile.mkdtemp(prefix="noisybench-bench-")
+    shared = ["noise.rate=0.4", "trainer.device=cpu", f"data_dir={data_dir}", *a.overrides]
+    with hydra_context():
+        settings = {"ce": ["method=ce"], "storm default": ["method=storm"],
+                    "storm fast": ["method=storm", *a.fast.split()]}
+        cfgs = {k: compose("train", overrides=[*shared, *v]) for k, v in settings.items()}
+    # STORM's config turns dropout on; give CE the same model so only the method differs
+    dropout = cfgs["storm default"].model.get("dropout")
+    if dropout is not None:
+        cfgs["ce"].model.dropout = dropout
+    ds, _ = build_data(cfgs["ce"])
+    bs, n, K = int(cfgs["ce"].trainer.batch_size), len(ds.y_train), ds.num_classes
+    runs = {}
+    for key, cfg in cfgs.items():
+        torch.manual_seed(0)
+        model = build(cfg.model)(input_shape=ds.input_shape, num_classes=K)
+        method = build(cfg.method)(num_classes=K)
+        opt = build(cfg.optim.optimizer)(model.parameters())
+        method.on_train_start(ds.x_train, ds.y_train, 0)
+        runs[key] = (model, method, opt)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(a.epochs + 1):  # interleaved, so machine load affects every setting alike
+        perm = torch.randperm(n, generator=gen)
+        for key, (model, method, opt) in runs.items():
+            method.on_epoch_start(epoch, a.epochs + 1)
+            model.train()
+            t = time.perf_counter()
+            for i in range(0, n, bs):
+                idx = perm[i:i + bs]
+                method.train_step(model, opt, Batch(ds.x_train[idx], ds.y_train[idx], idx))
+            if epoch > 0:  # epoch 0 warms up allocators and caches
+                times[key].append(time.perf_counter() - t)
+    ce = statistics.median(times["ce"])
+    print(f"dataset={cfgs['ce'].dataset.name} model={cfgs['ce'].model.name} batch={bs} n_train={n} "
+          f"threads={a.threads} epochs={a.epochs} (median s/epoch, training steps only)")
+    for key, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{key:14s} {med:8.3f} s/epoch   ratio to CE {med / ce:5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,348 @@
+"""STORM: rescaler, features, lookahead, exact meta-gradient, runner integration."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+from importlib import resources
+
+import pytest
+import torch
+from hydra import compose
+from torch import nn
+from torch.func import functional_call
+
+from noisybench.config import hydra_context
+
+from noisybench.errors import ConfigError
+from noisybench.methods.base import Batch
+from noisybench.methods.storm import STORM, Rescaler, lookahead
+from noisybench.methods.storm_features import GroupMemory, gaussian_kl, gaussian_overlap, pass_stats
+from noisybench.models.mlp import MLP
+from noisybench.train import run
+
+
+def compose_cfg(tmp_path, *overrides):
+    with hydra_context():
+        return compose("train", overrides=[
+            "dataset=digits", "trainer.epochs=1", "trainer.device=cpu", "trainer.progress=false",
+            f"data_dir={tmp_path / 'data'}", *overrides])
+
+
+# ---- Ω ------------------------------------------------------------------------------------------
+
+def test_rescaler_shapes_and_range_match_per_class_modules():
+    torch.manual_seed(0)
+    r = Rescaler(19, heads=3)
+    r.reset_parameters(torch.Generator().manual_seed(1))
+    f, head = torch.randn(16, 19) * 5, torch.randint(3, (16,))
+    w = r(f, head)
+    assert w.shape == (16,) and bool(((w > 0) & (w < 1)).all())
+    for c in range(3):  # each head is Linear → BN → ReLU → Linear → BN → softmax[:, 1] on the whole batch
+        ref = nn.Sequential(nn.Linear(19, 19), nn.BatchNorm1d(19, affine=False), nn.ReLU(),
+                            nn.Linear(19, 2), nn.BatchNorm1d(2, affine=False), nn.Softmax(dim=1)).train()
+        with torch.no_grad():
+            ref[0].weight.copy_(r.w1[c]), ref[0].bias.copy_(r.b1[c])
+            ref[3].weight.copy_(r.w2[c]), ref[3].bias.copy_(r.b2[c])
+        torch.testing.assert_close(w[head == c], ref(f)[:, 1][head == c], atol=1e-5, rtol=1e-5)
+
+
+# ---- features -------------------------------------------------------------------------------------
+
+def _ref_kl(mp, sp, mq, sq):
+    if sp == 0 or sq == 0:
+        return 0.0
+    return math.log(sq / sp) + (sp ** 2 + (mp - mq) ** 2) / (2 * sq ** 2) - 0.5
+
+
+def _ref_features(rows, y_batch):
+    """Independent per-sample loops over the memory rows (class, l̄, l̆, p̄, p̆, cat)."""
+    def std(v):
+        return statistics.stdev(v) if len(v) > 1 else 1e-8
+
+    out = []
+    for i, (c, lm, ls, pm, ps, cat) in enumerate(y_batch):
+        grp = [r for r in rows if r[0] == c and r[5] == cat]
+        cols = [[r[k] for r in grp] for k in range(1, 5)]
+        gm_l, gm_s = statistics.fmean(cols[0]), statistics.fmean(cols[1])
+        kls = [_ref_kl(r[1], r[2], gm_l, gm_s) for r in grp]
+        ovls = [statistics.NormalDist(r[1], max(r[2], 1e-8)).overlap(statistics.NormalDist(gm_l, max(gm_s, 1e-8)))
+                for r in grp]
+        kl = _ref_kl(lm, ls, gm_l, gm_s)
+        ovl = statistics.NormalDist(lm, max(ls, 1e-8)).overlap(statistics.NormalDist(gm_l, max(gm_s, 1e-8)))
+        f = []
+        for own, col in zip((lm, ls, pm, ps), cols):
+            f += [own, statistics.fmean(col), std(col)]
+        f += [kl, statistics.fmean(kls), std(kls), ovl, statistics.fmean(ovls), std(ovls), float(cat)]
+        out.append(f)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_pass_stats_by_hand():
+    losses = torch.tensor([[1.0, 2.0], [3.0, 2.0], [2.0, 2.0]], dtype=torch.float64)  # G=3, B=2
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 2.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]],
+                          dtype=torch.float64)
+    s = pass_stats(losses, logits, torch.tensor([0, 1]))
+    torch.testing.assert_close(s[:, 0], torch.tensor([2.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(s[:, 1], torch.tensor([1.0, 0.0], dtype=torch.float64))
+    pmax = torch.softmax(logits, 2).max(2).values
+    torch.testing.assert_close(s[:, 2], pmax.mean(0))
+    torch.testing.assert_close(s[:, 3], pmax.std(0))
+    assert s[:, 4].tolist() == [1.0, 1.0]  # 2 of 3 passes agree for both samples
+    # a tie (G=2, one agreeing pass) goes to pass 0
+    tie = pass_stats(losses[:2], logits[:2], torch.tensor([0, 1]))
+    assert tie[:, 4].tolist() == [1.0, 1.0]
+    tie = pass_stats(losses[:2].flip(0), logits[:2].flip(0), torch.tensor([0, 1]))
+    assert tie[:, 4].tolist() == [0.0, 1.0]
+
+
+def test_nineteen_features_against_independent_loops():
+    g = torch.Generator().manual_seed(0)
+    mem = GroupMemory(num_classes=3)
+
+    def batch(n):
+        y = torch.randint(3, (n,), generator=g)
+        st = torch.rand(n, 5, generator=g, dtype=torch.float64)
+        st[:, 4] = (st[:, 4] > 0.4).double()
+        st[0, 1] = 0.0  # a zero loss std: KL 0 and the overlap's σ floor
+        return st, y
+
+    history = []
+    for n in (7, 6, 5):  # window 4 per class: older samples must drop out, newest kept
+        st, y = batch(n)
+        mem.update(st, y, size=4)
+        history += [(int(c), *map(float, r)) for c, r in zip(y, st)]
+    kept = []
+    for c in range(3):
+        kept += [r for r in history if r[0] == c][-4:]
+    assert sorted(kept) == sorted((int(c), *map(float, r)) for c, r in zip(mem.slot, mem.stats))
+    f = mem.features(st, y)
+    assert f.shape == (5, 19)
+    ref = _ref_features(kept, [(int(c), *map(float, r)) for c, r in zip(y, st)])
+    torch.testing.assert_close(f, ref, atol=1e-9, rtol=1e-7)
+
+
+def test_kl_and_overlap_closed_forms():
+    mp, sp, mq, sq = (torch.tensor(v, dtype=torch.float64) for v in ([0.3, 1.0, 2.0, 0.5], [0.2, 0.0, 1.5, 0.7],
+                                                                     [0.1, 1.0, -1.0, 0.5], [0.4, 0.3, 1.5, 0.7]))
+    kl = gaussian_kl(mp, sp, mq, sq)
+    ovl = gaussian_overlap(mp, sp, mq, sq)
+    for i in range(4):
+        assert kl[i].item() == pytest.approx(_ref_kl(*(t[i].item() for t in (mp, sp, mq, sq))))
+        ref = statistics.NormalDist(mp[i].item(), max(sp[i].item(), 1e-8)).overlap(
+            statistics.NormalDist(mq[i].item(), max(sq[i].item(), 1e-8)))
+        assert ovl[i].item() == pytest.approx(ref, abs=1e-9)
+
+
+# ---- the lookahead replicates the optimizer ------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2),
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, dampening=0.0),
+    lambda ps: torch.optim.SGD(ps, lr=0.1),
+    lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-2),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=1e-1),
+])
+def test_lookahead_equals_optimizer_step(make):
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(5))
+    opt = make([p])
+    kind = "sgd" if isinstance(opt, torch.optim.SGD) else "adam"
+    for _ in range(3):
+        g = torch.randn(5)
+        pred = lookahead(p.detach(), g, opt.param_groups[0], opt.state.get(p, {}), kind,
+                         isinstance(opt, torch.optim.AdamW))
+        p.grad = g
+        opt.step()
+        torch.testing.assert_close(pred, p.detach())
+
+
+# ---- the meta-gradient is exact -------------------------------------------------------------------
+
+def _toy_state(optim: str, weight_norm: str = "mass"):
+    torch.manual_seed(0)
+    model = MLP((6,), 3, hidden=(8,), dropout=0.3).double()
+    x, y = torch.randn(40, 6, dtype=torch.float64), torch.randint(3, (40,))
+    method = STORM(num_classes=3, weight_norm=weight_norm).double()
+    method.on_train_start(x, y, seed=0)
+    method.on_epoch_start(0, 1)
+    opt = (torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3) if optim == "sgd"
+           else torch.optim.Adam(model.parameters(), lr=0.05))
+    method.train_step(model, opt, Batch(x[:12], y[:12], torch.arange(12)))  # fills memories and opt state
+    return method, model, opt, x[12:24], y[12:24]
+
+
+def _meta_value(state, omega_inner, omega_meta, seed, fixed=None, fixed_loss=None):
+    """L_meta(ω) by direct evaluation with the same RNG draws as STORM.train_step; the meta features
+    can be held at `fixed` (STORM treats features as constants), and so can the meta losses inside the
+    weight_norm=mass factor (`fixed_loss`: the factor is constant in θ*). Returns (value, features, losses)."""
+    method, model, opt, x, y = copy.deepcopy(state)
+    method._setup(model, opt, len(y))
+    torch.manual_seed(seed)
+    logits0 = model(x)
+    loss0 = method.base_loss(logits0, y)
+    f = method._features(model, x, y, logits0, loss0, method.memory)
+    w = functional_call(method.rescaler, omega_inner, (f, y))
+    params = [p for _, p, _ in method._params]
+    g = torch.autograd.grad(method._scale(w.detach(), loss0.detach()) * (w.detach() * loss0).sum(), params)
+    star = {n: lookahead(p.detach(), gi, opt.param_groups[k], opt.state.get(p, {}), method._kind)
+            for (n, p, k), gi in zip(method._params, g)}
+    xm, ym = method._meta_batch(len(y))
+
+    def at(inp):
+        return functional_call(model, star, (inp,))
+
+    logits_m = at(xm)
+    loss_m = method.base_loss(logits_m, ym)
+    fm = method._features(at, xm, ym, logits_m, loss_m, method.meta_memory)
+    wm = functional_call(method.rescaler, omega_meta, (fm if fixed is None else fixed, ym))
+    factor_loss = loss_m.detach() if fixed_loss is None else fixed_loss
+    return float(method._scale(wm, factor_loss) * (wm * loss_m).sum()), fm, loss_m.detach()
+
+
+@pytest.mark.parametrize("optim,first_order,weight_norm", [
+    ("sgd", False, "mass"), ("adam", False, "mass"), ("sgd", False, "none"), ("adam", False, "weight_sum"),
+    ("sgd", True, "none"), ("adam", True, "weight_sum"),
+])
+def test_meta_gradient_matches_finite_differences(optim, first_order, weight_norm):
+    state = _toy_state(optim, weight_norm)
+    seed = 123
+    method, model, opt, x, y = copy.deepcopy(state)
+    method.first_order = first_order
+    method.meta_optimizer = torch.optim.SGD(method.rescaler.parameters(), lr=0.0)  # keep ω, read its grad
+    torch.manual_seed(seed)
+    method.train_step(model, opt, Batch(x, y, torch.arange(len(y))))
+    grad = {n: p.grad.clone() for n, p in method.rescaler.named_parameters()}
+
+    omega = {n: p.detach().clone() for n, p in state[0].rescaler.named_parameters()}
+    d = {n: torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(7)) for n, p in omega.items()}
+    _, fixed, fixed_loss = _meta_value(state, omega, omega, seed)
+    eps = 1e-6  # Adam's early steps are strongly curved in ω; double precision allows a small step
+
+    def shifted(s):
+        om = {n: omega[n] + s * eps * d[n] for n in omega}
+        return _meta_value(state, omega if first_order else om, om, seed, fixed, fixed_loss)[0]
+
+    fd = (shifted(1) - shifted(-1)) / (2 * eps)
+    analytic = sum(float((grad[n] * d[n]).sum()) for n in omega)
+    assert analytic == pytest.approx(fd, rel=1e-4, abs=1e-9)
+
+
+def test_jvp_replays_pass_zero_dropout_masks():
+    """The second-order term needs J·u at pass 0's masks: check against autograd double-backward."""
+    state = _toy_state("sgd")
+    method, model, opt, x, y = copy.deepcopy(state)
+    u = [torch.randn_like(p) for _, p, _ in method._params]
+    from noisybench.methods.storm import replay_rng, rng_state
+
+    saved = rng_state(x.device)
+    loss0 = method.base_loss(model(x), y)
+    model(x)  # later draws must not disturb the replay
+    ones = torch.ones_like(loss0, requires_grad=True)
+    g = torch.autograd.grad((ones * loss0).sum(), [p for _, p, _ in method._params], create_graph=True)
+    ref = torch.autograd.grad(g, ones, u)[0]
+    primals = {n: p.detach() for n, p, _ in method._params}
+    with replay_rng(x.device, saved):
+        out, a = torch.func.jvp(lambda ps: method.base_loss(functional_call(model, ps, (x,)), y),
+                                (primals,), (dict(zip(primals, u)),))
+    torch.testing.assert_close(out, loss0.detach())
+    torch.testing.assert_close(a, ref)
+
+
+# ---- config and runner ---------------------------------------------------------------------------
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="model.dropout"):
+        run(compose_cfg(tmp_path, "method=storm", "model.dropout=0.0", "dataset.subset=64"), tmp_path / "r")
+    with pytest.raises(ConfigError, match="base_loss"):
+        STORM(num_classes=3, base_loss="nope")
+    with pytest.raises(ConfigError, match="base_loss"):
+        STORM(num_classes=3, base_loss="storm")
+    with pytest.raises(ConfigError, match="first_order"):
+        STORM(num_classes=3, first_order=True, meta_loss_rescaling=False)
+    with pytest.raises(ConfigError):
+        STORM(num_classes=3, features="grad")
+
+
+def _models():
+    return sorted(p.name[:-5] for p in resources.files("noisybench.conf").joinpath("model").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("model", _models())
+def test_storm_trains_every_model_for_two_batches(tmp_path, model):
+    cfg = compose_cfg(tmp_path, "method=storm", f"model={model}", "dataset.subset=64", "trainer.batch_size=32",
+                      "noise.rate=0.4")
+    rec = run(cfg, tmp_path / "r", progress=False)
+    assert rec["method"]["name"] == "storm" and rec["uses_clean_labels"] is False
+    mm = rec["method_metrics"]
+    assert set(mm) >= {"weight_auc", "mean_weight_clean", "mean_weight_corrupted"}
+    assert 0 < mm["mean_weight"] < 1
+    header = (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0]
+    assert "weight_auc" in header
+
+
+@pytest.mark.parametrize("overrides", [
+    ["method.base_loss=dal"],
+    ["method@method.base_loss=gce", "method.base_loss.q=0.5"],
+    ["method.first_order=true", "method.meta_interval=2", "method.features=loss", "method.class_separation=false"],
+    ["method.meta_loss_rescaling=false", "optim=adam"],
+    ["method.weight_norm=mass", "optim=adam"],
+    ["method.weight_norm=none", "method.lookahead=fresh_adam", "optim=adam"],
+])
+def test_storm_options_run(tmp_path, overrides):
+    cfg = compose_cfg(tmp_path, "method=storm", "model=mlp", "dataset.subset=64", "trainer.batch_size=32",
+                      "trainer.epochs=2", *overrides)
+    rec = run(cfg, tmp_path / "r", progress=False)
+    assert math.isfinite(rec["method_metrics"]["mean_weight"])
+    if "dal" in overrides[0]:
+        assert rec["method"]["base_loss"] == "dal"
+        assert "q" in (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0]  # DAL's schedule is driven
+    if "gce" in overrides[0]:
+        assert rec["method"]["base_loss.q"] == 0.5
+
+
+def test_clean_val_meta_source_is_recorded(tmp_path):
+    cfg = compose_cfg(tmp_path, "method=storm", "model=mlp", "dataset.subset=64", "trainer.batch_size=32",
+                      "method.meta_source=clean_val", "method.meta_loss_rescaling=false")
+    rec = run(cfg, tmp_path / "r", progress=False)
+    saved = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert rec["uses_clean_labels"] is True and saved["uses_clean_labels"] is True
+
+
+def test_fresh_adam_lookahead_is_the_first_adam_step(tmp_path):
+    """lookahead=fresh_adam: every update is Adam's first step from an empty state (public storm.py)."""
+    torch.manual_seed(0)
+    model = MLP((6,), 3, hidden=(8,), dropout=0.3).double()
+    x, y = torch.randn(24, 6, dtype=torch.float64), torch.randint(3, (24,))
+    method = STORM(num_classes=3, lookahead="fresh_adam").double()
+    method.on_train_start(x, y, seed=0)
+    method.on_epoch_start(0, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for i in range(2):
+        before = [p.detach().clone() for p in model.parameters()]
+        method.train_step(model, opt, Batch(x[12 * i:12 * (i + 1)], y[12 * i:12 * (i + 1)], torch.arange(12)))
+        assert not opt.state  # the runner's optimizer never accumulates state
+        for b, p in zip(before, model.parameters()):
+            step = (p.detach() - b).abs()
+            # first Adam step: |Δθ| = lr·|g|/(|g| + eps), i.e. lr wherever the gradient is not tiny
+            assert bool((step <= 0.05 + 1e-12).all()) and float(step.max()) > 0.049
+    with pytest.raises(ConfigError, match="optim=adam"):
+        method2 = STORM(num_classes=3, lookahead="fresh_adam").double()
+        method2.on_train_start(x, y, seed=0)
+        method2.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), Batch(x[:12], y[:12], torch.arange(12)))
+    with pytest.raises(ConfigError, match="weight_norm"):
+        STORM(num_classes=3, weight_norm="mean")
+    with pytest.raises(ConfigError, match="first_order"):
+        STORM(num_classes=3, weight_norm="mass", first_order=True)
+
+
+def test_weights_separate_clean_from_corrupted(tmp_path):
+    """Toy problem, 40 % symmetric noise, STORM's default settings (small MLP for speed): the weights
+    favour the clean samples."""
+    cfg = compose_cfg(tmp_path, "method=storm", "model=mlp", "noise.rate=0.4", "trainer.epochs=8")
+    rec = run(cfg, tmp_path / "r", progress=False)
+    mm = rec["method_metrics"]
+    assert mm["weight_auc"] > 0.5
+    assert mm["mean_weight_clean"] > mm["mean_weight_corrupted"]
