@@ -1,4 +1,4 @@
-"""`noisybench <subcommand>`: train (a Hydra app), report."""
+"""`noisybench <subcommand>`: train (a Hydra app), noise, report."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,9 @@ commands:
   train [overrides]   train one run; `train -m a=1,2 b=x,y` sweeps the grid (Hydra multirun)
                       e.g. noisybench train method=dal noise.rate=0.4
                       `noisybench train --help` lists the config groups and options
+  noise [overrides]   build the dataset and the noise only: print the realised noise rate and
+                      transition matrix, write noise.json and transition_matrix.png (no training)
+                      e.g. noisybench noise dataset=fashion_mnist noise=instance noise.rate=0.4
   report PATH...      rebuild summary.csv and tables from run or sweep directories
 
 Results: each run directory gets result.json, metrics.csv and noise.json; each sweep
@@ -149,6 +152,77 @@ def train_main(args: list[str]) -> int:
     return 0
 
 
+def _noise_run_dir() -> Path:
+    """A fresh directory under $NOISYBENCH_OUTPUT_DIR (default outputs/)/noise/, like a train run's."""
+    import os
+    import secrets
+    import time
+
+    base = Path(os.environ.get("NOISYBENCH_OUTPUT_DIR") or "outputs")
+    return base / "noise" / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-{secrets.token_hex(3)}"
+
+
+def noise_main(args: list[str]) -> int:
+    """Compose the same config as `train`, build the dataset and the noise, report, write."""
+    if any(a in ("-h", "--help") for a in args):
+        print("usage: noisybench noise [-o DIR] [overrides]\n\nSame overrides as `noisybench train` (e.g. "
+              "dataset=cifar10 noise=asymmetric noise.rate=0.4); nothing is trained. Writes noise.json and "
+              "transition_matrix.png into DIR (default: a new directory under outputs/noise/).")
+        return 0
+    out = None
+    for flag in ("-o", "--out"):
+        if flag in args:
+            i = args.index(flag)
+            if i + 1 >= len(args):
+                print(f"noisybench: error: {flag} needs a directory", file=sys.stderr)
+                return 2
+            out, args = Path(args[i + 1]), args[:i] + args[i + 2:]
+    if any(a in _HYDRA_FLAGS for a in args):
+        print("noisybench: error: `noise` makes one noise realisation; run it once per setting "
+              "(sweeps are for `noisybench train -m`)", file=sys.stderr)
+        return 2
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from noisybench.config import CONFIG_MODULE, CONFIG_NAME, register_resolvers, validate
+    import numpy as np
+
+    from noisybench.noise.report import format_matrix, save_heatmap
+    from noisybench.train import build_noise
+    from noisybench.utils import atomic_write_json
+
+    register_resolvers()
+    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            cfg = compose(CONFIG_NAME, overrides=overrides)
+        validate(cfg)
+        pool, noisy, report, _ = build_noise(cfg)
+    except NoisybenchError as e:
+        print(f"noisybench: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"noisybench: error: {_condense_hydra_error(e)}", file=sys.stderr)
+        return 2
+    out = out or _noise_run_dir()
+    counts, T = np.array(report["transition_counts"]), np.array(report["transition_matrix"])
+    atomic_write_json(out / "noise.json", {"dataset": cfg.dataset.name, **report})
+    spec = ", ".join(f"{k}={v}" for k, v in report.items() if k not in (
+        "type", "realized_noise_rate", "expected_noise_rate", "applied_to", "num_samples", "cache_key",
+        "from_cache", "class_names", "transition_matrix", "transition_counts"))
+    title = f"{cfg.dataset.name}: {report['type']} ({spec}); realised {report['realized_noise_rate']:.4f}"
+    save_heatmap(T, out / "transition_matrix.png", pool.class_names, title)
+    expected = report.get("expected_noise_rate")
+    print(f"{cfg.dataset.name}: {report['type']} noise ({spec}) on {report['num_samples']} training-pool labels")
+    print(f"realised noise rate: {report['realized_noise_rate']:.4f}"
+          + (f" (expected {expected:.4f})" if expected is not None else "")
+          + ("  [from cache]" if report["from_cache"] else ""))
+    print(format_matrix(T, counts, pool.class_names))
+    print(f"wrote {out / 'noise.json'} and {out / 'transition_matrix.png'}")
+    return 0
+
+
 def report_main(args: list[str]) -> int:
     from noisybench.results import DEFAULT_KINDS, KINDS, WRITERS, load_summary, write_report
 
@@ -185,7 +259,7 @@ def report_main(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "report": report_main}
+COMMANDS = {"train": train_main, "noise": noise_main, "report": report_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from noisybench.config import build, check_trainer, resolve_device
 from noisybench.errors import ConfigError, NonFiniteLossError
 from noisybench.methods.base import Batch
 from noisybench.noise import transition_matrix
+from noisybench.noise.cache import cached, noise_key
 from noisybench.tasks import make_task
 from noisybench.tasks.classification import predict  # noqa: F401  (re-exported: it used to live here)
 from noisybench.utils import atomic_write_json, atomic_write_text, git_revision, resolve_data_dir, versions
@@ -30,25 +31,41 @@ from noisybench.utils import atomic_write_json, atomic_write_text, git_revision,
 log = logging.getLogger(__name__)
 
 
-def build_data(cfg: DictConfig) -> tuple[nbdata.Dataset, dict]:
-    """Dataset tensors (CPU) with noisy training/validation labels, and the noise report."""
-    pool = build(cfg.dataset.loader)(data_dir=str(resolve_data_dir(cfg.data_dir)))
+def build_noise(cfg: DictConfig) -> tuple[nbdata.Pool, np.ndarray, dict, tuple[np.ndarray, np.ndarray]]:
+    """The training pool, its noisy labels (from the cache when this exact noise was made before),
+    the noise report (realised rate and transition matrix) and the (train, val) pool indices."""
+    data_dir = resolve_data_dir(cfg.data_dir)
+    pool = build(cfg.dataset.loader)(data_dir=str(data_dir))
     train_idx, val_idx = nbdata.split_indices(pool, float(cfg.dataset.val_fraction), int(cfg.dataset.split_seed))
     injector = build(cfg.noise)
-    noisy = injector(pool.y_train, pool.num_classes, features=pool.x_train)
+    key, payload = noise_key(str(cfg.dataset.name), OmegaConf.to_container(cfg.dataset.loader, resolve=True),
+                             str(cfg.noise.name), injector.spec(), pool.y_train, pool.num_classes)
+    cache_dir = data_dir / "noise-cache" / str(cfg.dataset.name) if cfg.get("noise_cache", True) else None
+    noisy, hit = cached(cache_dir, key, payload, len(pool.y_train),
+                        lambda: injector(pool.y_train, pool.num_classes, features=pool.x_train))
     applied = np.arange(len(noisy))
     if not injector.apply_to_val:  # papers that select on a clean validation split
         noisy[val_idx] = pool.y_train[val_idx]
         applied = train_idx
     counts, T = transition_matrix(pool.y_train[applied], noisy[applied], pool.num_classes)
+    expected = getattr(injector, "expected_rate", None)
     noise_report = {
         "type": cfg.noise.name, **injector.spec(),
         "realized_noise_rate": float(np.mean(noisy[applied] != pool.y_train[applied])),
+        **({"expected_noise_rate": round(expected(pool.num_classes), 6)} if expected else {}),
         "applied_to": "train+val" if injector.apply_to_val else "train (validation labels clean)",
         "num_samples": int(len(applied)),
+        "cache_key": key, "from_cache": hit,
+        "class_names": pool.class_names,
         "transition_matrix": T.round(6).tolist(),
         "transition_counts": counts.tolist(),
     }
+    return pool, noisy, noise_report, (train_idx, val_idx)
+
+
+def build_data(cfg: DictConfig) -> tuple[nbdata.Dataset, dict]:
+    """Dataset tensors (CPU) with noisy training/validation labels, and the noise report."""
+    pool, noisy, noise_report, (train_idx, val_idx) = build_noise(cfg)
     featurizer = build(cfg.dataset.features) if cfg.dataset.get("features") is not None else None
     ds = nbdata.prepare(pool, noisy, train_idx, val_idx, int(cfg.dataset.split_seed),
                         cfg.dataset.get("subset"), featurizer)
@@ -81,7 +98,15 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
         torch.set_num_threads(int(cfg.trainer.threads))  # small models: extra intra-op threads only add overhead
     torch.manual_seed(seed)  # model init and dropout draw from torch's (now seeded) default RNG
     shuffle = torch.Generator().manual_seed(seed)
-    model = task.build_model(cfg.model, ds).to(device)
+    model = task.build_model(cfg.model, ds)
+    # the dataset's transform: normalisation inside the model (every caller of the model gets
+    # normalised floats from the compact stored tensors), augmentation of training batches only
+    transform = build(cfg.dataset.transform) if cfg.dataset.get("transform") is not None else None
+    if transform is not None:
+        model = torch.nn.Sequential(transform.normalizer(), model)
+    augment = transform.augment if transform is not None and transform.augments else None
+    aug_gen = torch.Generator(device=device).manual_seed(seed)
+    model = model.to(device)
     method = build(cfg.method)(num_classes=task.num_classes(ds)).to(device)
     method.task = task
     try:
@@ -107,7 +132,8 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
         total = torch.zeros((), device=device)
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
-            loss = method.train_step(model, optimizer, Batch(ds.x_train[idx], ds.y_train[idx], idx))
+            x = ds.x_train[idx] if augment is None else augment(ds.x_train[idx], aug_gen)
+            loss = method.train_step(model, optimizer, Batch(x, ds.y_train[idx], idx))
             total += loss * len(idx)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
@@ -146,7 +172,8 @@ def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_
         "uses_clean_labels": bool(method.needs_clean_validation),
         "method_metrics": dict(method_metrics or {}),  # the last epoch's epoch_metrics (e.g. weight_auc)
         "noise": {k: noise_report[k] for k in noise_report
-                  if k not in ("transition_matrix", "transition_counts", "realized_noise_rate")},
+                  if k not in ("transition_matrix", "transition_counts", "realized_noise_rate", "class_names",
+                               "from_cache")},
         "realized_noise_rate": noise_report["realized_noise_rate"],
         "seed": int(cfg.seed),
         "noise_seed": int(cfg.noise.seed),

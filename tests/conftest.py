@@ -17,6 +17,18 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def offline():
+    """Tests never touch the network: dataset configs read NOISYBENCH_DOWNLOAD."""
+    old = os.environ.get("NOISYBENCH_DOWNLOAD")
+    os.environ["NOISYBENCH_DOWNLOAD"] = "false"
+    yield
+    if old is None:
+        os.environ.pop("NOISYBENCH_DOWNLOAD", None)
+    else:
+        os.environ["NOISYBENCH_DOWNLOAD"] = old
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """One cache dir per test session (mnist1d is generated into it once, offline)."""

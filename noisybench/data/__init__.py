@@ -95,7 +95,9 @@ def prepare(pool: Pool, noisy_pool_labels: np.ndarray, train_idx: np.ndarray, va
     def t(a, dtype):
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
 
-    f, i = torch.float32, torch.int64
+    # uint8 images stay uint8 (4x smaller); the dataset's transform normalises them on the fly
+    f = torch.uint8 if pool.x_train.dtype == np.uint8 else torch.float32
+    i = torch.int64
     return Dataset(
         x_train=t(x_train, f), y_train=t(noisy_pool_labels[train_idx], i),
         y_train_clean=t(pool.y_train[train_idx], i),

@@ -1,0 +1,76 @@
+"""Showing a realised transition matrix: as text for the terminal and as a heatmap PNG."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+_FULL_MATRIX_MAX = 20  # above this many classes, print the per-class summary instead of all of T
+
+
+def format_matrix(T: np.ndarray, counts: np.ndarray, names: Sequence[str] | None = None) -> str:
+    """T[true, noisy] as a table for K <= 20; else one line per true class (keep rate, top flip)."""
+    k = len(T)
+    names = [str(n) for n in (names or range(k))]
+    if k <= _FULL_MATRIX_MAX:
+        w = max(5, *(len(n[:12]) for n in names))
+        head = " " * (w + 1) + " ".join(f"{n[:5]:>5}" for n in names)
+        rows = [f"{names[i][:12]:>{w}} " + " ".join(f"{v:5.2f}" for v in T[i]) for i in range(k)]
+        return "\n".join(["T[true, noisy] (rows: true class, columns: noisy label)", head, *rows])
+    lines = ["per true class: kept fraction, most frequent wrong label (its fraction), distinct wrong labels"]
+    for i in range(k):
+        off = T[i].copy()
+        off[i] = -1
+        j = int(off.argmax())
+        lines.append(f"{names[i][:16]:>16}  keep {T[i, i]:.3f}  -> {names[j][:16]} ({T[i, j]:.3f})  "
+                     f"{int((counts[i] > 0).sum() - (counts[i, i] > 0))} targets")
+    return "\n".join(lines)
+
+
+def save_heatmap(T: np.ndarray, path: Path | str, names: Sequence[str] | None = None, title: str = "") -> None:
+    """Write a heatmap of T as PNG (matplotlib's object API: no global pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = len(T)
+    size = min(12.0, 3.0 + 0.45 * k)
+    fig = Figure(figsize=(size, size * 0.9))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(T, vmin=0.0, vmax=1.0, cmap="viridis")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if k <= _FULL_MATRIX_MAX:
+        labels = [str(n) for n in (names or range(k))]
+        ax.set_xticks(range(k), labels, rotation=90)
+        ax.set_yticks(range(k), labels)
+        for i in range(k):
+            for j in range(k):
+                if T[i, j] >= 0.005:
+                    ax.text(j, i, f"{T[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="black" if T[i, j] > 0.6 else "white")
+    ax.set_xlabel("noisy label")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
