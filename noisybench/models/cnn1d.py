@@ -10,11 +10,16 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from noisybench.errors import ConfigError
+
 
 class CNN1D(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_classes: int, channels: int = 25,
                  dropout: float = 0.0) -> None:
         super().__init__()
+        if len(input_shape) not in (1, 2):
+            raise ConfigError(f"model=cnn1d does not fit inputs of shape {tuple(input_shape)}: it needs (L,) or (C, L) "
+                              "sequences; use model=cnn28 or model=mlp for images")
         in_ch = 1 if len(input_shape) == 1 else int(input_shape[0])
         self.features = nn.Sequential(
             nn.Conv1d(in_ch, channels, 5, stride=2, padding=1), nn.ReLU(),
