@@ -23,6 +23,14 @@ def config_path() -> str:
     return str(src) if (src / f"{CONFIG_NAME}.yaml").is_file() else f"pkg://{CONFIG_MODULE}"
 
 
+def config_files():
+    """The config tree as a Traversable (a Path in a checkout, package data in a wheel)."""
+    from importlib import resources
+
+    path = config_path()
+    return resources.files(CONFIG_MODULE) if path.startswith("pkg://") else Path(path)
+
+
 @contextmanager
 def hydra_context():
     """Hydra's compose API initialised on the config tree (for preflight checks and tests)."""

@@ -5,7 +5,6 @@ import copy
 import json
 import math
 import statistics
-from importlib import resources
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from hydra import compose
 from torch import nn
 from torch.func import functional_call
 
-from noisybench.config import hydra_context
+from noisybench.config import config_files, hydra_context
 
 from noisybench.errors import ConfigError
 from noisybench.methods.base import Batch
@@ -266,7 +265,7 @@ def test_config_errors(tmp_path):
 
 
 def _models():
-    return sorted(p.name[:-5] for p in resources.files("noisybench.conf").joinpath("model").iterdir()
+    return sorted(p.name[:-5] for p in config_files().joinpath("model").iterdir()
                   if p.name.endswith(".yaml"))
 
 

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from importlib import resources
 
 import numpy as np
 import torch
@@ -73,6 +72,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import functional_call, jvp
 
+from noisybench.config import config_files
 from noisybench.errors import ConfigError
 from noisybench.methods.base import Batch, LossMethod
 from noisybench.methods.storm_features import NUM_FULL, NUM_LOSS, GroupMemory, pass_stats
@@ -195,9 +195,9 @@ def _base_loss_node(base_loss) -> dict:
             raise ConfigError("method.base_loss must be a method config (with _target_) or the name of one, e.g. dal")
         return node
     name = str(base_loss)
-    path = resources.files("noisybench.conf").joinpath("method", f"{name}.yaml")
+    path = config_files().joinpath("method", f"{name}.yaml")
     if name == "storm" or not path.is_file():
-        choices = sorted(p.name[:-5] for p in resources.files("noisybench.conf").joinpath("method").iterdir()
+        choices = sorted(p.name[:-5] for p in config_files().joinpath("method").iterdir()
                          if p.name.endswith(".yaml") and p.name != "storm.yaml")
         raise ConfigError(f"method.base_loss={name!r} is not a method config; use one of {', '.join(choices)}")
     return OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=True)
