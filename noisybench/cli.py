@@ -181,12 +181,12 @@ def noise_main(args: list[str]) -> int:
         print("noisybench: error: `noise` makes one noise realisation; run it once per setting "
               "(sweeps are for `noisybench train -m`)", file=sys.stderr)
         return 2
-    from hydra import compose, initialize_config_module
+    import numpy as np
+    from hydra import compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from noisybench.config import CONFIG_MODULE, CONFIG_NAME, register_resolvers, validate
-    import numpy as np
+    from noisybench.config import CONFIG_NAME, hydra_context, register_resolvers, validate
 
     from noisybench.noise.report import format_matrix, save_heatmap
     from noisybench.train import build_noise
@@ -195,7 +195,7 @@ def noise_main(args: list[str]) -> int:
     register_resolvers()
     overrides = [a for a in args if not a.lstrip("+~").startswith("hydra")]
     try:
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        with hydra_context():
             cfg = compose(CONFIG_NAME, overrides=overrides)
         validate(cfg)
         pool, noisy, report, _ = build_noise(cfg)

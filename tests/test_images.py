@@ -170,12 +170,11 @@ def test_resnet18_and_34_parameter_counts_match_the_cifar_variants():
 
 def compose(overrides):
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
 
-    from noisybench.config import CONFIG_MODULE, CONFIG_NAME, register_resolvers, validate
+    from noisybench.config import CONFIG_NAME, hydra_context, register_resolvers, validate
 
     register_resolvers()
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+    with hydra_context():
         cfg = hydra_compose(CONFIG_NAME, overrides=overrides)
     validate(cfg)
     return cfg
