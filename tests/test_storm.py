@@ -169,59 +169,64 @@ def _toy_state(optim: str, weight_norm: str = "mass"):
     opt = (torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3) if optim == "sgd"
            else torch.optim.Adam(model.parameters(), lr=0.05))
     method.train_step(model, opt, Batch(x[:12], y[:12], torch.arange(12)))  # fills memories and opt state
-    return method, model, opt, x[12:24], y[12:24]
+    method._pending = None  # (holds a graph; the copies below start a fresh meta step anyway)
+    return method, model, opt, (x[12:24], y[12:24], x[24:36], y[24:36])
 
 
-def _meta_value(state, omega_inner, omega_meta, seed, fixed=None, fixed_loss=None):
-    """L_meta(ω) by direct evaluation with the same RNG draws as STORM.train_step; the meta features
-    can be held at `fixed` (STORM treats features as constants), and so can the meta losses inside the
-    weight_norm=mass factor (`fixed_loss`: the factor is constant in θ*). Returns (value, features, losses)."""
-    method, model, opt, x, y = copy.deepcopy(state)
-    method._setup(model, opt, len(y))
-    torch.manual_seed(seed)
-    logits0 = model(x)
-    loss0 = method.base_loss(logits0, y)
-    f = method._features(model, x, y, logits0, loss0, method.memory)
-    w = functional_call(method.rescaler, omega_inner, (f, y))
+def _meta_value(state, omega_inner, omega_meta, seeds, fixed=None, fixed_loss=None):
+    """L_meta(ω) by direct evaluation with the same RNG draws as two STORM.train_step calls: the
+    lookahead θ* on batch 1 with weights Ω_inner(f1), then the rescaled loss of batch 2 (the meta
+    batch) at θ* with weights Ω_meta(f2). The meta features can be held at `fixed` (STORM treats
+    features as constants), and so can the loss values inside the weight_norm=mass factor
+    (`fixed_loss`: the factor is constant in θ*). Returns (value, features, loss values)."""
+    method, model, opt, (x1, y1, x2, y2) = copy.deepcopy(state)
+    method._setup(model, opt, len(y1))
+    task = method._task()
+    torch.manual_seed(seeds[0])
+    out, h = method._run(x1)
+    terms = task.loss_terms(method.base_loss, out, y1)
+    f = method._features(terms, h, y1, method.memory)
+    w = functional_call(method.rescaler, omega_inner, (f, method._keys(terms)[1]))
     params = [p for _, p, _ in method._params]
-    g = torch.autograd.grad(method._scale(w.detach(), loss0.detach()) * (w.detach() * loss0).sum(), params)
-    star = {n: lookahead(p.detach(), gi, opt.param_groups[k], opt.state.get(p, {}), method._kind)
-            for (n, p, k), gi in zip(method._params, g)}
-    xm, ym = method._meta_batch(len(y))
-
-    def at(inp):
-        return functional_call(model, star, (inp,))
-
-    logits_m = at(xm)
-    loss_m = method.base_loss(logits_m, ym)
-    fm = method._features(at, xm, ym, logits_m, loss_m, method.meta_memory)
-    wm = functional_call(method.rescaler, omega_meta, (fm if fixed is None else fixed, ym))
-    factor_loss = loss_m.detach() if fixed_loss is None else fixed_loss
-    return float(method._scale(wm, factor_loss) * (wm * loss_m).sum()), fm, loss_m.detach()
+    g = torch.autograd.grad(method._batch_loss(terms, w.detach(), len(y1)), params)
+    with torch.no_grad():  # the model moves to θ*(w)
+        for (_, p, k), gi in zip(method._params, g):
+            p.copy_(lookahead(p.detach(), gi, opt.param_groups[k], opt.state.get(p, {}), method._kind))
+    torch.manual_seed(seeds[1])
+    out, h = method._run(x2)
+    terms = task.loss_terms(method.base_loss, out, y2)
+    fm = method._features(terms, h, y2, method.memory)  # the meta batch is a training batch
+    wm = functional_call(method.rescaler, omega_meta, (fm if fixed is None else fixed, method._keys(terms)[1]))
+    values = terms.loss.detach() if fixed_loss is None else fixed_loss
+    value = terms.rest.sum() / len(y2) + method._rescaled(terms.share, values, wm, len(y2), terms.loss, method._keys(terms)[1])
+    return float(value.detach()), fm, terms.loss.detach()
 
 
 @pytest.mark.parametrize("optim,first_order,weight_norm", [
     ("sgd", False, "mass"), ("adam", False, "mass"), ("sgd", False, "none"), ("adam", False, "weight_sum"),
-    ("sgd", True, "none"), ("adam", True, "weight_sum"),
+    ("sgd", True, "none"), ("adam", True, "weight_sum"), ("sgd", False, "class_sum"), ("adam", True, "class_sum"),
 ])
 def test_meta_gradient_matches_finite_differences(optim, first_order, weight_norm):
+    """The Ω update that step t+1 makes for step t is the exact gradient of L_meta(θ*(ω), ω)."""
     state = _toy_state(optim, weight_norm)
-    seed = 123
-    method, model, opt, x, y = copy.deepcopy(state)
+    seeds = (123, 456)
+    method, model, opt, (x1, y1, x2, y2) = copy.deepcopy(state)
     method.first_order = first_order
     method.meta_optimizer = torch.optim.SGD(method.rescaler.parameters(), lr=0.0)  # keep ω, read its grad
-    torch.manual_seed(seed)
-    method.train_step(model, opt, Batch(x, y, torch.arange(len(y))))
+    torch.manual_seed(seeds[0])
+    method.train_step(model, opt, Batch(x1, y1, torch.arange(len(y1))))
+    torch.manual_seed(seeds[1])
+    method.train_step(model, opt, Batch(x2, y2, torch.arange(len(y2))))
     grad = {n: p.grad.clone() for n, p in method.rescaler.named_parameters()}
 
     omega = {n: p.detach().clone() for n, p in state[0].rescaler.named_parameters()}
     d = {n: torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(7)) for n, p in omega.items()}
-    _, fixed, fixed_loss = _meta_value(state, omega, omega, seed)
+    _, fixed, fixed_loss = _meta_value(state, omega, omega, seeds)
     eps = 1e-6  # Adam's early steps are strongly curved in ω; double precision allows a small step
 
     def shifted(s):
         om = {n: omega[n] + s * eps * d[n] for n in omega}
-        return _meta_value(state, omega if first_order else om, om, seed, fixed, fixed_loss)[0]
+        return _meta_value(state, omega if first_order else om, om, seeds, fixed, fixed_loss)[0]
 
     fd = (shifted(1) - shifted(-1)) / (2 * eps)
     analytic = sum(float((grad[n] * d[n]).sum()) for n in omega)
@@ -231,7 +236,7 @@ def test_meta_gradient_matches_finite_differences(optim, first_order, weight_nor
 def test_jvp_replays_pass_zero_dropout_masks():
     """The second-order term needs J·u at pass 0's masks: check against autograd double-backward."""
     state = _toy_state("sgd")
-    method, model, opt, x, y = copy.deepcopy(state)
+    method, model, opt, (x, y, _, _) = copy.deepcopy(state)
     u = [torch.randn_like(p) for _, p, _ in method._params]
     from noisybench.methods.storm import replay_rng, rng_state
 

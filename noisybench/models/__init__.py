@@ -1,1 +1,38 @@
-"""Plain nn.Modules. Each takes `input_shape` and `num_classes` from the runner."""
+"""Plain nn.Modules. Each takes `input_shape` and `num_classes` from the runner.
+
+Optional protocol `stages() -> list of callables` (their composition is `forward`): lets a step
+method that runs several dropout passes (STORM) compute the deterministic part before the first
+active dropout layer once and repeat only the rest (`split_at_dropout`). Models without it are
+simply run whole for every pass.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+
+def has_active_dropout(module) -> bool:
+    return isinstance(module, nn.Module) and any(
+        isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())
+
+
+def _compose(fns: list) -> Callable:
+    def run(x):
+        for fn in fns:
+            x = fn(x)
+        return x
+    return run
+
+
+def split_at_dropout(model: nn.Module) -> tuple[Callable, Callable] | None:
+    """(trunk, head) with model(x) == head(trunk(x)) and no active dropout in trunk, or None when
+    the model does not declare `stages()` or its first stage is already stochastic."""
+    stages = getattr(model, "stages", None)
+    if stages is None:
+        return None
+    stages = list(stages())
+    cut = next((i for i, s in enumerate(stages) if has_active_dropout(s)), len(stages))
+    if cut == 0:
+        return None
+    return _compose(stages[:cut]), _compose(stages[cut:])

@@ -25,13 +25,19 @@ class CNN1D(nn.Module):
             nn.Conv1d(in_ch, channels, 5, stride=2, padding=1), nn.ReLU(),
             nn.Conv1d(channels, channels, 3, stride=1, padding=1), nn.ReLU(),
             nn.Conv1d(channels, channels, 3, stride=1, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Dropout(dropout),
+            nn.Flatten(),
         )
+        self.drop = nn.Dropout(dropout)
         with torch.no_grad():
             width = self.features(torch.zeros(1, in_ch, int(input_shape[-1]))).shape[1]
         self.head = nn.Linear(width, num_classes)
 
+    @staticmethod
+    def _channels(x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(1) if x.dim() == 2 else x
+
+    def stages(self) -> list:
+        return [self._channels, self.features, self.drop, self.head]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            x = x.unsqueeze(1)
-        return self.head(self.features(x))
+        return self.head(self.drop(self.features(self._channels(x))))

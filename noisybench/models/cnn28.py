@@ -34,7 +34,12 @@ class CNN28(nn.Module):
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(hidden, num_classes))
 
+    @staticmethod
+    def _channels(x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(1) if x.dim() == 3 else x
+
+    def stages(self) -> list:
+        return [self._channels, self.features, *self.head]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        return self.head(self.features(x))
+        return self.head(self.features(self._channels(x)))

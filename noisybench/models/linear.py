@@ -17,5 +17,12 @@ class Linear(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(math.prod(input_shape), num_classes)
 
+    @staticmethod
+    def _flat(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def stages(self) -> list:
+        return [self._flat, self.dropout, self.fc]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(x.flatten(1)))

@@ -20,5 +20,8 @@ class MLP(nn.Module):
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
 
+    def stages(self) -> list:
+        return list(self.net)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -47,9 +47,6 @@ class Task:
 
     kind = "task"
     model_hint = ""
-    #: True when a batch is one classification sample per row (model(x) -> logits [B, K]); step
-    #: methods that re-run the model themselves (STORM) need this
-    plain_logits = False
 
     def __init__(self, metric: str, extra_metrics: list[str] | None = None) -> None:
         self.metric = str(metric)
@@ -76,6 +73,15 @@ class Task:
 
     def loss_terms(self, method, outputs, targets) -> LossTerms:
         raise NotImplementedError
+
+    def sample_groups(self, targets: torch.Tensor) -> int:
+        """Samples per row in `loss_terms` (classification 1; DST: one gate decision per slot)."""
+        return 1
+
+    def sample_corrupted(self, corrupted: torch.Tensor) -> torch.Tensor:
+        """[N * sample_groups] which samples have a corrupted target, row-major, from the runner's
+        `y_train != y_train_clean` (diagnostics of reweighting methods only)."""
+        return corrupted.reshape(-1)
 
     def losses(self, method, outputs, targets) -> torch.Tensor:
         """Per-row losses [B] of a batch (what the default train step averages)."""

@@ -25,7 +25,6 @@ def _num(t: torch.Tensor) -> float | None:
 
 class ClassificationTask(Task):
     kind = "classification"
-    plain_logits = True
     model_hint = "a classification model, e.g. model=mlp"
 
     def __init__(self, metric: str = "acc", extra_metrics: list[str] | None = None) -> None:

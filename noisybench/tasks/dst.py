@@ -204,6 +204,12 @@ class DSTTask(Task):
                 for row in ds.value_table.tolist()]
 
     # ---- loss ---------------------------------------------------------------------------------
+    def sample_groups(self, targets):
+        return int(targets.shape[1])  # targets [N, S, 3]: one gate decision per slot
+
+    def sample_corrupted(self, corrupted):
+        return corrupted[..., 0].reshape(-1)  # the gate label (the reweighted sample) differs from the clean one
+
     def loss_terms(self, method, outputs, targets) -> LossTerms:
         """Samples = (turn, slot) gate decisions; rest = the value and refer losses (unweighted by a
         reweighting method; masked to their cells without a host sync)."""

@@ -1,0 +1,91 @@
+"""Per-sample directional derivatives a_i = <u, ∇θ ℓ_i(θ)> from one ordinary backward pass.
+
+STORM's second-order meta-gradient needs a_i for every sample of a training batch, in a direction u
+known only later. For a layer y = W ⋆ h + b (Linear, Conv1d/2d, zero padding), sample i's gradient
+is built from its own input h_i and output gradient δ_i = ∂ℓ_i/∂y_i, and
+
+    <u_W, ∇_W ℓ_i> + <u_b, ∇_b ℓ_i> = Σ (u_W ⋆ h_i + u_b) · δ_i,
+
+one extra layer evaluation with the weights replaced by u (about one forward pass in all). The
+backward pass of the batch loss L = Σ_i c_i ℓ_i gives c_i δ_i (the samples do not interact when the
+model has no BatchNorm and each batch row is one sample), so a_i = Σ_layers (...) / c_i. This is
+exact, not an approximation; `Capture.supported` says when it applies, otherwise STORM uses
+`torch.func.jvp` (forward mode through the whole model, about 2-3 forward passes).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def supported(model: nn.Module, params: list[nn.Parameter]) -> bool:
+    """True when every trained parameter is the weight or bias of a Linear / zero-padded Conv1d/2d and
+    nothing couples the samples of a batch (BatchNorm)."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return False
+    owned = set()
+    for m in model.modules():
+        direct = list(m.parameters(recurse=False))
+        if not direct:
+            continue
+        if not isinstance(m, LAYERS) or getattr(m, "padding_mode", "zeros") != "zeros" or \
+                isinstance(getattr(m, "padding", 0), str):
+            return False
+        owned.update(id(p) for p in direct)
+    return all(id(p) in owned for p in params)
+
+
+class Recording:
+    """One batch's layer inputs and output gradients."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        self.layers = layers
+        self.inputs: dict[nn.Module, torch.Tensor] = {}
+        self.grads: dict[nn.Module, torch.Tensor] = {}
+
+    def directional(self, u: dict[int, torch.Tensor], coef: torch.Tensor) -> torch.Tensor:
+        """a_i given u (id(parameter) -> direction) and the per-sample loss coefficients c_i of the
+        recorded backward pass (whose loss was Σ_i c_i ℓ_i)."""
+        total = torch.zeros_like(coef)
+        for m in self.layers:
+            h, d = self.inputs.get(m), self.grads.get(m)
+            if h is None or d is None:
+                continue
+            uw = u.get(id(m.weight), torch.zeros_like(m.weight))
+            ub = u.get(id(m.bias)) if m.bias is not None else None
+            if isinstance(m, nn.Linear):
+                y = F.linear(h, uw, ub)
+            else:
+                conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
+                y = conv(h, uw, ub, m.stride, m.padding, m.dilation, m.groups)
+            total = total + (y * d).reshape(len(d), -1).sum(1).to(total.dtype)
+        return total / coef
+
+
+class Capture:
+    """`record()` ... `stop()` around a forward pass: each supported layer's input, and its output
+    gradient during the next backward, go into the returned `Recording`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, LAYERS) and any(
+            p.requires_grad for p in m.parameters(recurse=False))]
+        self._handles: list = []
+
+    def record(self) -> Recording:
+        rec = Recording(self.layers)
+
+        def hook(module, args, output):
+            rec.inputs[module] = args[0].detach()
+            if output.requires_grad:
+                output.register_hook(lambda g, m=module: rec.grads.__setitem__(m, g.detach()))
+
+        self._handles = [m.register_forward_hook(hook) for m in self.layers]
+        return rec
+
+    def stop(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
