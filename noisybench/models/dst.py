@@ -74,7 +74,11 @@ class SlotHeads(nn.Module):
         if self.value_embedding is not None:
             tok = self.value_tokens
             emb = (self.value_embedding(tok) * (tok > 0)[..., None]).sum(2) / (tok > 0).sum(2, keepdim=True).clamp(min=1)
-            value = value + torch.einsum("bse,sve->bsv", self.value_proj(r), emb)
+            # scaled dot product (as the attention scores above): with unit-variance embeddings the
+            # unscaled score has a std of ~sqrt(dim) at initialisation (~8), which puts most targets'
+            # probability below 1e-6 -- fatal for bounded losses (GCE/DAL), whose gradient is p_y^q
+            # times CE's (and exactly 0 under their 1e-6 clamp)
+            value = value + torch.einsum("bse,sve->bsv", self.value_proj(r), emb) / math.sqrt(emb.shape[-1])
         r = r_gate
         value = value.masked_fill(self.value_mask, MASKED)
         refer = (torch.einsum("bsd,sdt->bst", r, self.refer_w) + self.refer_b).masked_fill(self.refer_mask, MASKED)
