@@ -1,12 +1,15 @@
 """Training time per epoch of STORM relative to CE: same data, model, batch size and optimizer,
 one process, interleaved epochs, median over epochs (evaluation excluded).
 
-    python scripts/bench_storm.py                       # mnist1d / cnn1d, batch 128, CPU, 1 thread
-    python scripts/bench_storm.py --epochs 5 model=mlp  # any further args are config overrides
+    python scripts/bench_storm.py                       # both workloads below, CPU, 1 thread
+    python scripts/bench_storm.py --epochs 5 --workload mlp=model=mlp   # your own workload(s)
 
-Settings timed: `default` = the faithful configuration (G = 3, second order, Ω updated every step)
-and `fast` = method.first_order=true method.meta_interval=4 (Ω updated every 4th step, without the
-second-order term). Data come from the normal loaders (mnist1d is generated offline).
+Workloads (default): `small` = mnist1d / cnn1d as configured (25 channels: a CE step is ~4 ms on one
+CPU thread, so STORM's fixed per-step costs -- features, Ω, bookkeeping -- dominate the ratio) and
+`compute-bound` = the same with model.channels=128 (the model's passes dominate, as for real
+models). Settings timed: `default` = the faithful configuration (G = 3, second order, Ω updated every
+step) and `fast` = method.first_order=true method.meta_interval=4 (Ω updated every 4th step, without
+the second-order term). Data come from the normal loaders (mnist1d is generated offline).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from noisybench.methods.base import Batch
 from noisybench.train import build_data
 
 FAST = "method.first_order=true method.meta_interval=4"
+WORKLOADS = {"small": [], "compute-bound": ["model.channels=128"]}
 
 
 def main(argv: list[str]) -> int:
@@ -32,14 +36,29 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--data-dir", default=None, help="dataset cache (default: a temporary directory)")
     p.add_argument("--fast", default=FAST, help=f"overrides of the fast setting (default: {FAST})")
+    p.add_argument("--workload", action="append", default=None, metavar="NAME=OVERRIDES",
+                   help="a workload: a name and comma-separated overrides (repeatable; default: "
+                        + "; ".join(f"{k}={','.join(v)}" for k, v in WORKLOADS.items()) + ")")
     p.add_argument("overrides", nargs="*", help="config overrides shared by all settings, e.g. model=mlp")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     data_dir = a.data_dir or tempfile.mkdtemp(prefix="noisybench-bench-")
-    shared = ["noise.rate=0.4", "trainer.device=cpu", f"data_dir={data_dir}", *a.overrides]
+    workloads = dict(WORKLOADS)
+    if a.workload:
+        workloads = {}
+        for item in a.workload:
+            name, _, ov = item.partition("=")
+            workloads[name] = [o for o in ov.split(",") if o]
+    for name, extra in workloads.items():
+        bench(name, ["noise.rate=0.4", "trainer.device=cpu", f"data_dir={data_dir}", *a.overrides, *extra],
+              a.fast, a.epochs, a.threads)
+    return 0
+
+
+def bench(name: str, shared: list[str], fast: str, epochs: int, threads: int) -> None:
     with hydra_context():
         settings = {"ce": ["method=ce"], "storm default": ["method=storm"],
-                    "storm fast": ["method=storm", *a.fast.split()]}
+                    "storm fast": ["method=storm", *fast.split()]}
         cfgs = {k: compose("train", overrides=[*shared, *v]) for k, v in settings.items()}
     # STORM's config turns dropout on; give CE the same model so only the method differs
     dropout = cfgs["storm default"].model.get("dropout")
@@ -57,10 +76,10 @@ def main(argv: list[str]) -> int:
         runs[key] = (model, method, opt)
     times: dict[str, list[float]] = {k: [] for k in runs}
     gen = torch.Generator().manual_seed(0)
-    for epoch in range(a.epochs + 1):  # interleaved, so machine load affects every setting alike
+    for epoch in range(epochs + 1):  # interleaved, so machine load affects every setting alike
         perm = torch.randperm(n, generator=gen)
         for key, (model, method, opt) in runs.items():
-            method.on_epoch_start(epoch, a.epochs + 1)
+            method.on_epoch_start(epoch, epochs + 1)
             model.train()
             t = time.perf_counter()
             for i in range(0, n, bs):
@@ -69,12 +88,12 @@ def main(argv: list[str]) -> int:
             if epoch > 0:  # epoch 0 warms up allocators and caches
                 times[key].append(time.perf_counter() - t)
     ce = statistics.median(times["ce"])
-    print(f"dataset={cfgs['ce'].dataset.name} model={cfgs['ce'].model.name} batch={bs} n_train={n} "
-          f"threads={a.threads} epochs={a.epochs} (median s/epoch, training steps only)")
+    print(f"[{name}] dataset={cfgs['ce'].dataset.name} model={cfgs['ce'].model.name} "
+          f"overrides={' '.join(shared[3:]) or '-'} batch={bs} n_train={n} threads={threads} epochs={epochs} "
+          "(median s/epoch, training steps only)")
     for key, ts in times.items():
         med = statistics.median(ts)
-        print(f"{key:14s} {med:8.3f} s/epoch   ratio to CE {med / ce:5.2f}x")
-    return 0
+        print(f"  {key:14s} {med:8.3f} s/epoch   ratio to CE {med / ce:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ from noisybench.errors import ConfigError
 from noisybench.methods.base import Batch
 from noisybench.methods.storm import STORM, Rescaler, lookahead
 from noisybench.methods.storm_features import GroupMemory, gaussian_kl, gaussian_overlap, pass_stats
+from noisybench.models import split_at_dropout
+from noisybench.models.cnn1d import CNN1D
+from noisybench.models.cnn28 import CNN28
+from noisybench.models.linear import Linear
 from noisybench.models.mlp import MLP
 from noisybench.train import run
 
@@ -202,16 +206,20 @@ def _meta_value(state, omega_inner, omega_meta, seeds, fixed=None, fixed_loss=No
     return float(value.detach()), fm, terms.loss.detach()
 
 
-@pytest.mark.parametrize("optim,first_order,weight_norm", [
-    ("sgd", False, "mass"), ("adam", False, "mass"), ("sgd", False, "none"), ("adam", False, "weight_sum"),
-    ("sgd", True, "none"), ("adam", True, "weight_sum"), ("sgd", False, "class_sum"), ("adam", True, "class_sum"),
+@pytest.mark.parametrize("optim,first_order,weight_norm,directional", [
+    ("sgd", False, "mass", "layers"), ("adam", False, "mass", "layers"), ("sgd", False, "none", "layers"),
+    ("adam", False, "weight_sum", "layers"), ("sgd", True, "none", "layers"), ("adam", True, "weight_sum", "layers"),
+    ("sgd", False, "class_sum", "layers"), ("adam", True, "class_sum", "layers"),
+    ("adam", False, "class_mass", "layers"), ("sgd", False, "weight_sum", "jvp"), ("adam", False, "class_mass", "jvp"),
 ])
-def test_meta_gradient_matches_finite_differences(optim, first_order, weight_norm):
-    """The Ω update that step t+1 makes for step t is the exact gradient of L_meta(θ*(ω), ω)."""
+def test_meta_gradient_matches_finite_differences(optim, first_order, weight_norm, directional):
+    """The Ω update that step t+1 makes for step t is the exact gradient of L_meta(θ*(ω), ω), with a_i
+    from the recorded layers or from forward mode."""
     state = _toy_state(optim, weight_norm)
     seeds = (123, 456)
     method, model, opt, (x1, y1, x2, y2) = copy.deepcopy(state)
     method.first_order = first_order
+    method.directional = directional
     method.meta_optimizer = torch.optim.SGD(method.rescaler.parameters(), lr=0.0)  # keep ω, read its grad
     torch.manual_seed(seeds[0])
     method.train_step(model, opt, Batch(x1, y1, torch.arange(len(y1))))
@@ -254,7 +262,95 @@ def test_jvp_replays_pass_zero_dropout_masks():
     torch.testing.assert_close(a, ref)
 
 
+# ---- the cheap paths are exact ----------------------------------------------------------------------
+
+SMALL_MODELS = {
+    "mlp": (lambda: MLP((6,), 3, hidden=(8, 8), dropout=0.3), (6,)),
+    "cnn1d": (lambda: CNN1D((12,), 3, channels=4, dropout=0.3), (12,)),
+    "cnn28": (lambda: CNN28((1, 8, 8), 3, channels=2, hidden=8, dropout=0.3), (1, 8, 8)),
+    "linear": (lambda: Linear((6,), 3, dropout=0.3), (6,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_MODELS))
+def test_split_at_dropout_composes_to_the_model(name):
+    make, shape = SMALL_MODELS[name]
+    torch.manual_seed(0)
+    model, x = make(), torch.randn(5, *shape)
+    trunk, head = split_at_dropout(model)
+    torch.manual_seed(1)
+    full = model(x)
+    torch.manual_seed(1)
+    h = trunk(x)
+    torch.testing.assert_close(head(h), full)  # same ops, same dropout draws
+    torch.testing.assert_close(trunk(x), h)  # no dropout before the cut
+    assert split_at_dropout(nn.Sequential(nn.Dropout(0.1), nn.Linear(3, 3))) is None  # no stages(): run whole
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_MODELS))
+def test_layer_directional_derivatives_equal_forward_mode(name):
+    """a_i = <u, ∇ℓ_i> from the recorded layer inputs and output gradients of a weighted backward
+    equals torch.func.jvp at pass 0's dropout masks."""
+    from noisybench.methods.storm import rng_state
+
+    make, shape = SMALL_MODELS[name]
+    torch.manual_seed(0)
+    model = make().double()
+    x, y = torch.randn(10, *shape, dtype=torch.float64), torch.randint(3, (10,))
+    method = STORM(num_classes=3).double()
+    method.on_train_start(x, y, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    method._setup(model, opt, len(y))
+    assert method._capture is not None
+    params = [p for _, p, _ in method._params]
+    rng0 = rng_state(x.device)
+    rec = method._capture.record()
+    out, _ = method._run(x)
+    method._capture.stop()
+    coef = torch.rand(len(y), dtype=torch.float64) + 0.1
+    torch.autograd.grad((coef * method.base_loss(out, y)).sum(), params)
+    u = [torch.randn_like(p) for p in params]
+    a_layers = rec.directional(dict(zip([id(p) for p in params], u)), coef)
+    primals = {n: p.detach().clone() for n, p, _ in method._params}
+    a_jvp = method._jvp_fn(primals, x, y, rng0)(u)
+    torch.testing.assert_close(a_layers, a_jvp)
+
+
+def test_batchnorm_models_use_forward_mode():
+    from noisybench.methods.storm_directional import supported
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.1), nn.Linear(4, 2))
+    assert not supported(model, list(model.parameters()))
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.1), nn.Linear(4, 2))
+    assert supported(model, list(model.parameters()))
+
+
 # ---- config and runner ---------------------------------------------------------------------------
+
+def test_storm_defaults_per_dataset(tmp_path):
+    """Dialogue datasets get the per-gate-class normalisation (conf/method_dataset); others keep
+    weight_sum; the command line wins."""
+    assert compose_cfg(tmp_path, "method=storm").method.weight_norm == "weight_sum"
+    assert compose_cfg(tmp_path, "method=storm", "dataset=synthwoz").method.weight_norm == "class_mass"
+    assert compose_cfg(tmp_path, "method=storm", "dataset=multiwoz").method.weight_norm == "class_mass"
+    assert compose_cfg(tmp_path, "method=storm", "dataset=synthwoz",
+                       "method.weight_norm=mass").method.weight_norm == "mass"
+
+
+def test_bench_script_prints_ratios(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_storm.py"
+    if not path.is_file():
+        pytest.skip("scripts/ is not shipped with an installed package")
+    spec = importlib.util.spec_from_file_location("bench_storm", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--epochs", "1", "--data-dir", str(tmp_path), "--workload", "tiny=dataset.subset=256"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ratio to CE") == 3 and "[tiny]" in out and "storm fast" in out
+
 
 def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="model.dropout"):
