@@ -42,7 +42,12 @@ def find_records(paths: Iterable[Path | str]) -> list[Path]:
 def _noise_label(noise: dict) -> str:
     if noise.get("type") in (None, "none"):
         return "none"
-    label = f"{noise['type']} {noise.get('rate', 0):g}"
+    if noise.get("label_set") is not None:  # real noise (CIFAR-N): the annotators' label set, no rate
+        label = f"{noise['type']} {noise['label_set']}"
+    elif noise.get("rate") is None:  # e.g. dst_real: the dataset's own noise
+        label = str(noise["type"])
+    else:
+        label = f"{noise['type']} {noise['rate']:g}"
     if noise.get("include_true_class") is False:
         label += " excl"
     if noise.get("sampling") == "exact":

@@ -114,3 +114,12 @@ def test_report_merges_sweeps_and_labels_varying_hyperparameters(cli_env, tmp_pa
 
 def test_report_on_empty_dir_fails(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) != 0
+
+
+def test_table_column_labels_name_the_noise():
+    from noisybench.results import _noise_label
+
+    assert _noise_label({"type": "real", "label_set": "worse", "seed": 0}) == "real worse"
+    assert _noise_label({"type": "dst_real"}) == "dst_real"
+    assert _noise_label({"type": "symmetric", "rate": 0.4, "include_true_class": False}) == "symmetric 0.4 excl"
+    assert _noise_label({"type": "none"}) == "none"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -52,7 +53,7 @@ def save_heatmap(T: np.ndarray, path: Path | str, names: Sequence[str] | None = 
                             color="black" if T[i, j] > 0.6 else "white")
     ax.set_xlabel("noisy label")
     ax.set_ylabel("true class")
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, width=max(30, int(size * 8)))), fontsize=9)  # fits the figure
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
