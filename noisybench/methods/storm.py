@@ -329,7 +329,6 @@ class STORM(LossMethod):
         self._weights = torch.full((len(y_train) * self._groups,), float("nan"), device=y_train.device)
         self._pending = None
         self._steps = 0
-        self.base_loss.task = task
         self.base_loss.on_train_start(x_train, y_train, seed)
 
     def on_clean_validation(self, x_val: torch.Tensor, y_val_clean: torch.Tensor) -> None:
