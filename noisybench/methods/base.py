@@ -3,6 +3,15 @@
 A *loss method* (CE, GCE, DAL) implements `forward(logits, targets) -> per-sample losses` and may
 react to the epoch in `on_epoch_start`. The default `train_step` does one optimizer step on the mean
 loss. A *step method* (STORM, anything meta-learned) overrides `train_step` and owns the whole step.
+
+State for checkpoints: a method is an `nn.Module`, so `state_dict()` holds its parameters and
+buffers (and those of its submodules, e.g. STORM's rescaler and base loss); everything else a method
+keeps between steps (schedule position, memories, its own optimizers and random generators, a
+pending update) it returns from `get_extra_state()` and takes back in `set_extra_state()`. The
+runner saves `state_dict()` at any batch boundary and, on resume, builds a fresh method, calls
+`on_train_start` (and `on_clean_validation`) as for a new run, then `load_state_dict(...)`; training
+then continues with new model and optimizer objects (loaded from their own state dicts) and must give
+the same numbers as never stopping. Mid-epoch, `on_epoch_start` is NOT called again after loading.
 """
 from __future__ import annotations
 

@@ -63,6 +63,12 @@ class DAL(LossMethod):
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.q, self.lam = dal_schedule(epoch, num_epochs, self.q_start, self.q_end)
 
+    def get_extra_state(self) -> dict:
+        return {"q": self.q, "lam": self.lam}  # the schedule position (checkpoints)
+
+    def set_extra_state(self, state: dict) -> None:
+        self.q, self.lam = float(state["q"]), float(state["lam"])
+
     def bootstrap_term(self, logits: torch.Tensor) -> torch.Tensor:
         if self.bootstrap == "hard":
             return F.cross_entropy(logits, logits.argmax(dim=1), reduction="none")
