@@ -20,12 +20,15 @@ commands:
                       e.g. noisybench noise dataset=fashion_mnist noise=instance noise.rate=0.4
   report PATH...      rebuild summary.csv and tables from run or sweep directories
 
+Interrupted? Run the same command again (or `noisybench train --resume DIR`): finished runs are
+skipped, interrupted ones continue from their checkpoint, failed ones are retried.
+
 Results: each run directory gets result.json, metrics.csv and noise.json; each sweep
 directory gets summary.csv and table.md.
 """
 
 log = logging.getLogger("noisybench")
-_FAILURES: list[tuple[str, str]] = []  # (run_dir, message) of runs that ended with a user error
+_FAILURES: list[tuple[str, str]] = []  # (run_dir, message) of this process's failed runs (single runs)
 # Hydra flags that take a value (preflight skips the value).
 _HYDRA_FLAGS = {"-m", "--multirun"}
 _SWEEP_LIMIT = 256  # above this many grid points, preflight checks each value on its own
@@ -105,30 +108,69 @@ def _train_task(cfg) -> None:
     from hydra.types import RunMode
 
     from noisybench.train import run
-    from noisybench.utils import atomic_write_json
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
     try:
         record = run(cfg, out_dir, progress=bool(cfg.trainer.progress) and not multirun)
-    except NoisybenchError as e:
-        atomic_write_json(out_dir / "failed.json", {"error": _one_line(e), "type": type(e).__name__})
+    except NoisybenchError as e:  # run() wrote failed.json (not for a directory of another config)
         _FAILURES.append((str(out_dir), _one_line(e)))
-        log.error("run failed: %s", _one_line(e))
+        if multirun:  # into the job's log; the parent prints the sweep's failures at the end
+            log.error("run failed: %s", _one_line(e))
+        return
+    except Exception as e:
+        if not multirun:
+            raise  # a crash of a single run: the traceback helps (failed.json is written)
+        _FAILURES.append((str(out_dir), f"{type(e).__name__}: {_one_line(e)}"))
+        log.exception("run crashed (failed.json written); the sweep goes on")
         return
     sel = record["test_selected"]
-    print(f"result: {out_dir / 'result.json'}  test_last={record['test_last']:.4f}  "
+    head = "already finished, skipped: " if record.get("skipped") else ""
+    print(f"{head}result: {out_dir / 'result.json'}  test_last={record['test_last']:.4f}  "
           f"test_selected={'n/a' if sel is None else f'{sel:.4f}'} (epoch {record['selected_epoch']})  "
           f"test_best[oracle]={record['test_best']:.4f}  noise={record['realized_noise_rate']:.4f} realised  "
           f"{record['train_time_s']:.1f}s", flush=True)
+
+
+def _resume_args(args: list[str]) -> list[str]:
+    """`--resume DIR [overrides]`: the command that made DIR (a run or a sweep), into DIR again."""
+    from omegaconf import OmegaConf
+
+    i = args.index("--resume")
+    if i + 1 >= len(args) or args[i + 1].startswith("-"):
+        raise NoisybenchError("--resume needs a run or sweep directory, e.g. noisybench train --resume "
+                              "outputs/2026-11-30/12-00-00-ab12cd")
+    d, extra = Path(args[i + 1]), args[:i] + args[i + 2:]
+    keep = lambda o: not o.startswith(("hydra.run.dir", "hydra.sweep.dir", "hydra.mode"))  # noqa: E731
+    if (d / "multirun.yaml").is_file():  # a sweep: its grid, launcher and sweeper again
+        hydra_cfg = OmegaConf.load(d / "multirun.yaml").hydra
+        task, hyd = list(hydra_cfg.overrides.task), [o for o in hydra_cfg.overrides.hydra if keep(o)]
+        return ["-m", *task, *hyd, f"hydra.sweep.dir={d}", *[a for a in extra if a not in _HYDRA_FLAGS]]
+    if (d / ".hydra" / "overrides.yaml").is_file():  # a run (or one job of a sweep)
+        task = list(OmegaConf.load(d / ".hydra" / "overrides.yaml"))
+        hyd = []
+        if (d / ".hydra" / "hydra.yaml").is_file():
+            hyd = [o for o in OmegaConf.load(d / ".hydra" / "hydra.yaml").hydra.overrides.hydra if keep(o)]
+        return [*task, *hyd, f"hydra.run.dir={d}", *[a for a in extra if a not in _HYDRA_FLAGS]]
+    raise NoisybenchError(f"--resume {d}: not a run or sweep directory (it has no .hydra/overrides.yaml "
+                          "and no multirun.yaml); give the directory that noisybench train printed")
 
 
 def train_main(args: list[str]) -> int:
     import hydra
 
     from noisybench.config import CONFIG_NAME, config_path, register_resolvers
+    from noisybench.results import SweepTablesCallback
+    from noisybench.rundir import Interrupted
 
+    if "--resume" in args:
+        try:
+            args = _resume_args(args)
+        except NoisybenchError as e:
+            print(f"noisybench: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        print(f"noisybench: resuming: noisybench train {' '.join(args)}", file=sys.stderr)
     register_resolvers()
     err = preflight(args)
     if err:
@@ -136,20 +178,39 @@ def train_main(args: list[str]) -> int:
         return 2
     app = hydra.main(version_base="1.3", config_path=config_path(), config_name=CONFIG_NAME)(_train_task)
     _FAILURES.clear()
+    SweepTablesCallback.last = None
     saved = sys.argv
     sys.argv = ["noisybench train", *args]
     try:
         app()
+    except Interrupted as e:
+        where = f" in {e.run_dir}" if e.run_dir else ""
+        if e.run_dir is None:
+            print(f"noisybench: interrupted {e.where}", file=sys.stderr)
+        else:
+            print(f"noisybench: interrupted at {e.where}; checkpoint saved{where}; run the same command to "
+                  f"resume (or noisybench train --resume {_resume_target(e.run_dir)})", file=sys.stderr)
+        return e.exit_code
     finally:
         sys.argv = saved
+    sweep = SweepTablesCallback.last
+    if sweep is not None:  # a multirun: the parent's view, from the run directories on disk
+        print(f"noisybench: sweep {sweep['dir']}: {sweep['line']}", file=sys.stderr)
+        for run_dir, msg in sweep["failed"][:10]:
+            print(f"noisybench: error: {msg} (failed.json in {run_dir})", file=sys.stderr)
+        if len(sweep["failed"]) > 10:
+            print(f"noisybench: error: ... and {len(sweep['failed']) - 10} more failed runs", file=sys.stderr)
+        return 1 if sweep["failed"] or sweep["unfinished"] else 0
     if _FAILURES:
-        if len(_FAILURES) == 1:
-            print(f"noisybench: error: {_FAILURES[0][1]} (no result.json in {_FAILURES[0][0]})", file=sys.stderr)
-        else:
-            print(f"noisybench: error: {len(_FAILURES)} runs failed, first: {_FAILURES[0][1]} "
-                  f"(see failed.json in their run directories)", file=sys.stderr)
+        print(f"noisybench: error: {_FAILURES[0][1]}", file=sys.stderr)
         return 1
     return 0
+
+
+def _resume_target(run_dir: Path) -> Path:
+    """The directory `--resume` should get: the sweep's, when the run is a job of a sweep."""
+    parent = Path(run_dir).parent
+    return parent if (parent / "multirun.yaml").is_file() else Path(run_dir)
 
 
 def _noise_run_dir() -> Path:
@@ -224,7 +285,7 @@ def noise_main(args: list[str]) -> int:
 
 
 def report_main(args: list[str]) -> int:
-    from noisybench.results import DEFAULT_KINDS, KINDS, WRITERS, load_summary, write_report
+    from noisybench.results import DEFAULT_KINDS, KINDS, WRITERS, left_out_note, load_runs, write_report
 
     p = argparse.ArgumentParser(prog="noisybench report",
                                 description="Tables (mean ± std over seeds) from run or sweep directories.")
@@ -245,17 +306,18 @@ def report_main(args: list[str]) -> int:
     if missing:
         print(f"noisybench: error: no such path: {', '.join(missing)}", file=sys.stderr)
         return 2
-    if load_summary(a.paths).empty:
-        print("noisybench: error: no result.json found under the given paths (finished runs have one)",
-              file=sys.stderr)
+    df, left_out = load_runs(a.paths)
+    if df.empty:
+        print("noisybench: error: no finished run under the given paths (finished runs have a result.json); "
+              + left_out_note(left_out), file=sys.stderr)
         return 1
     if a.out:
         df = write_report(a.paths, a.out, formats, kinds)
         print(f"{len(df)} runs -> {a.out}/summary.csv, " + ", ".join(str(a.out / WRITERS[f][0]) for f in formats))
     else:
-        df = load_summary(a.paths)
         for f in formats:
             print(WRITERS[f][1](df, kinds))
+    print(left_out_note(left_out))
     return 0
 
 
@@ -277,7 +339,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"noisybench: error: unknown command {cmd!r}; use one of {', '.join(COMMANDS)} "
               "(noisybench --help)", file=sys.stderr)
         return 2
-    return COMMANDS[cmd](rest)
+    import signal
+
+    from noisybench.rundir import Interrupted
+
+    def on_term(signum, frame):  # outside the training loop (which stops at a safe point itself)
+        raise Interrupted(signum, "before training started (nothing to resume from yet)", None)
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return COMMANDS[cmd](rest)
+    except KeyboardInterrupt:
+        print("noisybench: interrupted", file=sys.stderr)
+        return 130
+    except Interrupted as e:
+        print(f"noisybench: interrupted {e.where}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

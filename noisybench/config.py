@@ -45,9 +45,15 @@ def hydra_context():
 
 def register_resolvers() -> None:
     """`${nb_uid:}`: a random tag, cached per config, so run/sweep dirs never collide when two jobs
-    start in the same second (Hydra copies the resolver cache into every job of a sweep)."""
+    start in the same second (Hydra copies the resolver cache into every job of a sweep).
+    `${nb_job_dir:}`: a sweep job's directory name, its overrides plus
+    its identity hash (noisybench.rundir.job_dirname)."""
     if not OmegaConf.has_resolver("nb_uid"):
         OmegaConf.register_new_resolver("nb_uid", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("nb_job_dir"):
+        from noisybench.rundir import job_dirname
+
+        OmegaConf.register_new_resolver("nb_job_dir", job_dirname)
 
 
 def build(node: DictConfig):
@@ -85,6 +91,12 @@ def check_trainer(t: DictConfig) -> None:
         raise ConfigError(f"trainer.batch_size={t.batch_size} must be >= 1")
     if not int(t.eval_every) >= 1:
         raise ConfigError(f"trainer.eval_every={t.eval_every} must be >= 1")
+    every = t.get("checkpoint_every", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ConfigError(f"trainer.checkpoint_every={every} must be a whole number of epochs >= 0 "
+                          "(0 = checkpoints only on Ctrl-C/SIGTERM)")
+    if not isinstance(t.get("keep_checkpoint", False), bool):
+        raise ConfigError(f"trainer.keep_checkpoint={t.keep_checkpoint} must be true or false")
     resolve_device(str(t.device))
 
 

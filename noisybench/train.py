@@ -1,8 +1,10 @@
 """run(cfg) -> result record: build data, noise, model and method; train; evaluate; write.
 
 Files in the run directory: metrics.csv (one row per epoch, rewritten atomically each epoch),
-noise.json (realised rate and transition matrix), and result.json, written last and atomically:
-a directory without result.json is a run that did not finish.
+noise.json (realised rate and transition matrix), checkpoint.pt (every trainer.checkpoint_every
+epochs and on SIGINT/SIGTERM), and result.json, written last and atomically: a directory without
+result.json is a run that did not finish. The directory's life (identity, outcomes, resume) is in
+noisybench.rundir.
 """
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ from tqdm import tqdm
 
 from noisybench import data as nbdata
 from noisybench.config import build, check_trainer, resolve_device
-from noisybench.errors import ConfigError, NonFiniteLossError
+from noisybench.errors import ConfigError, NoisybenchError, NonFiniteLossError
 from noisybench.methods.base import Batch
 from noisybench.noise import transition_matrix
 from noisybench.noise.cache import cached, noise_key
+from noisybench.rundir import Interrupted, RunDir
+from noisybench.stopping import StopOnSignal
 from noisybench.tasks import make_task
 from noisybench.tasks.classification import predict  # noqa: F401  (re-exported: it used to live here)
 from noisybench.utils import atomic_write_json, atomic_write_text, git_revision, resolve_data_dir, versions
@@ -82,11 +86,54 @@ def _csv(rows: list[dict]) -> str:
 
 
 def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
-    out_dir = Path(out_dir)
+    """Train one run in `out_dir`, or resume it from its checkpoint, or (already finished) return its
+    record with `skipped: True`. Owns the directory's life (noisybench.rundir): a NoisybenchError or
+    a crash leaves failed.json and nothing else; a signal leaves a checkpoint and nothing else."""
+    rd = RunDir(out_dir, cfg)
+    rd.claim()  # refuses a directory that holds another configuration (nothing written into it)
+    done = rd.finished()
+    if done is not None:
+        if not cfg.trainer.get("keep_checkpoint"):
+            rd.remove_checkpoint()  # a stray one: the run crashed between result.json and its removal
+        rd.write_attempt("skipped")
+        return {**done, "skipped": True}
+    retry = rd.clear_failure()
+    try:
+        return _train(cfg, rd, progress, retry)
+    except NoisybenchError as e:
+        rd.fail(" ".join(str(e).split()), type(e).__name__)
+        raise
+    except Exception as e:  # a crash (a bug, out of memory): still never a result a table counts
+        rd.fail(f"{type(e).__name__}: {' '.join(str(e).split())[:500]}", type(e).__name__)
+        raise
+
+
+def _rng_state(device: torch.device, shuffle: torch.Generator, aug_gen: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "shuffle": shuffle.get_state(), "augment": aug_gen.get_state()}
+
+
+def _set_rng_state(state: dict, device: torch.device, shuffle: torch.Generator, aug_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    shuffle.set_state(state["shuffle"])
+    aug_gen.set_state(state["augment"])
+
+
+def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
+    out_dir = rd.path
     check_trainer(cfg.trainer)
     device = resolve_device(str(cfg.trainer.device))
     epochs, bs, eval_bs = int(cfg.trainer.epochs), int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size)
+    ckpt_every = int(cfg.trainer.get("checkpoint_every", 1))
     seed = int(cfg.seed)
+    ckpt = rd.load_checkpoint("cpu")
+    rd.write_attempt("resumed" if ckpt else ("retried" if retry else "new"),
+                     **({"from_epoch": ckpt["epoch"], "from_batch": ckpt["batch"]} if ckpt else {}))
+    if ckpt is None:
+        (out_dir / "metrics.csv").unlink(missing_ok=True)  # an earlier attempt's rows
     task = make_task(cfg.dataset)  # the problem's shape: data, model arguments, losses, evaluation
     metric_name = task.metric
 
@@ -120,40 +167,95 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     if method.needs_clean_validation:  # opt-in baselines only; recorded as uses_clean_labels
         method.on_clean_validation(ds.x_val, ds.y_val_clean)
     corrupted = ds.y_train != ds.y_train_clean  # for method diagnostics only (epoch_metrics)
-    method_metrics: dict = {}
     n = len(ds.y_train)
+    # where training stands: (epoch, first batch offset, that epoch's permutation, its loss sum so far)
+    start_epoch, start_pos, perm, total = 0, 0, None, None
     rows: list[dict] = []
-    t_start = time.perf_counter()
-    bar = tqdm(range(epochs), desc=f"{cfg.method.name} {cfg.dataset.name}", disable=not progress, leave=False)
-    for epoch in bar:
-        method.on_epoch_start(epoch, epochs)
-        model.train()
-        perm = torch.randperm(n, generator=shuffle).to(device)
-        total = torch.zeros((), device=device)
-        for i in range(0, n, bs):
-            idx = perm[i:i + bs]
-            x = ds.x_train[idx] if augment is None else augment(ds.x_train[idx], aug_gen)
-            loss = method.train_step(model, optimizer, Batch(x, ds.y_train[idx], idx))
-            total += loss * len(idx)
-        lr = optimizer.param_groups[0]["lr"]
+    resumed: list[dict] = []
+    spent = 0.0  # training seconds of earlier attempts
+    stats = {"writes": 0, "seconds": 0.0, "bytes": 0}  # checkpoint cost, over all attempts
+    if ckpt is not None:  # everything the next step depends on, as the interrupted run left it
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None:
-            scheduler.step()
-        train_loss = float(total) / n  # host sync, once per epoch
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(f"the training loss became {train_loss} in epoch {epoch}; "
-                                     "lower the learning rate (optim.optimizer.lr) or check the inputs")
-        method_metrics = method.epoch_metrics(corrupted)
-        row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **method.state(), **method_metrics}
-        if (epoch + 1) % int(cfg.trainer.eval_every) == 0 or epoch == epochs - 1:
-            row.update(task.evaluate(model, ds, eval_bs))
-            bar.set_postfix(loss=f"{train_loss:.3f}", val=row["val"], test=row["test"])
-        rows.append(row)
-        atomic_write_text(out_dir / "metrics.csv", _csv(rows))
-    train_time = time.perf_counter() - t_start
+            scheduler.load_state_dict(ckpt["scheduler"])
+        method.load_state_dict(ckpt["method"])
+        _set_rng_state(ckpt["rng"], device, shuffle, aug_gen)
+        start_epoch, start_pos, rows, spent = ckpt["epoch"], ckpt["batch"], ckpt["rows"], ckpt["train_time"]
+        if ckpt["perm"] is not None:
+            perm, total = ckpt["perm"].to(device), ckpt["total"].to(device)
+        resumed = [*ckpt["resumed_from"], {"epoch": start_epoch, "batch": start_pos // bs}]
+        stats.update(ckpt["checkpoint_stats"])
+        log.info("resuming %s from epoch %d, batch %d", out_dir, start_epoch, start_pos // bs)
+    # (a checkpoint at the very end, kept by keep_checkpoint, resumes straight to the record)
+    method_metrics: dict = method.epoch_metrics(corrupted) if start_epoch >= epochs else {}
+    t_start = time.perf_counter()
+
+    def save(epoch: int, pos: int, perm_now, total_now) -> None:
+        t = time.perf_counter()
+        stats["bytes"] = rd.save_checkpoint({
+            "epoch": epoch, "batch": pos, "perm": perm_now, "total": total_now, "rows": rows,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "method": method.state_dict(), "rng": _rng_state(device, shuffle, aug_gen),
+            "train_time": spent + time.perf_counter() - t_start, "resumed_from": resumed,
+            "checkpoint_stats": {**stats, "writes": stats["writes"] + 1}})
+        stats["writes"] += 1
+        stats["seconds"] += time.perf_counter() - t
+
+    def stop(signum: int, epoch: int, pos: int) -> Interrupted:
+        where = (f"the end of epoch {epoch} of {epochs}" if pos == 0 else
+                 f"epoch {epoch + 1} of {epochs}, batch {-(-pos // bs)} of {-(-n // bs)}")
+        return Interrupted(signum, where, out_dir)
+
+    bar = tqdm(range(start_epoch, epochs), desc=f"{cfg.method.name} {cfg.dataset.name}", disable=not progress,
+               leave=False, initial=start_epoch, total=epochs)
+    with StopOnSignal() as signalled:
+        for epoch in bar:
+            if perm is None:  # a new epoch (not the rest of an interrupted one)
+                method.on_epoch_start(epoch, epochs)
+                perm = torch.randperm(n, generator=shuffle).to(device)
+                total, start_pos = torch.zeros((), device=device), 0
+            model.train()
+            for i in range(start_pos, n, bs):
+                idx = perm[i:i + bs]
+                x = ds.x_train[idx] if augment is None else augment(ds.x_train[idx], aug_gen)
+                loss = method.train_step(model, optimizer, Batch(x, ds.y_train[idx], idx))
+                total += loss * len(idx)
+                if signalled.signum is not None:  # a safe point: the step is complete
+                    save(epoch, i + bs, perm, total)
+                    raise stop(signalled.signum, epoch, i + bs)
+            lr = optimizer.param_groups[0]["lr"]
+            if scheduler is not None:
+                scheduler.step()
+            train_loss = float(total) / n  # host sync, once per epoch
+            perm = total = None
+            if not math.isfinite(train_loss):
+                raise NonFiniteLossError(f"the training loss became {train_loss} in epoch {epoch}; "
+                                         "lower the learning rate (optim.optimizer.lr) or check the inputs")
+            method_metrics = method.epoch_metrics(corrupted)
+            row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **method.state(), **method_metrics}
+            if (epoch + 1) % int(cfg.trainer.eval_every) == 0 or epoch == epochs - 1:
+                row.update(task.evaluate(model, ds, eval_bs))
+                bar.set_postfix(loss=f"{train_loss:.3f}", val=row["val"], test=row["test"])
+            rows.append(row)
+            atomic_write_text(out_dir / "metrics.csv", _csv(rows))
+            last = epoch == epochs - 1
+            if (not last and ckpt_every and (epoch + 1) % ckpt_every == 0) or (last and cfg.trainer.get("keep_checkpoint")):
+                save(epoch + 1, 0, None, None)
+            if signalled.signum is not None and not last:
+                if not (ckpt_every and (epoch + 1) % ckpt_every == 0):
+                    save(epoch + 1, 0, None, None)
+                raise stop(signalled.signum, epoch + 1, 0)
+    train_time = spent + time.perf_counter() - t_start
     bar.close()
 
     record = make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time, method_metrics)
-    atomic_write_json(out_dir / "result.json", record)
+    record.update(identity=rd.hash, resumed_from=resumed,
+                  checkpoint={"every": ckpt_every, **stats, "seconds": round(stats["seconds"], 4)})
+    atomic_write_json(out_dir / "result.json", record)  # the run is finished from here on
+    if not cfg.trainer.get("keep_checkpoint"):
+        rd.remove_checkpoint()
     return record
 
 

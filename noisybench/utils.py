@@ -11,20 +11,33 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write `text` to `path` so readers see either the old file or the complete new one."""
+def _umask() -> int:
+    mask = os.umask(0o022)  # read it (the only way), put it back
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write `data` to `path` so readers see either the old file or the complete new one. The file
+    gets the permissions of a normal file (0666 minus the umask; mkstemp's 0600 would hide results
+    from the user's group)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: Path | str, obj: Any) -> None:
