@@ -187,9 +187,13 @@ def train_main(args: list[str]) -> int:
         where = f" in {e.run_dir}" if e.run_dir else ""
         if e.run_dir is None:
             print(f"noisybench: interrupted {e.where}", file=sys.stderr)
+        elif _resume_target(e.run_dir) != e.run_dir:  # a job of a sweep
+            print(f"noisybench: sweep interrupted (a job stopped at {e.where}, checkpoint saved{where}); run "
+                  f"the same command to resume it (or noisybench train --resume {_resume_target(e.run_dir)})",
+                  file=sys.stderr)
         else:
             print(f"noisybench: interrupted at {e.where}; checkpoint saved{where}; run the same command to "
-                  f"resume (or noisybench train --resume {_resume_target(e.run_dir)})", file=sys.stderr)
+                  f"resume (or noisybench train --resume {e.run_dir})", file=sys.stderr)
         return e.exit_code
     finally:
         sys.argv = saved

@@ -51,6 +51,9 @@ class Interrupted(BaseException):
         super().__init__(where)
         self.signum, self.where, self.run_dir = signum, where, run_dir
 
+    def __reduce__(self):  # picklable: worker processes (joblib, submitit) send it to the sweep's parent
+        return (type(self), (self.signum, self.where, self.run_dir))
+
     @property
     def exit_code(self) -> int:
         return 128 + self.signum

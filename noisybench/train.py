@@ -184,9 +184,10 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
         start_epoch, start_pos, rows, spent = ckpt["epoch"], ckpt["batch"], ckpt["rows"], ckpt["train_time"]
         if ckpt["perm"] is not None:
             perm, total = ckpt["perm"].to(device), ckpt["total"].to(device)
-        resumed = [*ckpt["resumed_from"], {"epoch": start_epoch, "batch": start_pos // bs}]
+        resumed = [*ckpt["resumed_from"], {"epochs_done": start_epoch, "batches_done": -(-start_pos // bs)}]
         stats.update(ckpt["checkpoint_stats"])
-        log.info("resuming %s from epoch %d, batch %d", out_dir, start_epoch, start_pos // bs)
+        log.info("resuming %s after %d of %d epochs%s", out_dir, start_epoch, epochs,
+                 f" and {-(-start_pos // bs)} batches" if start_pos else "")
     # (a checkpoint at the very end, kept by keep_checkpoint, resumes straight to the record)
     method_metrics: dict = method.epoch_metrics(corrupted) if start_epoch >= epochs else {}
     t_start = time.perf_counter()

@@ -82,7 +82,7 @@ def test_sigkill_then_same_command_equals_uninterrupted_run(method, cli_env, tmp
     assert again.returncode == 0, again.stderr
     assert_same_run(tmp_path / "ref", run_dir)
     rec = result(run_dir)
-    assert rec["resumed_from"] and rec["resumed_from"][0]["epoch"] >= 1  # killed after epoch 2 had begun
+    assert rec["resumed_from"] and rec["resumed_from"][0]["epochs_done"] >= 1  # killed after epoch 2 had begun
     assert not (run_dir / "checkpoint.pt").exists()  # removed once result.json is written
     assert sorted(p.name for p in run_dir.glob("*.json")) == ["attempt.json", "identity.json", "noise.json",
                                                                "result.json"]
