@@ -103,7 +103,9 @@ def preflight(args: list[str]) -> str | None:
     return None
 
 
-def _train_task(cfg) -> None:
+def _train_task(cfg) -> float:
+    """One job; returns its objective (`objective`, default val_selected; NaN when the run failed),
+    which Hydra sweepers that optimise (Optuna) read."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -118,19 +120,21 @@ def _train_task(cfg) -> None:
         _FAILURES.append((str(out_dir), _one_line(e)))
         if multirun:  # into the job's log; the parent prints the sweep's failures at the end
             log.error("run failed: %s", _one_line(e))
-        return
+        return float("nan")
     except Exception as e:
         if not multirun:
             raise  # a crash of a single run: the traceback helps (failed.json is written)
         _FAILURES.append((str(out_dir), f"{type(e).__name__}: {_one_line(e)}"))
         log.exception("run crashed (failed.json written); the sweep goes on")
-        return
+        return float("nan")
     sel = record["test_selected"]
     head = "already finished, skipped: " if record.get("skipped") else ""
     print(f"{head}result: {out_dir / 'result.json'}  test_last={record['test_last']:.4f}  "
           f"test_selected={'n/a' if sel is None else f'{sel:.4f}'} (epoch {record['selected_epoch']})  "
           f"test_best[oracle]={record['test_best']:.4f}  noise={record['realized_noise_rate']:.4f} realised  "
           f"{record['train_time_s']:.1f}s", flush=True)
+    value = record.get(str(cfg.get("objective", "val_selected")))
+    return float("nan") if value is None else float(value)
 
 
 def _resume_args(args: list[str]) -> list[str]:

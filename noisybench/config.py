@@ -100,9 +100,15 @@ def check_trainer(t: DictConfig) -> None:
     resolve_device(str(t.device))
 
 
+OBJECTIVES = ("val_selected", "val_last")
+
+
 def validate(cfg: DictConfig) -> None:
     """Every check that needs no data: run before any directory is written."""
     check_trainer(cfg.trainer)
+    if cfg.get("objective", "val_selected") not in OBJECTIVES:
+        raise ConfigError(f"objective={cfg.objective} is not a validation score; use {' or '.join(OBJECTIVES)} "
+                          "(tuning on test labels would be the oracle)")
     build(cfg.noise)
     build(cfg.method)(num_classes=2)  # hyperparameter checks do not depend on the class count
     try:

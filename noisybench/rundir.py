@@ -31,7 +31,7 @@ from noisybench.utils import atomic_write_bytes, atomic_write_json
 
 # Keys that do not change what a run computes: where it reads/writes and how it reports progress.
 # (trainer.threads can change floating-point summation order, but not the experiment.)
-NOT_IDENTITY = ("data_dir", "noise_cache", "trainer.progress", "trainer.checkpoint_every",
+NOT_IDENTITY = ("data_dir", "noise_cache", "objective", "trainer.progress", "trainer.checkpoint_every",
                 "trainer.keep_checkpoint", "trainer.threads")
 RESULT, FAILED, CHECKPOINT, IDENTITY, ATTEMPT = ("result.json", "failed.json", "checkpoint.pt", "identity.json",
                                                  "attempt.json")

@@ -12,6 +12,7 @@ import csv
 import io
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -76,6 +77,37 @@ def build_data(cfg: DictConfig) -> tuple[nbdata.Dataset, dict]:
     return ds, noise_report
 
 
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch'] + 1}/{epochs}", f"loss={row['train_loss']:.4f}"]
+    for key in ("val", "test", "memorized_noisy_frac"):
+        if key in row:
+            parts.append(f"{key}={_fmt(row[key])}")
+    return " ".join(parts)
+
+
+def _run_log(out_dir: Path) -> logging.Logger:
+    """train.log in the run directory: one line per epoch and the result, so a long job's progress can
+    be followed (tail -f) wherever it runs; appended to across resumed attempts."""
+    logger = logging.getLogger(f"noisybench.run.{out_dir}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    _close_log(logger)
+    handler = logging.FileHandler(out_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger.addHandler(handler)
+    return logger
+
+
+def _close_log(logger: logging.Logger) -> None:
+    for h in list(logger.handlers):
+        h.close()
+        logger.removeHandler(h)
+
+
 def _csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     fields = list(dict.fromkeys(k for r in rows for k in r))
@@ -100,12 +132,17 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     retry = rd.clear_failure()
     try:
         return _train(cfg, rd, progress, retry)
+    except Interrupted:
+        logging.getLogger(f"noisybench.run.{out_dir}").info("interrupted (checkpoint saved)")
+        raise
     except NoisybenchError as e:
         rd.fail(" ".join(str(e).split()), type(e).__name__)
         raise
     except Exception as e:  # a crash (a bug, out of memory): still never a result a table counts
         rd.fail(f"{type(e).__name__}: {' '.join(str(e).split())[:500]}", type(e).__name__)
         raise
+    finally:
+        _close_log(logging.getLogger(f"noisybench.run.{out_dir}"))
 
 
 def _rng_state(device: torch.device, shuffle: torch.Generator, aug_gen: torch.Generator) -> dict:
@@ -141,8 +178,9 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     atomic_write_json(out_dir / "noise.json", noise_report)
     ds = ds.to(device)
 
-    if cfg.trainer.get("threads"):
-        torch.set_num_threads(int(cfg.trainer.threads))  # small models: extra intra-op threads only add overhead
+    threads = cfg.trainer.get("threads") or os.environ.get("OMP_NUM_THREADS")  # the launcher presets set it
+    if threads:
+        torch.set_num_threads(int(threads))  # small models: extra intra-op threads only add overhead
     torch.manual_seed(seed)  # model init and dropout draw from torch's (now seeded) default RNG
     shuffle = torch.Generator().manual_seed(seed)
     model = task.build_model(cfg.model, ds)
@@ -209,6 +247,8 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
                  f"epoch {epoch + 1} of {epochs}, batch {-(-pos // bs)} of {-(-n // bs)}")
         return Interrupted(signum, where, out_dir)
 
+    epoch_log = _run_log(out_dir)
+    epoch_log.info("%s %s after %d of %d epochs", "resumed" if ckpt else "started", out_dir, start_epoch, epochs)
     bar = tqdm(range(start_epoch, epochs), desc=f"{cfg.method.name} {cfg.dataset.name}", disable=not progress,
                leave=False, initial=start_epoch, total=epochs)
     with StopOnSignal() as signalled:
@@ -241,6 +281,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
                 bar.set_postfix(loss=f"{train_loss:.3f}", val=row["val"], test=row["test"])
             rows.append(row)
             atomic_write_text(out_dir / "metrics.csv", _csv(rows))
+            epoch_log.info(_epoch_line(row, epochs))
             last = epoch == epochs - 1
             if (not last and ckpt_every and (epoch + 1) % ckpt_every == 0) or (last and cfg.trainer.get("keep_checkpoint")):
                 save(epoch + 1, 0, None, None)
@@ -255,6 +296,9 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     record.update(identity=rd.hash, resumed_from=resumed,
                   checkpoint={"every": ckpt_every, **stats, "seconds": round(stats["seconds"], 4)})
     atomic_write_json(out_dir / "result.json", record)  # the run is finished from here on
+    epoch_log.info("finished: test_last=%.4f test_selected=%s val_selected=%s train_time=%.1fs", record["test_last"],
+                   _fmt(record["test_selected"]), _fmt(record["val_selected"]), record["train_time_s"])
+    _close_log(epoch_log)
     if not cfg.trainer.get("keep_checkpoint"):
         rd.remove_checkpoint()
     return record
