@@ -293,7 +293,8 @@ def noise_main(args: list[str]) -> int:
 
 
 def report_main(args: list[str]) -> int:
-    from noisybench.results import DEFAULT_KINDS, KINDS, WRITERS, left_out_note, load_runs, write_report
+    from noisybench.results import (CONFIG_COL, DEFAULT_KINDS, KINDS, WRITERS, left_out_note, load_runs, varied_keys,
+                                    write_report)
 
     p = argparse.ArgumentParser(prog="noisybench report",
                                 description="Tables (mean ± std over seeds) from run or sweep directories.")
@@ -302,6 +303,9 @@ def report_main(args: list[str]) -> int:
     p.add_argument("-f", "--format", default="md", help=f"comma-separated: {','.join(WRITERS)} (default md)")
     p.add_argument("-k", "--kinds", default=",".join(DEFAULT_KINDS),
                    help=f"which accuracies, comma-separated: {','.join(KINDS)} (best is the oracle)")
+    p.add_argument("--tune", default="", metavar="KEY[,KEY...]",
+                   help="config keys swept as hyperparameters (e.g. optim.optimizer.lr): each cell shows the "
+                        "value(s) with the best mean validation score over seeds, and that setting's test score")
     a = p.parse_args(args)
     formats = [f for f in a.format.split(",") if f]
     kinds = [k for k in a.kinds.split(",") if k]
@@ -319,12 +323,24 @@ def report_main(args: list[str]) -> int:
         print("noisybench: error: no finished run under the given paths (finished runs have a result.json); "
               + left_out_note(left_out), file=sys.stderr)
         return 1
-    if a.out:
-        df = write_report(a.paths, a.out, formats, kinds)
-        print(f"{len(df)} runs -> {a.out}/summary.csv, " + ", ".join(str(a.out / WRITERS[f][0]) for f in formats))
-    else:
-        for f in formats:
-            print(WRITERS[f][1](df, kinds))
+    tune = [k for k in a.tune.split(",") if k]
+    unknown = [k for k in tune if not df[CONFIG_COL].str.contains(f'"{k}":', regex=False).any()]
+    if unknown:
+        keys = ", ".join(varied_keys(df)) or "none"
+        print(f"noisybench: error: --tune {','.join(unknown)}: no run has this config key (as in "
+              f"noisybench train --cfg job); keys that vary across these runs: {keys}", file=sys.stderr)
+        return 2
+    try:
+        if a.out:
+            df = write_report(a.paths, a.out, formats, kinds, tune)
+            print(f"{len(df)} runs -> {a.out}/summary.csv, "
+                  + ", ".join(str(a.out / WRITERS[f][0]) for f in formats))
+        else:
+            for f in formats:
+                print(WRITERS[f][1](df, kinds, tune))
+    except NoisybenchError as e:
+        print(f"noisybench: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     print(left_out_note(left_out))
     return 0
 

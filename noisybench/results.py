@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import sys
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -16,6 +19,7 @@ from hydra.experimental.callback import Callback
 
 from noisybench.rundir import (ATTEMPT, CHECKPOINT, FAILED, IDENTITY, INVOCATION_ENV, RESULT, identity_config,
                                identity_hash)
+from noisybench.errors import NoisybenchError
 from noisybench.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -113,19 +117,136 @@ def load_runs(paths: Iterable[Path | str]) -> tuple[pd.DataFrame, dict[str, list
             "noise": _noise_label(r["noise"]), "noise_type": r["noise"].get("type"),
             "noise_rate": r["noise"].get("rate"), "realized_noise_rate": r["realized_noise_rate"],
             "seed": r["seed"], "noise_seed": r["noise_seed"], "epochs": r["epochs"], "metric": r["metric"],
+            "val_last": r.get("val_last"), "val_selected": r.get("val_selected"),
             "test_last": r["test_last"], "test_selected": r["test_selected"],
             "selected_epoch": r["selected_epoch"], "test_best": r["test_best"], "best_epoch": r.get("best_epoch"),
             "memorized_noisy_frac": r.get("memorized_noisy_frac"), "train_time_s": r.get("train_time_s"),
             "device": r.get("device"), "uses_clean_labels": r.get("uses_clean_labels", False),
             # method diagnostics of the last epoch (e.g. STORM's weight_auc)
             **{f"method_{k}": v for k, v in (r.get("method_metrics") or {}).items()},
+            CONFIG_COL: json.dumps(_flat(identity_config(r["config"])) if isinstance(r.get("config"), dict) else {},
+                                   sort_keys=True, default=str),
         })
     df = pd.DataFrame(rows)
     if not df.empty:
         df["method_label"] = _method_labels(df)
         df = df.sort_values(["dataset", "model", "method_label", "noise_type", "noise_rate", "seed"],
                             kind="stable").reset_index(drop=True)
+        for key in varied_keys(df):  # summary.csv: one column per key that varies across the runs
+            df[key] = [_value(c.get(key)) for c in df[CONFIG_COL].map(json.loads)]
     return df, left_out
+
+
+# ---- a table cell is exactly one configuration -------------------------------------------------
+CONFIG_COL = "_config"  # the flattened identity config of each run (not written to summary.csv)
+# shown by the table structure already: one table per dataset/model/metric, the method column (with
+# the method's varying hyperparameters), the noise column label
+SHOWN = ("dataset.name", "model.name", "dataset.metric", "noise.name", "noise.rate", "noise.include_true_class",
+         "noise.sampling", "noise.apply_to_val", "noise.label_set")
+REPLICATE = ("seed", "noise.seed")  # what varies between the runs of one cell
+# named in titles when they are the same for every run of a table
+FIXED_SHOWN = ("trainer.epochs", "trainer.batch_size", "optim.name", "optim.optimizer.lr",
+               "optim.optimizer.weight_decay", "optim.scheduler.name", "dataset.subset")
+
+
+class ReportError(NoisybenchError):
+    """The runs cannot be tabled as asked (e.g. two runs of one cell share a seed)."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif not str(k).startswith("_"):  # _target_/_partial_: the `name` beside them says the choice
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _value(v):
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def _display_key(key: str) -> str:
+    return key[:-5] if key.endswith(".name") else key
+
+
+def varied_keys(df: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
+    """Config keys whose value differs between the runs of `df`, other than the replicate seeds (and
+    keys equal to them), method keys (the method label shows its hyperparameters), the keys
+    the table layout shows, and `exclude`. Keys that vary together one-to-one (trainer.epochs and the
+    cosine schedule's T_max) are named once, by the shortest."""
+    configs = [json.loads(c) for c in df[CONFIG_COL]]
+    if len(configs) < 2:
+        return []
+    keys = sorted({k for c in configs for k in c})
+    sig = lambda k: tuple(json.dumps(c.get(k, "<absent>"), sort_keys=True, default=str) for c in configs)  # noqa: E731
+
+    replicate = {sig(k) for k in REPLICATE if k in keys}
+    excluded = set(SHOWN) | set(exclude)
+    varied = [k for k in keys if len(set(sig(k))) > 1 and k not in excluded and k not in REPLICATE
+              and not k.startswith("method.") and sig(k) not in replicate]
+    chosen: dict = {}
+    for k in sorted(varied, key=lambda k: (len(k), k)):  # a key equal to another in every run is derived
+        chosen.setdefault(sig(k), k)
+    return sorted(chosen.values())
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """optim.optimizer.lr -> lr, unless another key ends the same way."""
+    names = {}
+    for k in keys:
+        d = _display_key(k)
+        last = d.rsplit(".", 1)[-1]
+        names[k] = last if sum(_display_key(o).rsplit(".", 1)[-1] == last for o in keys) == 1 else d
+    return names
+
+
+def _fmt_value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _sort_value(v):
+    return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+
+
+def _layout(group: pd.DataFrame, tune: Iterable[str] = ()):
+    """Row and column labels of every run of one table, and what varied / was fixed."""
+    tune = list(tune)
+    configs = [json.loads(c) for c in group[CONFIG_COL]]
+    varied = varied_keys(group, exclude=tune)
+    names = _short_names(varied + [t for t in tune if any(t in c for c in configs)])
+    col_keys = [k for k in varied if k.startswith("noise.")]
+    row_keys = [k for k in varied if k not in col_keys]
+
+    def label(base: str, c: dict, keys: list[str]) -> str:
+        extra = ", ".join(f"{names[k]}={_fmt_value(c.get(k))}" for k in keys)
+        return f"{base}, {extra}" if extra else base
+
+    rows = [label(m, c, row_keys) for m, c in zip(group["method_label"], configs)]
+    cols = [label(n, c, col_keys) for n, c in zip(group["noise"], configs)]
+    row_order = [r for _, r in sorted({(tuple([m] + [_sort_value(c.get(k)) for k in row_keys]), r)
+                                       for m, c, r in zip(group["method_label"], configs, rows)})]
+    col_sort = {}
+    for t, rate, n, c, lab in zip(group["noise_type"], group["noise_rate"], group["noise"], configs, cols):
+        col_sort[lab] = (str(t), float(rate or 0), n, *[_sort_value(c.get(k)) for k in col_keys])
+    col_order = sorted(col_sort, key=col_sort.get)
+    fixed = {k: configs[0].get(k) for k in FIXED_SHOWN
+             if k in configs[0] and k not in varied and k not in tune
+             and len({json.dumps(c.get(k)) for c in configs}) == 1}
+    varying = {k: sorted({_value(c.get(k)) for c in configs}, key=_sort_value) for k in varied}
+    return rows, cols, row_order, col_order, names, fixed, varying
+
+
+def _check_replicates(group: pd.DataFrame, rows: list[str], cols: list[str], extra: list | None = None) -> None:
+    seen: dict = {}
+    for i, (r, c, s, ns) in enumerate(zip(rows, cols, group["seed"], group["noise_seed"])):
+        key = (r, c, s, ns, None if extra is None else extra[i])
+        if key in seen:
+            raise ReportError(f"runs {seen[key]} and {group['run_dir'].iloc[i]} fall in one table cell ({r} | {c}) "
+                              f"with the same seed {s} and noise seed {ns}; they differ only in keys the table "
+                              "does not show, so averaging them would be wrong: report them separately")
+        seen[key] = group["run_dir"].iloc[i]
 
 
 def left_out_note(left_out: dict[str, list[str]], limit: int = 3) -> str:
@@ -163,28 +284,63 @@ def _cell(values: pd.Series) -> str:
     return f"{v.mean():.2f} ± {v.std(ddof=1):.2f} ({len(v)})"
 
 
-def pivot(df: pd.DataFrame, column: str) -> pd.DataFrame:
-    cols = df[["noise", "noise_type", "noise_rate"]].drop_duplicates().itertuples(index=False)
-    order = [c.noise for c in sorted(cols, key=lambda c: (str(c.noise_type), float(c.noise_rate or 0), c.noise))]
-    order = list(dict.fromkeys(order))
-    table = df.groupby(["method_label", "noise"])[column].apply(_cell).unstack("noise")
-    return table.reindex(columns=order).fillna("–")
+TUNE_SCORE = {"last": "val_last", "selected": "val_selected", "best": "test_best"}
 
 
-def tables(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS):
-    """Yield (title, kind, table) per (dataset, model, metric) and accuracy kind."""
+def tables(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()):
+    """Yield (title, kind, table) per (dataset, model, metric) and accuracy kind. A cell holds the runs
+    of ONE configuration (they differ only in seed / noise seed); every other key that varies is in
+    the row label (or, for noise keys, the column label). With `tune`, those keys are chosen per cell:
+    the value(s) with the best mean validation score over seeds (last: val_last; selected:
+    val_selected; best: the oracle test score, labelled so)."""
+    tune = list(tune)
     for (dataset, model, metric), group in df.groupby(["dataset", "model", "metric"]):
+        rows, cols, row_order, col_order, names, fixed, varying = _layout(group, tune)
+        configs = [json.loads(c) for c in group[CONFIG_COL]]
+        tuned = [t for t in tune if any(t in c for c in configs)]
+        choice = [tuple(_value(c.get(t)) for t in tuned) for c in configs]
+        _check_replicates(group, rows, cols, choice if tuned else None)
         seeds = sorted(group["seed"].unique().tolist())
+        noise_seeds = sorted(group["noise_seed"].unique().tolist())
+        over = f"seeds {seeds}" + (f" x noise seeds {noise_seeds}" if len(noise_seeds) > 1 and noise_seeds != seeds
+                                  else "")
+        facts = []
+        if varying:
+            facts.append("varied: " + "; ".join(f"{names[k]} in {{{', '.join(map(_fmt_value, v))}}}"
+                                                for k, v in varying.items()))
+        if fixed:
+            facts.append("fixed: " + ", ".join(f"{_display_key(k)}={_fmt_value(v)}" for k, v in fixed.items()))
         for kind in kinds:
             column, desc = KINDS[kind]
-            title = (f"{dataset} / {model}: {METRIC_TITLES.get(metric, metric)}, {desc}; "
-                     f"mean ± std (n) over seeds {seeds}")
-            yield title, kind, pivot(group, column)
+            tuned_note = ""
+            if tuned:
+                score = TUNE_SCORE[kind]
+                how = ("ORACLE: chosen by mean test score" if kind == "best" else
+                       f"chosen per cell by the best mean {score} over seeds")
+                tuned_note = f"; tuned {', '.join(names[t] for t in tuned)} ({how}; [chosen value])"
+            title = (f"{dataset} / {model}: {METRIC_TITLES.get(metric, metric)}, {desc}; mean ± std (n) over {over}"
+                     + "".join(f"; {f}" for f in facts) + tuned_note)
+            frame = pd.DataFrame({"row": rows, "col": cols, "value": group[column].to_numpy(),
+                                  "choice": choice, "score": group[TUNE_SCORE[kind]].to_numpy() if tuned else 0.0})
+            cells = {}
+            for (r, c), cell in frame.groupby(["row", "col"], sort=False):
+                if not tuned:
+                    cells[(r, c)] = _cell(cell["value"])
+                    continue
+                means = cell.groupby("choice", sort=False)["score"].apply(lambda v: v.astype(float).mean())
+                best = max(sorted(means.index, key=lambda t: [_sort_value(x) for x in t]),
+                           key=lambda t: (-math.inf if pd.isna(means[t]) else means[t]))
+                picked = cell[[ch == best for ch in cell["choice"]]]
+                chosen = ", ".join(f"{names[t]}={_fmt_value(v)}" for t, v in zip(tuned, best))
+                cells[(r, c)] = f"{_cell(picked['value'])} [{chosen}]"
+            table = pd.DataFrame([[cells.get((r, c), "–") for c in col_order] for r in row_order],
+                                 index=pd.Index(row_order, name="method_label"), columns=col_order)
+            yield title, kind, table
 
 
-def to_markdown(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS) -> str:
+def to_markdown(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()) -> str:
     out = []
-    for title, _, t in tables(df, kinds):
+    for title, _, t in tables(df, kinds, tune):
         header = "| method | " + " | ".join(t.columns) + " |"
         sep = "|---|" + "---|" * len(t.columns)
         body = ["| " + " | ".join([idx, *map(str, row)]) + " |" for idx, row in zip(t.index, t.values)]
@@ -192,12 +348,12 @@ def to_markdown(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS) -> str:
     return "\n".join(out)
 
 
-def to_latex(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS) -> str:
+def to_latex(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()) -> str:
     def esc(s: str) -> str:
         return str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")
 
     out = []
-    for title, _, t in tables(df, kinds):
+    for title, _, t in tables(df, kinds, tune):
         lines = [r"\begin{table}[t]", r"\centering", r"\caption{" + esc(title) + "}",
                  r"\begin{tabular}{l" + "c" * len(t.columns) + "}", r"\toprule",
                  "method & " + " & ".join(esc(c) for c in t.columns) + r" \\", r"\midrule"]
@@ -207,9 +363,9 @@ def to_latex(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS) -> str:
     return "\n".join(out)
 
 
-def to_csv(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS) -> str:
+def to_csv(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()) -> str:
     frames = []
-    for title, kind, t in tables(df, kinds):
+    for title, kind, t in tables(df, kinds, tune):
         t = t.copy()
         t.insert(0, "table", title)
         t.insert(1, "kind", kind)
@@ -221,16 +377,16 @@ WRITERS = {"md": ("table.md", to_markdown), "csv": ("table.csv", to_csv), "latex
 
 
 def write_report(paths: Iterable[Path | str], out_dir: Path, formats: Iterable[str] = ("md",),
-                 kinds: Iterable[str] = DEFAULT_KINDS) -> pd.DataFrame:
+                 kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()) -> pd.DataFrame:
     """summary.csv (one row per counted run) plus the tables in each format, written atomically; the
     Markdown and LaTeX tables end with the runs left out (failed, unfinished, duplicates)."""
     df, left_out = load_runs(paths)
     note = left_out_note(left_out)
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "summary.csv", df.to_csv(index=False))
+    atomic_write_text(out_dir / "summary.csv", df.drop(columns=[CONFIG_COL], errors="ignore").to_csv(index=False))
     for fmt in formats:
         filename, writer = WRITERS[fmt]
-        text = writer(df, kinds) if not df.empty else "No finished runs.\n"
+        text = writer(df, kinds, tune) if not df.empty else "No finished runs.\n"
         if fmt == "md":
             text += f"\n{note}\n"
         elif fmt == "latex":
@@ -277,6 +433,8 @@ class SweepTablesCallback(Callback):
     processes and submitted jobs) and, at the end, counts what they did from the disk (`last`)."""
 
     last: dict | None = None  # the parent's outcome of the latest multirun (read by the CLI)
+    planned: int | None = None  # the number of jobs, when the CLI's preflight knows it
+    progress_every = 5.0  # seconds between looks at the sweep dir for the "k/N done, ETA" line
 
     def _write(self, config) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -292,6 +450,8 @@ class SweepTablesCallback(Callback):
         self._token = secrets.token_hex(8)
         self._old_env = os.environ.get(INVOCATION_ENV)
         os.environ[INVOCATION_ENV] = self._token
+        self._progress = _Progress(Path(config.hydra.sweep.dir), self._token, self.planned, self.progress_every)
+        self._progress.start()
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.types import RunMode
@@ -302,6 +462,8 @@ class SweepTablesCallback(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         import os
 
+        if getattr(self, "_progress", None) is not None:
+            self._progress.stop()
         self._write(config)
         token = getattr(self, "_token", None)
         if getattr(self, "_old_env", None) is None:
@@ -310,3 +472,55 @@ class SweepTablesCallback(Callback):
             os.environ[INVOCATION_ENV] = self._old_env
         SweepTablesCallback.last = sweep_outcome(Path(config.hydra.sweep.dir), token)
         log.info("sweep tables: %s", Path(config.hydra.sweep.dir) / "table.md")
+
+
+class _Progress:
+    """In the sweep's parent: every few seconds, count this invocation's finished jobs on disk and
+    print `noisybench: k/N done (f failed), elapsed ..., ETA ...` when the count changes. Works for
+    every launcher, as the jobs' outcome files are all it reads."""
+
+    def __init__(self, sweep_dir: Path, token: str, planned: int | None, every: float) -> None:
+        import threading
+
+        self.sweep_dir, self.token, self.planned, self.every = sweep_dir, token, planned, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="noisybench-progress", daemon=True)
+        self._t0 = time.monotonic()
+        self._shown = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.report()
+            except Exception as e:  # progress is a courtesy: never let it break a sweep
+                log.debug("progress: %s", e)
+
+    def report(self) -> None:
+        o = sweep_outcome(self.sweep_dir, self.token)
+        done = o["finished"] + o["skipped"] + len(o["failed"])
+        if done == self._shown:
+            return
+        self._shown = done
+        elapsed = time.monotonic() - self._t0
+        text = f"noisybench: {done}/{self.planned or '?'} done"
+        if o["failed"]:
+            text += f" ({len(o['failed'])} failed)"
+        text += f", elapsed {_duration(elapsed)}"
+        ran = o["finished"] + len(o["failed"])  # skipped jobs take no time: not in the rate
+        if self.planned and ran and done < self.planned:
+            text += f", ETA {_duration(elapsed / ran * (self.planned - done))}"
+        print(text, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"

@@ -29,9 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 from noisybench.errors import NoisybenchError
 from noisybench.utils import atomic_write_bytes, atomic_write_json
 
-# Keys that do not change what a run computes: where it reads/writes and how it reports progress.
-# (trainer.threads can change floating-point summation order, but not the experiment.)
-NOT_IDENTITY = ("data_dir", "noise_cache", "objective", "trainer.progress", "trainer.checkpoint_every",
+# Keys that do not change the experiment a run is: where it reads/writes, where it runs and how it
+# reports progress. (Threads and devices can change floating-point summation order, not the experiment;
+# result.json records the device used.)
+NOT_IDENTITY = ("data_dir", "noise_cache", "objective", "trainer.device", "trainer.progress", "trainer.checkpoint_every",
                 "trainer.keep_checkpoint", "trainer.threads")
 RESULT, FAILED, CHECKPOINT, IDENTITY, ATTEMPT = ("result.json", "failed.json", "checkpoint.pt", "identity.json",
                                                  "attempt.json")
