@@ -41,6 +41,12 @@ step t's own pass: `storm_directional` records each Linear/Conv layer's input an
 and gets a_m with one extra layer evaluation per layer (exact; models without BatchNorm, one sample
 per row), else a forward-mode `torch.func.jvp` at step t's parameters replaying pass 0's dropout
 masks (DST, BatchNorm models). Tests check the Ω gradient against finite differences of L_meta.
+The pending update step t leaves for step t+1 (`_Pending`) is a plain record, not a graph: g, the
+group hyperparameters and the optimizer state the lookahead reads (as values: optimizer.step() and an
+LR scheduler change them before step t+1), and what a_m needs (the recorded layers' tensors, or θ_t,
+the batch and pass 0's RNG state for the JVP). Step t+1 rebuilds θ*(g) from it with the same ops,
+so the numbers are those of a kept graph, and a checkpoint between the two steps (`get_extra_state`,
+with the memories, Ω's optimizer and the step count) resumes bit for bit.
 
 Deliberate departures from the paper and the public code:
 - Meta batch = the next training batch (without replacement within the epoch, its features from the
@@ -81,7 +87,8 @@ Deliberate departures from the paper and the public code:
 
 Other behaviour:
 - Models with BatchNorm: the extra passes also update running statistics, as in the public code;
-  passes 1..G-1 then run one at a time so batch statistics stay per pass.
+  passes 1..G-1 then run one at a time so batch statistics stay per pass. The JVP's replay of pass 0
+  does not update them again.
 """
 from __future__ import annotations
 
@@ -98,7 +105,7 @@ from torch.func import functional_call, jvp
 from noisybench.config import config_files
 from noisybench.errors import ConfigError
 from noisybench.methods.base import Batch, LossMethod
-from noisybench.methods.storm_directional import Capture, supported
+from noisybench.methods.storm_directional import Capture, directional, supported
 from noisybench.methods.storm_features import NUM_FULL, NUM_LOSS, GroupMemory, pass_stats
 from noisybench.models import has_active_dropout, split_at_dropout
 from noisybench.tasks import LossTerms
@@ -244,15 +251,32 @@ def _grad(loss: torch.Tensor, params: list, retain_graph: bool = False) -> list:
     return list(torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True))
 
 
+# the group hyperparameters `lookahead` reads, per optimizer kind
+HYPERPARAMETERS = {"sgd": ("lr", "weight_decay", "momentum", "dampening", "nesterov"),
+                   "adam": ("lr", "weight_decay", "betas", "eps")}
+
+
 class _Pending(NamedTuple):
     """What step t leaves for the meta-gradient that step t+1 completes (step t+1's batch is the meta
-    batch and its parameters are θ*)."""
+    batch and its parameters are θ*). Plain tensors and values -- no autograd graph, no closure, no
+    reference to the model -- so a checkpoint can hold it (`get_extra_state` saves it as a dict)."""
     f: torch.Tensor  # [M, F] step t's features
     head: torch.Tensor  # [M] the Ω head of each sample
     loss: torch.Tensor  # [M] step t's sample losses (values; the `mass` factor uses them)
     share: float  # the samples' share in the row loss
     rows: int  # B, step t's batch rows
-    second: tuple | None  # (theta, gq, a_fn): θ*(g) with its graph, and a_fn(u) -> a_i at step t
+    second: dict | None  # the second-order term's inputs (see `_prepare`); None = first order
+
+
+def _to(obj, device: torch.device):
+    """Tensors of nested dicts/lists/tuples onto `device`; RNG states (key `rng0`) stay on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: v if k == "rng0" else _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
 
 
 class STORM(LossMethod):
@@ -299,6 +323,8 @@ class STORM(LossMethod):
         self._meta_x = self._meta_y = None
         self._model_id = None
         self._steps = 0
+        self._msize: int | None = None  # the memory window per class: the first batch's size
+        self._meta_gen: torch.Generator | None = None
         self._pending: _Pending | None = None
         self._weights: torch.Tensor | None = None  # [N * groups] last weight of every training sample this epoch
         self._groups = 1
@@ -329,6 +355,8 @@ class STORM(LossMethod):
         self._weights = torch.full((len(y_train) * self._groups,), float("nan"), device=y_train.device)
         self._pending = None
         self._steps = 0
+        self._msize = None
+        self._model_id = None  # the first step (re)reads model and optimizer
         self.base_loss.on_train_start(x_train, y_train, seed)
 
     def on_clean_validation(self, x_val: torch.Tensor, y_val_clean: torch.Tensor) -> None:
@@ -343,6 +371,43 @@ class STORM(LossMethod):
         if self._weights is not None:
             self._weights.fill_(float("nan"))
         self.base_loss.on_epoch_start(epoch, num_epochs)
+
+    # ---- checkpoints (noisybench.methods.base): Ω and the base loss come with state_dict() ----
+    def get_extra_state(self) -> dict:
+        """Ω's optimizer and everything the next steps read: the step count, the memory window and
+        the memories, this epoch's weights, the clean_val draws' generator and the pending meta
+        update (plain tensors and values; tensors by reference, as in `state_dict()`)."""
+        if self._weights is None:  # before on_train_start
+            return {}
+        return {"steps": self._steps, "groups": self._groups, "msize": self._msize, "weights": self._weights,
+                "memory": self.memory.state_dict(), "meta_memory": self.meta_memory.state_dict(),
+                "meta_optimizer": self.meta_optimizer.state_dict(), "meta_gen": self._meta_gen.get_state(),
+                "pending": None if self._pending is None else self._pending._asdict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        if not state:
+            return
+        if self._weights is None:
+            raise ConfigError("STORM: call on_train_start before load_state_dict (the runner's resume order)")
+        if state["weights"].shape != self._weights.shape:
+            raise ConfigError(f"STORM: the saved state is for {len(state['weights'])} training samples, this run "
+                              f"has {len(self._weights)}")
+        self._steps, self._groups = int(state["steps"]), int(state["groups"])
+        self._msize = None if state["msize"] is None else int(state["msize"])
+        self._weights.copy_(state["weights"])
+        self.memory.load_state_dict(state["memory"])
+        self.meta_memory.load_state_dict(state["meta_memory"])
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self._meta_gen.set_state(state["meta_gen"].cpu())
+        pending = state["pending"]
+        if pending is not None:
+            second = pending["second"]
+            if second is not None and second["a"].get("rng0") is not None:  # torch.set_rng_state takes CPU tensors
+                rng0 = tuple(None if t is None else t.cpu() for t in second["a"]["rng0"])
+                second = {**second, "a": {**second["a"], "rng0": rng0}}
+            pending = _Pending(**{**pending, "second": second})
+        self._pending = pending
+        self._model_id = None  # the next step re-reads model and optimizer and moves this state to their device
 
     def hparams(self) -> dict:
         return {"base_loss": self.base_name, **{f"base_loss.{k}": v for k, v in self.base_loss.hparams().items()},
@@ -394,13 +459,39 @@ class STORM(LossMethod):
         self._batched = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         # the part before the first active dropout layer is the same in every pass: run it once
         self._split = split_at_dropout(model) if self.forward_passes > 1 else None
-        self._model = model
+        # a plain reference, not a submodule: STORM's state_dict() must not hold (or load) the model
+        object.__setattr__(self, "_model", model)
         # a_i = <u, ∇ℓ_i> from the recorded layers when exact (no BatchNorm, one sample per row), else a JVP
         exact = self._groups == 1 and supported(model, [p for _, p, _ in self._params])
         self._capture = Capture(model) if exact and self.directional == "layers" else None
-        self._msize = int(batch_size)  # the code's msize = B: the window per class
+        # the JVP puts θ_t into every (module, attribute) slot holding a trained parameter, each slot once:
+        # a parameter shared by two modules is replaced in both, a module reached by two paths (DSTConv's
+        # token embedding, reused by its value head) once -- functional_call's tie_weights would swap
+        # it twice and restore the stand-in, leaving the model without its parameter
+        trained = {id(p): n for n, p, _ in self._params}
+        slots: dict = {}
+        for mn, m in model.named_modules(remove_duplicate=False):
+            for pn, p in m._parameters.items():
+                if p is not None and id(p) in trained:
+                    slots.setdefault((id(m), pn), (f"{mn}.{pn}" if mn else pn, trained[id(p)]))
+        self._jvp_slots = list(slots.values())
+        # running statistics of normalisation layers: the JVP's replay of pass 0 leaves them alone
+        self._norm_buffers = {n for mn, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                              for n, _ in m.named_buffers(prefix=mn, recurse=False)}
+        if self._msize is None:  # kept by a resumed run (whose first batch may be an epoch's short last one)
+            self._msize = int(batch_size)  # the code's msize = B: the window per class
         self._model_id = (id(model), id(optimizer))
-        self._pending = None
+        # a loaded state (a checkpoint may come back on the CPU) onto the model's device; the pending
+        # update is kept: new model and optimizer objects are how a run resumes
+        device = self._params[0][1].device if self._params else self._weights.device
+        self.memory.to(device)
+        self.meta_memory.to(device)
+        if self._pending is not None:
+            self._pending = _Pending(*_to(tuple(self._pending), device))
+            second = self._pending.second
+            if second is not None and len(second["g"]) != len(self._params):
+                raise ConfigError(f"STORM: the pending meta update has {len(second['g'])} parameters, the model "
+                                  f"{len(self._params)}; resume with the model the state was saved with")
 
     def _run(self, x: torch.Tensor):
         """Pass 0 (with the graph): the model's outputs and the input of the repeated part."""
@@ -527,28 +618,68 @@ class STORM(LossMethod):
         return ((terms.rest.sum() + terms.share * terms.loss.sum()) / B).detach()  # unweighted mean row loss
 
     def _prepare(self, optimizer, x, y, g, f, head, terms: LossTerms, wd, B: int, rng0, rec) -> _Pending:
-        """Before the model update: what the next step needs to finish this step's meta-gradient."""
-        second = None
-        if not self.first_order:
-            # θ*(g), differentiable in g (the optimizer state is a constant); a parameter without a
-            # gradient this step does not move (the optimizer skips it)
-            gq = [None if gi is None else gi.detach().requires_grad_(True) for gi in g]
-            with torch.enable_grad():
-                theta = [None if gi is None else lookahead(p.detach(), gi, optimizer.param_groups[k],
-                                                           self._opt_state(optimizer, p), self._kind,
-                                                           self._decoupled[k])
-                         for (_, p, k), gi in zip(self._params, gq)]
-            if rec is not None:  # from this step's recorded layers: c_i = dL/dℓ_i of the backward above
-                coef = terms.share * (len(wd) / B) * self._scale(wd, terms.loss.detach(), head) * wd
-                ids = [id(p) for _, p, _ in self._params]
+        """Before the model update: what the next step needs to finish this step's meta-gradient.
 
-                def a_fn(u):
-                    return rec.directional(dict(zip(ids, u)), coef)
-            else:  # forward mode at this step's parameters, replaying pass 0's dropout masks
-                primals = {n: p.detach().clone() for n, p, _ in self._params}
-                a_fn = self._jvp_fn(primals, x, y, rng0)
-            second = (theta, gq, a_fn)
+        The second-order term needs u = (∂θ*/∂g)ᵀ v with v known only at step t+1, and a_i = <u, ∇ℓ_i>
+        at this step. Instead of θ*(g)'s autograd graph this keeps the inputs of `lookahead`, from
+        which `_lookahead_vjp` rebuilds θ*(g) with the same ops on the same values (same numbers):
+        g; every group's hyperparameters (an LR scheduler may change lr before step t+1); per
+        parameter the optimizer state the derivative reads, as values (optimizer.step() updates it in
+        place): Adam's moments and step count, for SGD only whether a momentum buffer exists (its
+        value does not enter ∂θ*/∂g: a 0.0 stands in); the parameter itself only where its value
+        enters ∂θ*/∂g (Adam's coupled weight decay), else None. For a_i: the recorded layers'
+        tensors (by layer position), or the JVP's inputs (θ_t by name, the batch, pass 0's RNG state).
+        """
+        if self.first_order:
+            return _Pending(f, head, terms.loss.detach(), terms.share, B, None)
+        if rec is not None:  # from this step's recorded layers: c_i = dL/dℓ_i of the backward above
+            coef = terms.share * (len(wd) / B) * self._scale(wd, terms.loss.detach(), head) * wd
+            primals = None
+            a = {"inputs": rec.inputs, "grads": rec.grads, "coef": coef}
+        else:  # forward mode at this step's parameters, replaying pass 0's dropout masks
+            primals = {n: p.detach().clone() for n, p, _ in self._params}
+            a = {"primals": primals, "x": x, "y": y, "rng0": rng0}
+        value = lambda v: v.clone() if torch.is_tensor(v) else v  # noqa: E731  (a tensor lr may change in place)
+        groups = [{**{k: value(group[k]) for k in HYPERPARAMETERS[self._kind]}, "decoupled": self._decoupled[gi]}
+                  for gi, group in enumerate(optimizer.param_groups)]
+        state, param = [], []
+        for (n, p, k), gi in zip(self._params, g):
+            st = self._opt_state(optimizer, p) if gi is not None else {}
+            if self._kind == "sgd":
+                state.append({"momentum_buffer": 0.0} if st.get("momentum_buffer") is not None else {})
+            else:
+                snap = {m: st[m].clone() for m in ("exp_avg", "exp_avg_sq") if m in st}
+                state.append({**snap, "step": float(st["step"])} if "step" in st else snap)
+            coupled = gi is not None and self._kind == "adam" and groups[k]["weight_decay"] and not self._decoupled[k]
+            param.append((p.detach().clone() if primals is None else primals[n]) if coupled else None)
+        second = {"kind": self._kind, "g": list(g), "param": param, "state": state, "groups": groups, "a": a}
         return _Pending(f, head, terms.loss.detach(), terms.share, B, second)
+
+    def _lookahead_vjp(self, second: dict, v: list) -> list:
+        """u = (∂θ*/∂g)ᵀ v for step t's lookahead θ*(g), rebuilt from `second` (see `_prepare`); a
+        parameter that had no gradient at step t (it did not move) or has none now gets u = 0."""
+        u = [torch.zeros_like(p) for _, p, _ in self._params]
+        used = [i for i, (gi, vi) in enumerate(zip(second["g"], v)) if gi is not None and vi is not None]
+        if not used:
+            return u
+        gq = [second["g"][i].detach().requires_grad_(True) for i in used]
+        with torch.enable_grad():
+            theta = []
+            for i, gi in zip(used, gq):
+                group = second["groups"][self._params[i][2]]
+                p = 0.0 if second["param"][i] is None else second["param"][i]
+                theta.append(lookahead(p, gi, group, second["state"][i], second["kind"], group["decoupled"]))
+        for i, ui in zip(used, torch.autograd.grad(theta, gq, [v[i] for i in used])):
+            u[i] = ui
+        return u
+
+    def _directional(self, a: dict, u: list) -> torch.Tensor:
+        """a_i = <u, ∇ℓ_i> at step t's parameters and dropout masks, from what `_prepare` kept."""
+        if "coef" in a:
+            layers = (self._capture if self._capture is not None else Capture(self._model)).layers
+            return directional(layers, a["inputs"], a["grads"],
+                               {id(p): ui for (_, p, _), ui in zip(self._params, u)}, a["coef"])
+        return self._jvp_fn(a["primals"], a["x"], a["y"], a["rng0"])(u)
 
     def _validation_meta(self, params, size: int):
         """meta_source=clean_val: v = ∇θ L_meta on a batch of the validation split with CLEAN labels."""
@@ -572,15 +703,8 @@ class STORM(LossMethod):
             values = meta_terms.loss.detach()
             objective = self._rescaled(meta_terms.share, values, w_m, rows_m, values, self._keys(meta_terms)[1])
         if pending.second is not None:
-            theta, gq, a_fn = pending.second
-            # u = (∂θ*/∂g)ᵀ ∇θ* L_meta
-            used = [i for i, (t, vi) in enumerate(zip(theta, v)) if t is not None and vi is not None]
-            ui = torch.autograd.grad([theta[i] for i in used], [gq[i] for i in used],
-                                     [v[i] for i in used]) if used else []
-            u = [torch.zeros_like(p) for _, p, _ in self._params]
-            for i, val in zip(used, ui):
-                u[i] = val
-            a = a_fn(u)  # a_i = <u, ∇ℓ_i> at step t's parameters and dropout masks
+            u = self._lookahead_vjp(pending.second, v)  # u = (∂θ*/∂g)ᵀ ∇θ* L_meta
+            a = self._directional(pending.second["a"], u)  # a_i = <u, ∇ℓ_i> at step t's parameters and masks
             # g(w) = ∇θ L(w) and <u, g(w)> = share (M/B) s(w) Σ_m w_m a_m: its ω-gradient is the term
             w_prev = self.rescaler(pending.f, pending.head)
             inner = self._rescaled(pending.share, pending.loss, w_prev, pending.rows, a.detach(), pending.head)
@@ -595,7 +719,12 @@ class STORM(LossMethod):
         task, names = self._task(), list(primals)
 
         def sample_losses(ps):
-            return task.loss_terms(self.base_loss, functional_call(self._model, ps, (x,)), y).loss
+            # BatchNorm normalises with the batch's statistics as in pass 0; its running statistics,
+            # which pass 0 already updated (and which torch.func may not mutate), go to copies
+            stats = {n: b.clone() for n, b in self._model.named_buffers() if n in self._norm_buffers}
+            tensors = {slot: ps[name] for slot, name in self._jvp_slots}
+            out = functional_call(self._model, {**tensors, **stats}, (x,), tie_weights=False)
+            return task.loss_terms(self.base_loss, out, y).loss
 
         def a_fn(u):
             with replay_rng(x.device, rng0):  # the same dropout masks as that step's pass 0

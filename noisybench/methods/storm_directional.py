@@ -14,6 +14,8 @@ exact, not an approximation; `Capture.supported` says when it applies, otherwise
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,31 +40,40 @@ def supported(model: nn.Module, params: list[nn.Parameter]) -> bool:
     return all(id(p) in owned for p in params)
 
 
+def directional(layers: list[nn.Module], inputs: dict[int, torch.Tensor], grads: dict[int, torch.Tensor],
+                u: dict[int, torch.Tensor], coef: torch.Tensor) -> torch.Tensor:
+    """a_i given the recorded inputs and output gradients of `layers` (keyed by position in `layers`),
+    u (id(parameter) -> direction) and the per-sample loss coefficients c_i of the recorded backward
+    pass (whose loss was Σ_i c_i ℓ_i). `layers` may belong to another instance of the same
+    architecture than the recording (a resumed run): only their weights' ids and shapes are read."""
+    total = torch.zeros_like(coef)
+    for k, m in enumerate(layers):
+        h, d = inputs.get(k), grads.get(k)
+        if h is None or d is None:
+            continue
+        uw = u.get(id(m.weight), torch.zeros_like(m.weight))
+        ub = u.get(id(m.bias)) if m.bias is not None else None
+        if isinstance(m, nn.Linear):
+            y = F.linear(h, uw, ub)
+        else:
+            conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
+            y = conv(h, uw, ub, m.stride, m.padding, m.dilation, m.groups)
+        total = total + (y * d).reshape(len(d), -1).sum(1).to(total.dtype)
+    return total / coef
+
+
 class Recording:
-    """One batch's layer inputs and output gradients."""
+    """One batch's layer inputs and output gradients, keyed by the layer's position in `layers`
+    (plain tensors: a checkpoint can hold them)."""
 
     def __init__(self, layers: list[nn.Module]) -> None:
         self.layers = layers
-        self.inputs: dict[nn.Module, torch.Tensor] = {}
-        self.grads: dict[nn.Module, torch.Tensor] = {}
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.grads: dict[int, torch.Tensor] = {}
 
     def directional(self, u: dict[int, torch.Tensor], coef: torch.Tensor) -> torch.Tensor:
-        """a_i given u (id(parameter) -> direction) and the per-sample loss coefficients c_i of the
-        recorded backward pass (whose loss was Σ_i c_i ℓ_i)."""
-        total = torch.zeros_like(coef)
-        for m in self.layers:
-            h, d = self.inputs.get(m), self.grads.get(m)
-            if h is None or d is None:
-                continue
-            uw = u.get(id(m.weight), torch.zeros_like(m.weight))
-            ub = u.get(id(m.bias)) if m.bias is not None else None
-            if isinstance(m, nn.Linear):
-                y = F.linear(h, uw, ub)
-            else:
-                conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
-                y = conv(h, uw, ub, m.stride, m.padding, m.dilation, m.groups)
-            total = total + (y * d).reshape(len(d), -1).sum(1).to(total.dtype)
-        return total / coef
+        """a_i given u (id(parameter) -> direction) and the coefficients c_i (see `directional`)."""
+        return directional(self.layers, self.inputs, self.grads, u, coef)
 
 
 class Capture:
@@ -77,12 +88,12 @@ class Capture:
     def record(self) -> Recording:
         rec = Recording(self.layers)
 
-        def hook(module, args, output):
-            rec.inputs[module] = args[0].detach()
+        def hook(k, module, args, output):
+            rec.inputs[k] = args[0].detach()
             if output.requires_grad:
-                output.register_hook(lambda g, m=module: rec.grads.__setitem__(m, g.detach()))
+                output.register_hook(lambda g: rec.grads.__setitem__(k, g.detach()))
 
-        self._handles = [m.register_forward_hook(hook) for m in self.layers]
+        self._handles = [m.register_forward_hook(functools.partial(hook, k)) for k, m in enumerate(self.layers)]
         return rec
 
     def stop(self) -> None:

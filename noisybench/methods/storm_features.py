@@ -99,6 +99,19 @@ class GroupMemory:
         self.stamp: torch.Tensor | None = None  # [N] insertion order (larger = newer)
         self.clock = 0
 
+    def state_dict(self) -> dict:
+        """The window (tensors by reference) and the clock, for checkpoints."""
+        return {"stats": self.stats, "slot": self.slot, "stamp": self.stamp, "clock": self.clock}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats, self.slot, self.stamp = state["stats"], state["slot"], state["stamp"]
+        self.clock = int(state["clock"])
+
+    def to(self, device: torch.device) -> "GroupMemory":
+        if self.stats is not None:
+            self.stats, self.slot, self.stamp = (t.to(device) for t in (self.stats, self.slot, self.stamp))
+        return self
+
     def update(self, stats: torch.Tensor, targets: torch.Tensor, size: int) -> None:
         """Append a batch (in batch order, so later samples count as newer), keep `size` per class."""
         B = stats.shape[0]
