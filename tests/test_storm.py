@@ -173,7 +173,7 @@ def _toy_state(optim: str, weight_norm: str = "mass"):
     opt = (torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3) if optim == "sgd"
            else torch.optim.Adam(model.parameters(), lr=0.05))
     method.train_step(model, opt, Batch(x[:12], y[:12], torch.arange(12)))  # fills memories and opt state
-    method._pending = None  # (holds a graph; the copies below start a fresh meta step anyway)
+    method._pending = None  # (the copies below start a fresh meta step)
     return method, model, opt, (x[12:24], y[12:24], x[24:36], y[24:36])
 
 
