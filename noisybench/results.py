@@ -436,6 +436,9 @@ class SweepTablesCallback(Callback):
     planned: int | None = None  # the number of jobs, when the CLI's preflight knows it
     progress_every = 5.0  # seconds between looks at the sweep dir for the "k/N done, ETA" line
 
+    def __getstate__(self) -> dict:  # launchers pickle callbacks into worker processes: not the progress thread
+        return {k: v for k, v in self.__dict__.items() if k != "_progress"}
+
     def _write(self, config) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:

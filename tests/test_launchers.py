@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 GRID = ["experiment=smoke", "method=ce,gce", "seed=0,1"]  # 2 x 2 jobs of a few seconds each
-HPARAMS_SEARCH = "+hparams_search"  # `+`: the group is not in conf/train.yaml's defaults list
+HPARAMS_SEARCH = "hparams_search"
 
 
 def nb(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
