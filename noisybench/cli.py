@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import sys
 from pathlib import Path
@@ -31,7 +30,6 @@ log = logging.getLogger("noisybench")
 _FAILURES: list[tuple[str, str]] = []  # (run_dir, message) of this process's failed runs (single runs)
 # Hydra flags that take a value (preflight skips the value).
 _HYDRA_FLAGS = {"-m", "--multirun"}
-_SWEEP_LIMIT = 256  # above this many grid points, preflight checks each value on its own
 
 
 def _one_line(msg: str) -> str:
@@ -56,51 +54,8 @@ def _condense_hydra_error(e: Exception) -> str:
     return _one_line(". ".join(p.rstrip(".") for p in parts if p))
 
 
-def _grid(overrides: list[str]) -> list[list[str]]:
-    """Expand sweep overrides into the job override lists Hydra will run (for preflight)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    axes = []
-    for o in parsed:
-        key = o.get_key_element()
-        if o.is_sweep_override():
-            try:
-                axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
-            except Exception:  # glob/interval sweeps: Hydra resolves these itself
-                continue
-        else:
-            axes.append([o.input_line])
-    size = 1
-    for a in axes:
-        size *= len(a)
-    if size <= _SWEEP_LIMIT:
-        return [list(c) for c in itertools.product(*axes)] or [[]]
-    base = [a[0] for a in axes]
-    return [base[:i] + [v] + base[i + 1:] for i, a in enumerate(axes) for v in a]
-
-
-def preflight(args: list[str]) -> str | None:
-    """Compose and check every job of the command before anything is written; return an error."""
-    if any(a.startswith("-") and a not in _HYDRA_FLAGS for a in args):
-        return None  # --help, --cfg, --info ...: Hydra's own flags
-    overrides = [a for a in args if a not in _HYDRA_FLAGS and not a.lstrip("+~").startswith("hydra")]
-    from hydra import compose
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from noisybench.config import CONFIG_NAME, hydra_context, validate
-
-    try:
-        jobs = _grid(overrides)
-        with hydra_context():
-            for job in jobs:
-                validate(compose(CONFIG_NAME, overrides=job))
-    except NoisybenchError as e:
-        return _one_line(e)
-    except (HydraException, OmegaConfBaseException) as e:
-        return _condense_hydra_error(e)
-    return None
+# preflight(args) -> (error line or None, number of jobs or None): every job checked before any starts
+from noisybench.preflight import preflight  # noqa: E402
 
 
 def _train_task(cfg) -> float:
@@ -176,7 +131,8 @@ def train_main(args: list[str]) -> int:
             return 2
         print(f"noisybench: resuming: noisybench train {' '.join(args)}", file=sys.stderr)
     register_resolvers()
-    err = preflight(args)
+    err, planned = preflight(args)
+    SweepTablesCallback.planned = planned  # the "k/N done, ETA" line of a sweep (None: unknown)
     if err:
         print(f"noisybench: error: {err}", file=sys.stderr)
         return 2
@@ -345,7 +301,9 @@ def report_main(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "noise": noise_main, "report": report_main}
+from noisybench.completion import completion_main, hydra_shell_completion  # noqa: E402
+
+COMMANDS = {"train": train_main, "noise": noise_main, "report": report_main, "completion": completion_main}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"noisybench: error: unknown command {cmd!r}; use one of {', '.join(COMMANDS)} "
               "(noisybench --help)", file=sys.stderr)
         return 2
+    if cmd == "train" and {"-sc", "--shell-completion"} & set(rest):  # Hydra's flag: see noisybench.completion
+        return hydra_shell_completion(rest)
     import signal
 
     from noisybench.rundir import Interrupted
