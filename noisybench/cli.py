@@ -18,6 +18,8 @@ commands:
                       transition matrix, write noise.json and transition_matrix.png (no training)
                       e.g. noisybench noise dataset=fashion_mnist noise=instance noise.rate=0.4
   report PATH...      rebuild summary.csv and tables from run or sweep directories
+                      (`--tune optim.optimizer.lr`: pick the lr per cell by validation)
+  completion bash     print a bash completion script: eval "$(noisybench completion bash)"
 
 Interrupted? Run the same command again (or `noisybench train --resume DIR`): finished runs are
 skipped, interrupted ones continue from their checkpoint, failed ones are retried.
@@ -28,7 +30,7 @@ directory gets summary.csv and table.md.
 
 log = logging.getLogger("noisybench")
 _FAILURES: list[tuple[str, str]] = []  # (run_dir, message) of this process's failed runs (single runs)
-# Hydra flags that take a value (preflight skips the value).
+# Hydra's multirun flags (a resumed command gets its own).
 _HYDRA_FLAGS = {"-m", "--multirun"}
 
 
@@ -130,6 +132,10 @@ def train_main(args: list[str]) -> int:
             print(f"noisybench: error: {_one_line(e)}", file=sys.stderr)
             return 2
         print(f"noisybench: resuming: noisybench train {' '.join(args)}", file=sys.stderr)
+    if _HYDRA_FLAGS & set(args) and {"-c", "--cfg"} & set(args):
+        print("noisybench: error: --cfg prints one composed config; drop -m (e.g. noisybench train "
+              "hydra/launcher=slurm --cfg hydra shows the launcher a sweep would use)", file=sys.stderr)
+        return 2
     register_resolvers()
     err, planned = preflight(args)
     SweepTablesCallback.planned = planned  # the "k/N done, ETA" line of a sweep (None: unknown)
