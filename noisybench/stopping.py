@@ -1,12 +1,17 @@
 """Ctrl-C and SIGTERM (what SLURM sends before it kills a job) during training: note the signal,
 let the training loop stop at the next batch boundary and write a checkpoint. A second signal
-stops at once (the last checkpoint on disk stays)."""
+stops at once (the last checkpoint on disk stays).
+
+SIGUSR2 is taken only when a Python handler is already installed for it: submitit's, which on a
+SLURM time limit or preemption requeues the job and exits. Then the run first checkpoints at the
+next batch boundary and hands the signal on (`after_checkpoint`), so the requeued job loses nothing."""
 from __future__ import annotations
 
 import signal
 import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FORWARDED = tuple(s for s in (getattr(signal, "SIGUSR2", None),) if s is not None)
 
 
 class StopOnSignal:
@@ -25,7 +30,18 @@ class StopOnSignal:
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             for s in SIGNALS:
                 self._old[s] = signal.signal(s, self._handle)
+            for s in FORWARDED:
+                if callable(signal.getsignal(s)):  # a Python handler (submitit's requeue) to hand it on to
+                    self._old[s] = signal.signal(s, self._handle)
         return self
+
+    def after_checkpoint(self) -> None:
+        """At the safe point, once the checkpoint is written: a forwarded signal goes to the handler it
+        was meant for (submitit requeues the job and exits); others return, and the run stops."""
+        previous = self._old.get(self.signum)
+        if self.signum in FORWARDED and callable(previous):
+            self.__exit__()
+            previous(self.signum, None)
 
     def __exit__(self, *exc) -> None:
         for s, h in self._old.items():

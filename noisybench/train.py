@@ -265,6 +265,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
                 total += loss * len(idx)
                 if signalled.signum is not None:  # a safe point: the step is complete
                     save(epoch, i + bs, perm, total)
+                    signalled.after_checkpoint()
                     raise stop(signalled.signum, epoch, i + bs)
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None:
@@ -288,6 +289,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
             if signalled.signum is not None and not last:
                 if not (ckpt_every and (epoch + 1) % ckpt_every == 0):
                     save(epoch + 1, 0, None, None)
+                signalled.after_checkpoint()
                 raise stop(signalled.signum, epoch + 1, 0)
     train_time = spent + time.perf_counter() - t_start
     bar.close()

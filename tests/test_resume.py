@@ -237,3 +237,40 @@ def test_sweep_with_failing_jobs_exits_nonzero_and_lists_them(launcher, cli_env,
     table = (sweep / "table.md").read_text()
     assert "Not in the tables: 1 failed" in table
     assert len(list(sweep.glob("*/result.json"))) == 1 and len(list(sweep.glob("*/failed.json"))) == 1
+
+
+FAKE_SUBMITIT = '''
+"""A stand-in for submitit in the job process: its USR2 handler requeues and exits."""
+import os, signal, sys, threading, time
+from pathlib import Path
+run_dir = Path(sys.argv[1])
+def requeue(signum, frame):
+    print(f"requeue: checkpoint={(run_dir / 'checkpoint.pt').is_file()}", flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGUSR2, requeue)
+def later():
+    while not (run_dir / "metrics.csv").is_file() or len((run_dir / "metrics.csv").read_text().splitlines()) < 2:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGUSR2)
+threading.Thread(target=later, daemon=True).start()
+from noisybench.cli import main
+sys.exit(main(["train", *sys.argv[2:], f"hydra.run.dir={run_dir}"]))
+'''
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")
+def test_usr2_with_a_requeue_handler_checkpoints_first_then_hands_it_on(cli_env, tmp_path):
+    args = ["method=dal", "dataset.subset=1200", "trainer.epochs=4", "trainer.batch_size=8", "trainer.device=cpu",
+            "trainer.progress=false", "trainer.threads=1"]
+    script = tmp_path / "fake_submitit.py"
+    script.write_text(FAKE_SUBMITIT)
+    run_dir = tmp_path / "run"
+    p = subprocess.run([sys.executable, str(script), str(run_dir), *args], env=cli_env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 3 and "requeue: checkpoint=True" in p.stdout, p.stdout + p.stderr
+    assert not (run_dir / "result.json").exists()
+    assert nb("train", *args, f"hydra.run.dir={run_dir}", env=cli_env).returncode == 0  # the requeued job
+    assert nb("train", *args, f"hydra.run.dir={tmp_path / 'ref'}", env=cli_env).returncode == 0
+    assert_same_run(tmp_path / "ref", run_dir)
+    assert result(run_dir)["resumed_from"]
