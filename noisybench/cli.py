@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from noisybench.errors import NoisybenchError
+from noisybench.errors import NoisybenchError, one_line
 
 USAGE = """usage: noisybench <command> [args]
 
@@ -34,10 +34,6 @@ _FAILURES: list[tuple[str, str]] = []  # (run_dir, message) of this process's fa
 _HYDRA_FLAGS = {"-m", "--multirun"}
 
 
-def _one_line(msg: str) -> str:
-    return " ".join(str(msg).replace("\t", " ").split())
-
-
 def _condense_hydra_error(e: Exception) -> str:
     msg = str(e)
     if "Could not find" in msg and "Available options" in msg:
@@ -45,7 +41,7 @@ def _condense_hydra_error(e: Exception) -> str:
         opts = opts.split("Config search path")[0]
         options = ", ".join(o.strip() for o in opts.split("\n")[1:] if o.strip())
         group = opts.split("\n")[0].strip(" :in'")
-        return f"{_one_line(head).rstrip('.')}. Choose one of {group}: {options}"
+        return f"{one_line(head).rstrip('.')}. Choose one of {group}: {options}"
     cause = e.__cause__
     parts = [msg.split("\n")[0]]
     if "Could not override" in msg or "not in struct" in msg or "Key" in msg:
@@ -53,7 +49,7 @@ def _condense_hydra_error(e: Exception) -> str:
                      "or add a new key with a + prefix")
     if cause is not None and str(cause).split("\n")[0] not in parts[0]:
         parts.insert(1, str(cause).split("\n")[0])
-    return _one_line(". ".join(p.rstrip(".") for p in parts if p))
+    return one_line(". ".join(p.rstrip(".") for p in parts if p))
 
 
 # preflight(args) -> (error line or None, number of jobs or None): every job checked before any starts
@@ -74,14 +70,14 @@ def _train_task(cfg) -> float:
     try:
         record = run(cfg, out_dir, progress=bool(cfg.trainer.progress) and not multirun)
     except NoisybenchError as e:  # run() wrote failed.json (not for a directory of another config)
-        _FAILURES.append((str(out_dir), _one_line(e)))
+        _FAILURES.append((str(out_dir), one_line(e)))
         if multirun:  # into the job's log; the parent prints the sweep's failures at the end
-            log.error("run failed: %s", _one_line(e))
+            log.error("run failed: %s", one_line(e))
         return float("nan")
     except Exception as e:
         if not multirun:
             raise  # a crash of a single run: the traceback helps (failed.json is written)
-        _FAILURES.append((str(out_dir), f"{type(e).__name__}: {_one_line(e)}"))
+        _FAILURES.append((str(out_dir), f"{type(e).__name__}: {one_line(e)}"))
         log.exception("run crashed (failed.json written); the sweep goes on")
         return float("nan")
     sel = record["test_selected"]
@@ -129,7 +125,7 @@ def train_main(args: list[str]) -> int:
         try:
             args = _resume_args(args)
         except NoisybenchError as e:
-            print(f"noisybench: error: {_one_line(e)}", file=sys.stderr)
+            print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
             return 2
         print(f"noisybench: resuming: noisybench train {' '.join(args)}", file=sys.stderr)
     if _HYDRA_FLAGS & set(args) and {"-c", "--cfg"} & set(args):
@@ -231,7 +227,7 @@ def noise_main(args: list[str]) -> int:
         validate(cfg)
         pool, noisy, report, _ = build_noise(cfg)
     except NoisybenchError as e:
-        print(f"noisybench: error: {_one_line(e)}", file=sys.stderr)
+        print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
         return 1
     except (HydraException, OmegaConfBaseException) as e:
         print(f"noisybench: error: {_condense_hydra_error(e)}", file=sys.stderr)
@@ -301,7 +297,7 @@ def report_main(args: list[str]) -> int:
             for f in formats:
                 print(WRITERS[f][1](df, kinds, tune))
     except NoisybenchError as e:
-        print(f"noisybench: error: {_one_line(e)}", file=sys.stderr)
+        print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
         return 1
     print(left_out_note(left_out))
     return 0

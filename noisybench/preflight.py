@@ -243,7 +243,8 @@ def preflight(args: list[str]) -> tuple[str | None, int | None]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from noisybench.cli import _condense_hydra_error, _one_line
+    from noisybench.cli import _condense_hydra_error
+    from noisybench.errors import one_line
     from noisybench.config import CONFIG_NAME, config_path, register_resolvers
     from noisybench.errors import NoisybenchError
 
@@ -268,7 +269,7 @@ def preflight(args: list[str]) -> tuple[str | None, int | None]:
     except Exception as e:  # a config that cannot be composed or built is the user's to fix: one line
         error = e
     if isinstance(error, NoisybenchError):
-        return _one_line(error) + where, None
+        return one_line(error) + where, None
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         return _condense_hydra_error(error) + where, None
     # e.g. a constructor's TypeError for a key the class does not take (`++method.q=0.5` with method=dal)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from noisybench import data as nbdata
 from noisybench.config import build, check_trainer, resolve_device
-from noisybench.errors import ConfigError, NoisybenchError, NonFiniteLossError
+from noisybench.errors import ConfigError, NoisybenchError, NonFiniteLossError, one_line
 from noisybench.methods.base import Batch
 from noisybench.noise import transition_matrix
 from noisybench.noise.cache import cached, noise_key
@@ -136,10 +136,10 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
         logging.getLogger(f"noisybench.run.{out_dir}").info("interrupted (checkpoint saved)")
         raise
     except NoisybenchError as e:
-        rd.fail(" ".join(str(e).split()), type(e).__name__)
+        rd.fail(one_line(e), type(e).__name__)
         raise
     except Exception as e:  # a crash (a bug, out of memory): still never a result a table counts
-        rd.fail(f"{type(e).__name__}: {' '.join(str(e).split())[:500]}", type(e).__name__)
+        rd.fail(f"{type(e).__name__}: {one_line(e)[:500]}", type(e).__name__)
         raise
     finally:
         _close_log(logging.getLogger(f"noisybench.run.{out_dir}"))

@@ -10,11 +10,7 @@ import pandas as pd
 import pytest
 
 from noisybench.cli import main
-
-
-def nb(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "noisybench.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=600)
+from cli_helpers import nb
 
 
 @pytest.mark.parametrize("args, expect", [

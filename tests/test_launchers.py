@@ -14,13 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli_helpers import nb
+
 GRID = ["experiment=smoke", "method=ce,gce", "seed=0,1"]  # 2 x 2 jobs of a few seconds each
 HPARAMS_SEARCH = "hparams_search"
-
-
-def nb(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "noisybench.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def results(sweep: Path) -> dict[str, dict]:

@@ -16,19 +16,11 @@ import pytest
 
 from noisybench.results import load_runs
 
+from cli_helpers import nb, start
+
 # numbers that legitimately differ between an interrupted and an uninterrupted run
 VOLATILE = {"train_time_s", "resumed_from", "checkpoint", "git_revision", "torch_threads"}
 STOP_SIGNALS = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 143)}
-
-
-def nb(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "noisybench.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def start(*args: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "noisybench.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(pred, proc: subprocess.Popen, timeout: float = 300) -> None:
