@@ -105,6 +105,9 @@ OBJECTIVES = ("val_selected", "val_last")
 
 def validate(cfg: DictConfig) -> None:
     """Every check that needs no data: run before any directory is written."""
+    from noisybench.schema import check
+
+    check(cfg)  # every key is read by something, every value has its type and range (no coercion)
     check_trainer(cfg.trainer)
     if cfg.get("objective", "val_selected") not in OBJECTIVES:
         raise ConfigError(f"objective={cfg.objective} is not a validation score; use {' or '.join(OBJECTIVES)} "

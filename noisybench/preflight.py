@@ -230,6 +230,36 @@ class _Checker:
             self.check_full([*hydra_overrides, *job])  # Hydra's own compose: its error, or it passes
 
 
+def missing_key_hint(error: Exception, overrides: list[str], app_config) -> str | None:
+    """Hydra's "Could not override 'trainer.epoch' ... not in struct" as one line with the fix: the
+    nearest existing key, or `+KEY=VALUE` when KEY is a parameter its node's target takes but the
+    config does not set (e.g. +optim.optimizer.dampening=0.1). None for other errors."""
+    import re
+
+    from noisybench.schema import HELP, known_keys, suggest
+
+    m = re.search(r"Could not override '([^']+)'", str(error))
+    if not m or app_config is None or "not in struct" not in f"{error} {error.__cause__}":
+        return None
+    key = m.group(1)
+    mine = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
+    value = mine[-1].split("=", 1)[1] if mine and "=" in mine[-1] else None
+    rest = [o for o in overrides if o not in mine]
+    try:
+        cfg = app_config(rest)
+    except Exception:
+        return None
+    prefix, _, name = key.rpartition(".")
+    from omegaconf import DictConfig, OmegaConf
+
+    node = OmegaConf.select(cfg, prefix) if prefix else cfg
+    shown = "" if value is None else f"={value}"
+    if isinstance(node, DictConfig) and node.get("_target_") and name in known_keys(cfg, prefix):
+        return (f"{key} is not set by the config; {node['_target_'].rsplit('.', 1)[-1]} takes it, so add it "
+                f"with +{key}{shown} ({HELP})")
+    return f"{key} is not an option (nothing would read it); {suggest(cfg, key, value)}"
+
+
 def preflight(args: list[str]) -> tuple[str | None, int | None]:
     """Compose and check every job of `noisybench train ARGS` before anything is written.
 
@@ -249,7 +279,7 @@ def preflight(args: list[str]) -> tuple[str | None, int | None]:
     from noisybench.errors import NoisybenchError
 
     register_resolvers()
-    where = ""
+    where, checker = "", None
     try:
         loader, config_name = config_loader(ns, config_path(), CONFIG_NAME)
         checker = _Checker(loader, config_name)
@@ -271,6 +301,7 @@ def preflight(args: list[str]) -> tuple[str | None, int | None]:
     if isinstance(error, NoisybenchError):
         return one_line(error) + where, None
     if isinstance(error, (HydraException, OmegaConfBaseException)):
-        return _condense_hydra_error(error) + where, None
+        hint = missing_key_hint(error, list(ns.overrides), checker.app_config if checker else None)
+        return (hint or _condense_hydra_error(error)) + where, None
     # e.g. a constructor's TypeError for a key the class does not take (`++method.q=0.5` with method=dal)
     return f"{type(error).__name__}: {_condense_hydra_error(error)}{where}", None

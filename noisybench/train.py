@@ -47,7 +47,7 @@ def build_noise(cfg: DictConfig) -> tuple[nbdata.Pool, np.ndarray, dict, tuple[n
                              str(cfg.noise.name), injector.spec(), pool.y_train, pool.num_classes)
     cache_dir = data_dir / "noise-cache" / str(cfg.dataset.name) if cfg.get("noise_cache", True) else None
     noisy, hit = cached(cache_dir, key, payload, len(pool.y_train),
-                        lambda: injector(pool.y_train, pool.num_classes, features=pool.x_train))
+                        lambda: injector(pool.y_train, pool.num_classes, features=pool.x_train), pool.num_classes)
     applied = np.arange(len(noisy))
     if not injector.apply_to_val:  # papers that select on a clean validation split
         noisy[val_idx] = pool.y_train[val_idx]

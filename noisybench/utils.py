@@ -7,8 +7,9 @@ import platform
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 
 def _umask() -> int:
@@ -17,16 +18,20 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write `data` to `path` so readers see either the old file or the complete new one. The file
-    gets the permissions of a normal file (0666 minus the umask; mkstemp's 0600 would hide results
-    from the user's group)."""
+@contextmanager
+def atomic_output(path: Path | str) -> Iterator[BinaryIO]:
+    """`with atomic_output(path) as f: f.write(...)`: a binary file object on a temporary file next
+    to `path`; on success it is flushed, fsynced, given the permissions of a normal file (0666
+    minus the umask; mkstemp's 0600 would hide results from the user's group) and renamed onto
+    `path`, so readers see either the old file or the complete new one. On an exception the
+    temporary file is deleted and `path` is left as it was. For streamed writes (downloads,
+    np.save, savefig); `atomic_write_bytes/text/json` for data already in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -34,6 +39,12 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write `data` to `path` atomically, with normal file permissions (see `atomic_output`)."""
+    with atomic_output(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from noisybench.errors import ConfigError
+from noisybench.errors import ConfigError, DataError
 
 
 @dataclass
@@ -55,21 +55,51 @@ class Dataset:
         return type(self)(**moved)  # subclasses (e.g. DST's) keep their extra fields
 
 
-def split_pool(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/validation index split of a pool of n samples."""
+def _num_val(n: int, val_fraction: float) -> int:
+    return int(round(val_fraction * n))
+
+
+def _workable_val_fraction(n: int) -> float | None:
+    """The smallest val_fraction (in steps of 0.01) that leaves both splits non-empty, if any."""
+    return next((k / 100 for k in range(1, 100) if 1 <= _num_val(n, k / 100) <= n - 1), None)
+
+
+def split_pool(n: int, val_fraction: float, split_seed: int, more: str = "provide more training data"
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation index split of a pool of n samples: round(val_fraction * n) for
+    validation, every other sample for training. A split that would leave training empty, or
+    validation empty although val_fraction > 0, is an error (`more` says how to add data)."""
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"dataset.val_fraction={val_fraction} is outside [0, 1); set e.g. dataset.val_fraction=0.1")
+    n_val = _num_val(n, val_fraction)
+    if n < 1:
+        raise DataError(f"the training pool is empty; {more}")
+    if n_val >= n or (val_fraction > 0 and n_val == 0):
+        what = "no training samples" if n_val >= n else "no validation samples"
+        ok = _workable_val_fraction(n)
+        fix = (f"set dataset.val_fraction={ok} or {more}" if ok is not None else
+               f"{more} (a pool of {n} cannot be split into training and validation)")
+        raise DataError(f"dataset.val_fraction={val_fraction} of a training pool of {n} leaves {what}; {fix}")
     perm = np.random.default_rng(split_seed).permutation(n)
-    n_val = int(round(val_fraction * n))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 def split_indices(pool: Pool, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices into the pool: the dataset's own validation split when it has one."""
+    n = len(pool.y_train)
+    source = pool.info.get("source")
+    if len(pool.y_test) == 0:
+        raise DataError("the dataset's test set is empty; provide test data (e.g. a test.tsv for dataset=tsv)")
     if pool.val_index is not None:
         val = np.sort(np.asarray(pool.val_index, dtype=np.int64))
-        return np.setdiff1d(np.arange(len(pool.y_train)), val), val
-    return split_pool(len(pool.y_train), val_fraction, split_seed)
+        train = np.setdiff1d(np.arange(n), val)
+        if len(train) == 0 or len(val) == 0:
+            raise DataError(f"the dataset's own validation split leaves "
+                            f"{'no training' if len(train) == 0 else 'no validation'} samples; provide more data")
+        return train, val
+    more = ("add rows to train.tsv or add a valid.tsv in dataset.loader.path" if source == "tsv"
+            else "provide more training data")
+    return split_pool(n, val_fraction, split_seed, more)
 
 
 def prepare(pool: Pool, noisy_pool_labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,

@@ -9,40 +9,149 @@ training labels (which also proves the sample order matches).
 """
 from __future__ import annotations
 
-import importlib
+import codecs
+import collections
+import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from noisybench.errors import DataError
+from noisybench.errors import DataError, one_line
 
 
-def _load_pt(path: Path) -> dict:
-    """torch.load without arbitrary code: the files pickle numpy arrays, so numpy's own
-    reconstruction helpers are the only globals allowed."""
+_MAGIC = 0x1950A86A20F9469CFC6C  # torch's legacy (pre-1.6) serialization magic number
+_LEGACY_PROTOCOL = 1001
+_SOURCE = "the UCSC-REAL/cifar-10-100n release (data/)"
+
+
+def _numpy_allowed() -> dict[tuple[str, str], object]:
+    """The globals a pickled numpy array may name, by (module, name) with `numpy.core` spelled
+    `numpy._core`: reconstruction helpers, ndarray, dtype and its classes, `_codecs.encode` (how
+    protocol 2 stores bytes) and OrderedDict. Each builds plain data; none runs other code."""
+    if int(np.__version__.split(".")[0]) >= 2:
+        from numpy._core import multiarray, numeric
+    else:
+        from numpy.core import multiarray, numeric
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
+        ("numpy._core.multiarray", "scalar"): multiarray.scalar,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+    }
+    if hasattr(numeric, "_frombuffer"):  # protocol-5 pickles of arrays
+        allowed[("numpy._core.numeric", "_frombuffer")] = numeric._frombuffer
+    try:  # numpy >= 1.25: the dtype classes have public names
+        import numpy.dtypes as dtypes
+    except ImportError:
+        dtypes = None
+    for name in dir(dtypes) if dtypes else ():
+        cls = getattr(dtypes, name)
+        if isinstance(cls, type) and issubclass(cls, np.dtype):
+            allowed[("numpy.dtypes", name)] = cls
+    return allowed
+
+
+class _Refused(Exception):
+    """The pickle names a global outside the allow-list (raised before anything is called)."""
+
+
+class _HasTensors(Exception):
+    """The pickle holds torch tensors (torch globals, persistent ids): hand it to torch's
+    weights-only loader, itself an unpickler with an allow-list (torch >= 1.13)."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that can only build numpy arrays and plain Python containers."""
+
+    _allowed: dict[tuple[str, str], object] | None = None
+
+    def find_class(self, module: str, name: str):
+        if _ArrayUnpickler._allowed is None:
+            _ArrayUnpickler._allowed = _numpy_allowed()
+        canon = "numpy._core" + module[len("numpy.core"):] if (module + ".").startswith("numpy.core.") else module
+        obj = _ArrayUnpickler._allowed.get((canon, name))
+        if obj is None and module.split(".")[0] == "torch":  # tensors: torch's own restricted loader
+            raise _HasTensors
+        if obj is None:
+            raise _Refused(f"{module}.{name}")
+        return obj
+
+    def persistent_load(self, pid):
+        raise _HasTensors
+
+
+def _short(text: str) -> str:
+    """Text fit for a one-line message (a crafted file may put anything in a name)."""
+    text = one_line(text)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _one_line_error(e: BaseException) -> str:
+    return _short(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+
+
+def _unpickle(path: Path, head: bytes) -> object:
+    """The object a torch.save file holds (zip format, or legacy format), read with
+    `_ArrayUnpickler`. Exceptions other than _Refused/_HasTensors mean the file is damaged."""
+    if head == b"PK\x03\x04":  # torch >= 1.6: a zip with <folder>/data.pkl
+        with zipfile.ZipFile(path) as z:
+            pkls = [n for n in z.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(pkls) != 1:
+                raise ValueError(f"expected one <folder>/data.pkl in the archive, found {len(pkls)}")
+            with z.open(pkls[0]) as f:  # zipfile checks the CRC: a damaged record raises
+                return _ArrayUnpickler(f).load()
+    with open(path, "rb") as f:  # legacy: magic, protocol, sys_info, then the object
+        up = _ArrayUnpickler(f)
+        magic = up.load()
+        if type(magic) is not int or magic != _MAGIC:
+            raise ValueError("not a torch.save file (no zip archive, no legacy magic number)")
+        version = up.load()
+        if type(version) is not int or version != _LEGACY_PROTOCOL:
+            raise ValueError(f"unknown legacy torch.save protocol version {version!r}")
+        up.load()  # sys_info: a dict of plain values
+        return up.load()
+
+
+def _refusal(path: Path, name: str, again: str) -> str:
+    return (f"refusing to load {path}: it references {_short(name)}, which a CIFAR-N label file never holds "
+            f"(only numpy arrays); replace it with the published file: {again}")
+
+
+def _load_pt(path: Path, url: str | None = None) -> dict:
+    """A CIFAR-N `.pt` file without arbitrary code: the published files are `torch.save`d dicts
+    of numpy arrays, read here by an unpickler that can build nothing but numpy arrays and plain
+    containers (numpy 1 and 2 pickles alike, on any torch). A file holding torch tensors goes to
+    `torch.load(weights_only=True)` instead. Anything else is refused with a one-line DataError."""
+    again = f"download it again from {url or _SOURCE} into {path.parent}"
     try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as e:
-        raise DataError(f"cannot read {path} ({e}); delete it and provide the CIFAR-N file again") from None
-    # numpy's dtype classes are reached through other globals and not always listed up front
-    allowed = [np.ndarray, np.dtype, *{type(np.dtype(c)) for c in "?bBhHiIlLqQefdg"}]
-    for name in unsafe:
-        module, _, attr = name.rpartition(".")
-        if not module.split(".")[0] == "numpy":
-            raise DataError(f"{path} contains a non-numpy object ({name}); refusing to load it, "
-                            "delete it and provide the CIFAR-N file again")
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        allowed.append(obj)
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:  # nothing known about the file's content: permissions, disk
+        raise DataError(f"cannot read {path} ({_one_line_error(e)}); check its permissions and the disk") from None
     try:
-        with torch.serialization.safe_globals(allowed):
+        d = _unpickle(path, head)
+    except _Refused as e:
+        raise DataError(_refusal(path, str(e), again)) from None
+    except _HasTensors:
+        import torch
+
+        try:
             d = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"cannot read {path} ({e}); delete it and provide the CIFAR-N file again") from None
+        except Exception as e:
+            found = re.search(r"(?:GLOBAL|class)\s+([\w.]+)", str(e))
+            if found:  # torch's allow-list refused a global
+                raise DataError(_refusal(path, found.group(1), again)) from None
+            raise DataError(f"cannot read {path} ({_one_line_error(e)}); it is corrupt or not the published "
+                            f"CIFAR-N file (numpy arrays); {again}") from None
+    except Exception as e:  # truncated, damaged, or not a torch.save file at all
+        raise DataError(f"{path} is corrupt or not a CIFAR-N label file ({_one_line_error(e)}); {again}") from None
     if not isinstance(d, dict):
-        raise DataError(f"{path} is not a CIFAR-N label file (expected a dict of label arrays)")
+        raise DataError(f"{path} is not a CIFAR-N label file (it holds a {type(d).__name__}, expected a dict of "
+                        f"label arrays); {again}")
     return d
 
 
@@ -64,10 +173,11 @@ def load_human_labels(path: Path, key: str, clean_key: str, clean_labels: np.nda
         raise DataError(f"CIFAR-N file {path.name} not found in {path.parent}; put it there (from "
                         f"{url or 'the CIFAR-N release'}), or set data_dir=..., or allow the download "
                         "(noise.download=true, needs network)")
-    d = _load_pt(path)
+    d = _load_pt(path, url)
     for k in (key, clean_key):
         if k not in d:
-            raise DataError(f"{path} has no key {k!r} (keys: {', '.join(map(str, d))}); is it the right CIFAR-N file?")
+            raise DataError(f"{path} has no key {k!r} (keys: {_short(', '.join(map(str, d)))}); "
+                            "is it the right CIFAR-N file?")
     labels = np.asarray(d[key]).astype(np.int64).reshape(-1)
     clean = np.asarray(d[clean_key]).astype(np.int64).reshape(-1)
     if len(clean) != len(clean_labels) or not np.array_equal(clean, clean_labels):

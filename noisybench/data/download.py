@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import urllib.request
 from pathlib import Path
 
 from noisybench.errors import DataError
+from noisybench.utils import atomic_output
 
 
 def fetch(url: str, dest: Path, sha256: str | None = None, hint: str = "") -> Path:
@@ -14,14 +14,11 @@ def fetch(url: str, dest: Path, sha256: str | None = None, hint: str = "") -> Pa
     dest = Path(dest)
     if not dest.is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-        try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+        try:  # a failed or interrupted download leaves no partial file behind
+            with urllib.request.urlopen(url, timeout=60) as r, atomic_output(dest) as f:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
-            os.replace(tmp, dest)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise DataError(f"could not download {url} ({getattr(e, 'reason', e)}); {hint}") from None
     if sha256 is not None:
         digest = hashlib.sha256(dest.read_bytes()).hexdigest()

@@ -46,7 +46,8 @@ def read_idx(path: Path) -> np.ndarray:
     except (OSError, EOFError) as e:
         raise DataError(f"cannot read {path} ({e}); delete it so it can be found elsewhere or re-downloaded") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise DataError(f"{path} is not an IDX file (bad magic number); delete it or point dataset.loader.data_dir elsewhere")
+        raise DataError(f"{path} is not an IDX file (bad magic number); delete it, or set data_dir=DIR to a "
+                        "directory with good copies")
     ndim = raw[3]
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_DTYPES[raw[2]])

@@ -5,8 +5,8 @@ Files, per version, in `data_dir/multiwoz/<version>/`: `data.json` (dialogue id 
 user and system turns alternating, user first; the belief state after user turn t is in the
 `metadata` of the following system turn `log[2t+1]`, per domain under `semi` and `book`) and the
 validation and test id lists `valListFile.{txt,json}`, `testListFile.{txt,json}` (one id per line).
-If they are missing the release zip is downloaded (2.1: budzianowski/multiwoz; 2.4:
-smartyfh/MultiWOZ2.4) and the files are found inside it.
+If they are missing they are taken from the release zip in `<version>/raw/` (placed there by hand, or
+downloaded when `download` is true: 2.1 from budzianowski/multiwoz, 2.4 from smartyfh/MultiWOZ2.4).
 
 Versions: train on `train_version` (2.1) training dialogues; select on and test with `eval_version`
 (2.4) dev and test dialogues. 2.4 re-annotated only dev and test; its training set is 2.1's, so the
@@ -87,14 +87,21 @@ def _read_ids(root: Path, stem: str) -> list[str]:
 
 
 def _version_dir(data_dir: Path, version: str, download: bool) -> Path:
+    """The folder with MultiWOZ `version`'s files: already there, extracted from a release zip placed
+    in its raw/ folder, or (only when `download` is true) from the zip downloaded there."""
     root = data_dir / "multiwoz" / version
     if (root / "data.json").is_file():
         return root
+    archive = root / "raw" / Path(URLS[version]).name
     hint = (f"put data.json, valListFile.txt and testListFile.txt of MultiWOZ {version} in {root} "
-            f"(or set data_dir)")
-    if not download:
-        raise DataError(f"MultiWOZ {version} is not in {root}; {hint}")
-    archive = fetch(URLS[version], root / "raw" / Path(URLS[version]).name, hint=hint)
+            f"(or set data_dir=DIR to a directory with multiwoz/{version}/ in it), or place the release zip "
+            f"{archive.name} ({URLS[version]}) in {archive.parent}")
+    if not archive.is_file():
+        if not download:
+            raise DataError(f"MultiWOZ {version} is not in {root} and downloading is off "
+                            "(dataset.loader.download=false, the default under NOISYBENCH_DOWNLOAD=false); "
+                            f"{hint}, or allow the download (dataset.loader.download=true, needs network)")
+        archive = fetch(URLS[version], archive, hint=hint)
     try:
         with zipfile.ZipFile(archive) as z:
             for name in z.namelist():

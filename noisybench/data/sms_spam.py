@@ -3,11 +3,12 @@
 Two ways in:
 1. `data_dir/sms_spam/{train,valid,test}.tsv` in STORM's format (header `index sentence1 label`,
    no quoting; its split is 4,502 / 500 / 500, lower-cased). Used as-is when present.
-2. Otherwise the original UCI archive is downloaded (when the network allows) to
-   `data_dir/sms_spam/raw/`, the 5,574 messages are lower-cased, and a seeded stratified split of
-   the same sizes (4,502 / 500 / 500; the remaining 72 messages are left out) is written as those
-   three TSV files. This split is NOT STORM's exact split: for bit-exact comparisons with the paper
-   put its files in place.
+2. Otherwise the original UCI archive in `data_dir/sms_spam/raw/` (placed there by hand, or downloaded
+   when `download` is true and the network allows; `download: false` never touches the network) is
+   read, the 5,574 messages are lower-cased, and a seeded stratified split of the same sizes
+   (4,502 / 500 / 500; the remaining 72 messages are left out) is written as those three TSV files.
+   This split is NOT STORM's exact split: for bit-exact comparisons with the paper put its files in
+   place.
 """
 from __future__ import annotations
 
@@ -44,15 +45,27 @@ def split_from_archive(archive: Path, out_dir: Path, seed: int = 0) -> None:
         texts.append(text.lower())
         labels.append(int(tag == "spam"))
     y = np.array(labels)
+    if len(y) < sum(SIZES):
+        raise DataError(f"{archive} has {len(y)} messages, fewer than the {sum(SIZES)} of the split "
+                        f"{'/'.join(map(str, SIZES))}; it is not the full UCI archive, delete it to re-download")
     for split, idx in zip(SPLITS, stratified_split(y, SIZES, seed)):
         write_tsv(out_dir / f"{split}.tsv", [texts[i] for i in idx], y[idx].tolist())
 
 
-def load_sms_spam(data_dir: str | None = None, split_seed: int = 0) -> Pool:
+def load_sms_spam(data_dir: str | None = None, split_seed: int = 0, download: bool = True) -> Pool:
+    """STORM's split when its files are in place, else a split of the UCI archive (placed by hand, or
+    downloaded when `download` is true; with download false the network is never touched)."""
     root = resolve_data_dir(data_dir) / "sms_spam"
     if not all((root / f"{s}.tsv").is_file() for s in SPLITS):
-        archive = fetch(URL, root / "raw" / ARCHIVE, hint=(
-            f"put STORM's split as train.tsv, valid.tsv, test.tsv in {root} (or set data_dir), "
-            f"or place {ARCHIVE} in {root / 'raw'}"))
+        archive = root / "raw" / ARCHIVE
+        ways = (f"put STORM's split as train.tsv, valid.tsv, test.tsv in {root} (or set data_dir=DIR to a "
+                f"directory with sms_spam/ in it), or place {ARCHIVE} in {root / 'raw'}")
+        if not archive.is_file():
+            if not download:
+                raise DataError(f"sms_spam: no train.tsv, valid.tsv, test.tsv in {root} and no {ARCHIVE} in "
+                                f"{root / 'raw'}, and downloading is off (dataset.loader.download=false, "
+                                f"the default under NOISYBENCH_DOWNLOAD=false); {ways}, or allow the download "
+                                "(dataset.loader.download=true, needs network)")
+            archive = fetch(URL, archive, hint=ways)
         split_from_archive(archive, root, split_seed)
     return load_split_dir(root, "sentence1", "label", class_names=["ham", "spam"], name="sms_spam")

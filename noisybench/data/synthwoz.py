@@ -196,8 +196,8 @@ def load_synthwoz(data_dir: str | None = None, num_train: int = 1200, num_test: 
     """The training pool (validation is held out of it by `dataset.val_fraction`) and a test set,
     generated from two independent streams of the corpus seed. Nothing is read or written."""
     if int(num_train) < 2 or int(num_test) < 1:
-        raise ConfigError(f"dataset.loader.num_train={num_train} / num_test={num_test} are too small; "
-                          "use e.g. num_train=1200 num_test=300")
+        raise ConfigError(f"dataset.loader.num_train={num_train} / dataset.loader.num_test={num_test} are too "
+                          "small (at least 2 / 1); use e.g. dataset.loader.num_train=1200 dataset.loader.num_test=300")
     ss = np.random.SeedSequence(int(seed)).spawn(2)
     g_train, g_test = _Gen(np.random.default_rng(ss[0])), _Gen(np.random.default_rng(ss[1]))
     train = [g_train.dialogue(f"train{i:05d}") for i in range(int(num_train))]

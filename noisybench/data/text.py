@@ -20,7 +20,10 @@ from noisybench.errors import ConfigError, DataError
 SPLITS = ("train", "valid", "test")
 
 
-def read_tsv(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+def read_tsv(path: Path, text_column: str, label_column: str,
+             column_fix: str | None = None) -> tuple[list[str], list[str]]:
+    """Texts and label strings of one split file. `column_fix` is what to tell the user when a
+    column is missing (default: the `dataset=tsv` loader keys that name the columns)."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -34,8 +37,8 @@ def read_tsv(path: Path, text_column: str, label_column: str) -> tuple[list[str]
     header = rows[0]
     for col, key in ((text_column, "text_column"), (label_column, "label_column")):
         if col not in header:
-            raise DataError(f"{path} has no column '{col}' (its columns: {', '.join(header)}); "
-                            f"set dataset.{key}=<column>")
+            fix = column_fix or f"set dataset.loader.{key}=<one of them>"
+            raise DataError(f"{path} has no column '{col}' (its columns: {', '.join(header)}); {fix}")
     ti, li = header.index(text_column), header.index(label_column)
     texts, labels = [], []
     for n, row in enumerate(rows[1:], start=2):
@@ -60,25 +63,91 @@ def label_mapping(labels: Sequence[str]) -> dict[str, int]:
     return {v: i for i, v in enumerate(ordered)}
 
 
+def _allocate(counts: Sequence[int], sizes: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """Integer K x P table: row k sums to counts[k], column p to sizes[p] (sum(sizes) must equal
+    sum(counts)), and every cell is its proportional share counts[k] * sizes[p] / n rounded down or
+    up (controlled rounding). The cells rounded up are the largest remainders (ties in seeded
+    random order), corrected by augmenting paths where that greedy choice would break a margin;
+    such a table always exists because the unrounded shares are one."""
+    counts, sizes = np.asarray(counts, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
+    n = int(counts.sum())
+    K, P = len(counts), len(sizes)
+    if n == 0:
+        return np.zeros((K, P), dtype=np.int64)
+    share = np.outer(counts, sizes)  # exact integers: the share of cell (k, p) is share / n
+    table, rem = share // n, share % n
+    row_need = counts - table.sum(axis=1)
+    col_need = sizes - table.sum(axis=0)
+    up = np.zeros((K, P), dtype=bool)  # cells rounded up
+    tie = rng.random((K, P))
+    for flat in np.lexsort((tie.ravel(), -rem.ravel())):
+        k, p = divmod(int(flat), P)
+        if rem[k, p] > 0 and row_need[k] > 0 and col_need[p] > 0:
+            up[k, p] = True
+            row_need[k] -= 1
+            col_need[p] -= 1
+    while row_need.any():  # greedy got stuck: move round-ups along an alternating path
+        start = int(np.flatnonzero(row_need > 0)[0])
+        parent_col: dict[int, int] = {}  # column -> row it was reached from
+        parent_row: dict[int, int] = {start: -1}  # row -> column it was reached from
+        frontier, end = [start], None
+        while frontier and end is None:
+            nxt = []
+            for k in frontier:
+                for p in np.flatnonzero((rem[k] > 0) & ~up[k]):
+                    p = int(p)
+                    if p in parent_col:
+                        continue
+                    parent_col[p] = k
+                    if col_need[p] > 0:
+                        end = p
+                        break
+                    for k2 in np.flatnonzero(up[:, p]):
+                        if int(k2) not in parent_row:
+                            parent_row[int(k2)] = p
+                            nxt.append(int(k2))
+                if end is not None:
+                    break
+            frontier = nxt
+        if end is None:  # impossible when the margins are consistent
+            raise RuntimeError(f"no stratified allocation of classes {counts.tolist()} into {sizes.tolist()}")
+        col_need[end] -= 1
+        row_need[start] -= 1
+        p = end
+        while True:
+            k = parent_col[p]
+            up[k, p] = True
+            back = parent_row[k]
+            if back == -1:
+                break
+            up[k, back] = False
+            p = back
+    return table + up
+
+
 def stratified_split(labels: np.ndarray, sizes: Sequence[int], seed: int) -> list[np.ndarray]:
-    """Seeded stratified split into parts of the given sizes (per-class quotas by largest remainder)."""
-    rng = np.random.default_rng(seed)
+    """Seeded stratified split into disjoint parts of exactly the given sizes.
+
+    Each class's count in each part is its proportional share rounded down or up (largest
+    remainders first), with every part exactly its size and every class used exactly once: when
+    the sizes sum to len(labels) every sample is in exactly one part; when they sum to less, the
+    rest (also stratified) is left out. Deterministic for a seed."""
+    labels = np.asarray(labels)
     n = len(labels)
-    if sum(sizes) > n:
-        raise DataError(f"cannot split {n} examples into parts of sizes {list(sizes)}")
+    sizes = [int(s) for s in sizes]
+    if any(s < 0 for s in sizes) or sum(sizes) > n:
+        raise DataError(f"cannot split {n} examples into parts of sizes {sizes}")
+    rng = np.random.default_rng(seed)
     classes = np.unique(labels)
-    by_class = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
-    parts: list[list[int]] = [[] for _ in sizes]
-    offsets = {c: 0 for c in classes}
-    for p, size in enumerate(sizes):
-        quota = {c: size * len(by_class[c]) / n for c in classes}
-        take = {c: int(np.floor(q)) for c, q in quota.items()}
-        for c in sorted(classes, key=lambda c: quota[c] - take[c], reverse=True)[: size - sum(take.values())]:
-            take[c] += 1
-        for c in classes:
-            parts[p].extend(by_class[c][offsets[c]:offsets[c] + take[c]])
-            offsets[c] += take[c]
-    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    columns = sizes + ([n - sum(sizes)] if sum(sizes) < n else [])  # the left-out rest, if any
+    table = _allocate([len(b) for b in by_class], columns, rng)
+    parts: list[list[np.ndarray]] = [[] for _ in sizes]
+    for members, row in zip(by_class, table):
+        bounds = np.concatenate([[0], np.cumsum(row)])
+        for p in range(len(sizes)):
+            parts[p].append(members[bounds[p]:bounds[p + 1]])
+    return [np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, dtype=np.int64) for p in parts]
 
 
 def write_tsv(path: Path, texts: Sequence[str], labels: Sequence[int]) -> None:
@@ -97,9 +166,14 @@ def load_split_dir(path: str | Path, text_column: str = "sentence1", label_colum
     of train; without test.tsv a seeded stratified `test_fraction` of train becomes the test set."""
     path = Path(path).expanduser()
     if not (path / "train.tsv").is_file():
-        raise DataError(f"no train.tsv in {path}; dataset.path must be a directory with train.tsv "
+        raise DataError(f"no train.tsv in {path}; set dataset.loader.path=DIR to a directory with train.tsv "
                         "(and optionally valid.tsv, test.tsv)")
-    raw = {s: read_tsv(path / f"{s}.tsv", text_column, label_column) for s in SPLITS if (path / f"{s}.tsv").is_file()}
+    # the preset datasets (sms_spam, ...) have fixed columns: there is no loader key to change
+    column_fix = None if name == "tsv" else (
+        f"it is not in STORM's format (header index, {text_column}, {label_column}); replace it, or delete "
+        f"the .tsv files in {path} to have them made again from the archive")
+    raw = {s: read_tsv(path / f"{s}.tsv", text_column, label_column, column_fix)
+           for s in SPLITS if (path / f"{s}.tsv").is_file()}
     mapping = label_mapping(raw["train"][1])
     for split in ("valid", "test"):
         if split in raw:
@@ -117,6 +191,11 @@ def load_split_dir(path: str | Path, text_column: str = "sentence1", label_colum
         if not 0 < test_fraction < 1:
             raise ConfigError(f"dataset.loader.test_fraction={test_fraction} must be in (0, 1) when there is no test.tsv")
         n_test = max(1, int(round(test_fraction * len(y))))
+        if n_test >= len(y):
+            raise DataError(f"{path / 'train.tsv'} has {len(y)} rows and there is no test.tsv: holding out "
+                            f"dataset.loader.test_fraction={test_fraction} ({n_test} rows) as the test set leaves "
+                            "none for training; add rows to train.tsv, add a test.tsv, or lower it, e.g. "
+                            "dataset.loader.test_fraction=0.2")
         test_idx, train_idx = stratified_split(y, [n_test, len(y) - n_test], split_seed)
         x_test, y_test = np.array(texts, dtype=object)[test_idx], y[test_idx]
         texts, y = [texts[i] for i in train_idx], y[train_idx]
@@ -158,8 +237,9 @@ class TfidfFeatures:
         try:
             self.vectorizer.fit(list(texts))
         except ValueError as e:  # e.g. an empty vocabulary
-            raise DataError(f"TF-IDF could not be fitted on the training texts: {e}; "
-                            "check dataset.features (min_df, stop_words) and the text column") from None
+            raise DataError(f"TF-IDF could not be fitted on the training texts: {e}; check that the text "
+                            "column holds the texts and the TF-IDF pruning, e.g. dataset.features.min_df=1 "
+                            "dataset.features.max_df=1.0 dataset.features.stop_words=null") from None
         return self
 
     def transform(self, texts: np.ndarray) -> np.ndarray:

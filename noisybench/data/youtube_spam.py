@@ -4,9 +4,10 @@ videos, ham (0) / spam (1).
 Two ways in, as for sms_spam:
 1. `data_dir/youtube_spam/{train,valid,test}.tsv` (STORM / AGRA format; their split is
    1,586 / 120 / 250).
-2. Otherwise the UCI archive (five CSV files, columns COMMENT_ID, AUTHOR, DATE, CONTENT, CLASS) is
-   downloaded to `data_dir/youtube_spam/raw/` and all 1,956 comments are split, seeded and stratified,
-   into 1,586 / 120 / 250, written as those TSV files (tabs and newlines in comments become spaces).
+2. Otherwise the UCI archive (five CSV files, columns COMMENT_ID, AUTHOR, DATE, CONTENT, CLASS) in
+   `data_dir/youtube_spam/raw/` (placed there by hand, or downloaded unless `download: false`) is
+   read and all 1,956 comments are split, seeded and stratified, into 1,586 / 120 / 250, written as
+   those TSV files (tabs and newlines in comments become spaces).
 """
 from __future__ import annotations
 
@@ -44,19 +45,33 @@ def split_from_archive(archive: Path, out_dir: Path, seed: int = 0) -> None:
         raise DataError(f"{archive} is not the UCI YouTube Spam archive ({e}); delete it to re-download") from None
     y = np.array(labels)
     sizes = SIZES if len(y) >= sum(SIZES) else _scaled(len(y))
+    if min(sizes) < 1:
+        raise DataError(f"{archive} has only {len(y)} comments, too few for a train/valid/test split; "
+                        "it is not the UCI archive, delete it to re-download")
     for split, idx in zip(SPLITS, stratified_split(y, sizes, seed)):
         write_tsv(out_dir / f"{split}.tsv", [texts[i] for i in idx], y[idx].tolist())
 
 
 def _scaled(n: int) -> tuple[int, int, int]:
+    """Sizes in the proportions of SIZES that add up to exactly n."""
     val, test = max(1, round(n * SIZES[1] / sum(SIZES))), max(1, round(n * SIZES[2] / sum(SIZES)))
     return n - val - test, val, test
 
 
-def load_youtube_spam(data_dir: str | None = None, split_seed: int = 0) -> Pool:
+def load_youtube_spam(data_dir: str | None = None, split_seed: int = 0, download: bool = True) -> Pool:
+    """The STORM/AGRA split when its files are in place, else a split of the UCI archive (placed by
+    hand, or downloaded when `download` is true; with download false the network is never touched)."""
     root = resolve_data_dir(data_dir) / "youtube_spam"
     if not all((root / f"{s}.tsv").is_file() for s in SPLITS):
-        archive = fetch(URL, root / "raw" / ARCHIVE, hint=(
-            f"put train.tsv, valid.tsv, test.tsv in {root} (or set data_dir), or place {ARCHIVE} in {root / 'raw'}"))
+        archive = root / "raw" / ARCHIVE
+        ways = (f"put train.tsv, valid.tsv, test.tsv in {root} (or set data_dir=DIR to a directory with "
+                f"youtube_spam/ in it), or place {ARCHIVE} in {root / 'raw'}")
+        if not archive.is_file():
+            if not download:
+                raise DataError(f"youtube_spam: no train.tsv, valid.tsv, test.tsv in {root} and no {ARCHIVE} in "
+                                f"{root / 'raw'}, and downloading is off (dataset.loader.download=false, "
+                                f"the default under NOISYBENCH_DOWNLOAD=false); {ways}, or allow the download "
+                                "(dataset.loader.download=true, needs network)")
+            archive = fetch(URL, archive, hint=ways)
         split_from_archive(archive, root, split_seed)
     return load_split_dir(root, "sentence1", "label", class_names=["ham", "spam"], name="youtube_spam")

@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from noisybench.errors import ConfigError
+from noisybench.schema import PositiveInt, Probability
 
 
 class CNN1D(nn.Module):
-    def __init__(self, input_shape: Sequence[int], num_classes: int, channels: int = 25,
-                 dropout: float = 0.0) -> None:
+    def __init__(self, input_shape: Sequence[int], num_classes: int, channels: PositiveInt = 25,
+                 dropout: Probability = 0.0) -> None:
         super().__init__()
         if len(input_shape) not in (1, 2):
             raise ConfigError(f"model=cnn1d does not fit inputs of shape {tuple(input_shape)}: it needs (L,) or (C, L) "

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from noisybench.errors import ConfigError
+from noisybench.schema import PositiveInt, Probability
 
 
 class CNN28(nn.Module):
-    def __init__(self, input_shape: Sequence[int], num_classes: int, channels: int = 16, hidden: int = 128,
-                 dropout: float = 0.0) -> None:
+    def __init__(self, input_shape: Sequence[int], num_classes: int, channels: PositiveInt = 16, hidden: PositiveInt = 128,
+                 dropout: Probability = 0.0) -> None:
         super().__init__()
         if len(input_shape) not in (2, 3) or min(input_shape[-2:]) < 4:
             raise ConfigError(f"model=cnn28 does not fit inputs of shape {tuple(input_shape)}: it needs "

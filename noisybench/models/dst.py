@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from noisybench.errors import ConfigError
+from noisybench.schema import PositiveInt, Probability
 
 MASKED = -1e4  # logit of padded value / self-refer entries: finite (no NaN in any loss), p ~ 0
 
@@ -87,7 +88,7 @@ class SlotHeads(nn.Module):
 
 class DSTConv(nn.Module):
     def __init__(self, vocab_size: int, max_len: int, num_slots: int, num_values: list[int], num_gates: int,
-                 sep_id: int, dim: int = 96, kernel: int = 5, layers: int = 2, dropout: float = 0.1,
+                 sep_id: int, dim: PositiveInt = 96, kernel: PositiveInt = 5, layers: PositiveInt = 2, dropout: Probability = 0.1,
                  itos: list[str] | None = None, value_tokens: list | None = None) -> None:
         super().__init__()
         self.sep_id = int(sep_id)
@@ -114,7 +115,7 @@ class DSTTransformer(nn.Module):
     GPU). The token ids are re-tokenised from the vocabulary by the encoder's own tokenizer."""
 
     def __init__(self, vocab_size: int, max_len: int, num_slots: int, num_values: list[int], num_gates: int,
-                 sep_id: int, encoder: str = "roberta-base", dropout: float = 0.3, itos: list[str] | None = None,
+                 sep_id: int, encoder: str = "roberta-base", dropout: Probability = 0.3, itos: list[str] | None = None,
                  value_tokens: list | None = None) -> None:
         super().__init__()
         try:

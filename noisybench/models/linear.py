@@ -9,10 +9,11 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from noisybench.schema import Probability
 
 
 class Linear(nn.Module):
-    def __init__(self, input_shape: Sequence[int], num_classes: int, dropout: float = 0.0) -> None:
+    def __init__(self, input_shape: Sequence[int], num_classes: int, dropout: Probability = 0.0) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(math.prod(input_shape), num_classes)

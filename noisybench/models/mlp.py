@@ -6,11 +6,12 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from noisybench.schema import PositiveInt, Probability
 
 
 class MLP(nn.Module):
-    def __init__(self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 256),
-                 dropout: float = 0.0, input_dropout: float = 0.0) -> None:
+    def __init__(self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[PositiveInt] = (256, 256),
+                 dropout: Probability = 0.0, input_dropout: Probability = 0.0) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten(), nn.Dropout(input_dropout)]
         width = math.prod(input_shape)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from noisybench.errors import ConfigError
+from noisybench.schema import PositiveInt
 
 
 class BasicBlock(nn.Module):
@@ -52,8 +53,8 @@ class PreActBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, input_shape: Sequence[int], num_classes: int, blocks: Sequence[int] = (2, 2, 2, 2),
-                 width: int = 64, preact: bool = False) -> None:
+    def __init__(self, input_shape: Sequence[int], num_classes: int, blocks: Sequence[PositiveInt] = (2, 2, 2, 2),
+                 width: PositiveInt = 64, preact: bool = False) -> None:
         super().__init__()
         if len(input_shape) != 3:
             raise ConfigError(f"a CIFAR ResNet does not fit inputs of shape {tuple(input_shape)}: it needs "

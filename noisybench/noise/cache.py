@@ -4,21 +4,33 @@ The key covers the dataset (name and its loader settings, minus where the files 
 split the noise is applied to, the noise type and every field of `injector.spec()` (including the
 noise seed), the class count, and a hash of the clean labels themselves, so no two noise
 definitions can share an entry, and a changed pool (another subset or generator setting) misses.
+
+An entry is `<key>.npy` (the labels, int64) and `<key>.json` (the payload the key was made from,
+the key, and a sha256 of the labels). It is used only if it verifies: the sidecar exists and is
+for this key and payload, the labels' checksum matches, and the labels have shape (n,), dtype int64
+and values in [0, K). Anything else (a damaged or hand-edited file, an entry from an older version
+without a checksum) is recomputed and rewritten, with one warning.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from noisybench.errors import one_line
+from noisybench.utils import atomic_output, atomic_write_json
+
+log = logging.getLogger("noisybench")
+
 # loader fields that say where data lives or how it is fetched, not what it is
 LOCATION_FIELDS = ("data_dir", "search_dirs", "download", "verify", "folder", "_partial_")
 SPLIT = "train+val pool"
+# sidecar fields besides the payload
+_SIDECAR_FIELDS = ("cache_key", "labels_sha256", "num_samples")
 
 
 def noise_key(dataset: str, loader: dict[str, Any], noise_type: str, spec: dict[str, Any],
@@ -35,29 +47,70 @@ def noise_key(dataset: str, loader: dict[str, Any], noise_type: str, spec: dict[
     return hashlib.sha256(text.encode()).hexdigest()[:24], payload
 
 
+def labels_sha256(labels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
+
+
+def _canonical(obj: Any) -> str:
+    """`obj` as JSON text, as the sidecar stores it (tuples become lists, other objects strings)."""
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _verify(path: Path, key: str, payload: dict, n: int, num_classes: int) -> tuple[np.ndarray | None, str]:
+    """(labels, "") for an entry that verifies, else (None, why not)."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None, "no sidecar .json"
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as e:
+        return None, f"unreadable sidecar: {one_line(e)[:160]}"
+    if not isinstance(meta, dict):
+        return None, "unreadable sidecar: not a JSON object"
+    if "labels_sha256" not in meta:
+        return None, "sidecar has no checksum (written by an older version)"
+    if meta.get("cache_key") != key:
+        return None, f"sidecar is for key {meta.get('cache_key')!r}, not {key!r}"
+    if _canonical({k: v for k, v in meta.items() if k not in _SIDECAR_FIELDS}) != _canonical(payload):
+        return None, "sidecar payload differs from this noise definition"
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                return None, "not a .npy file"
+            f.seek(0)
+            labels = np.load(f, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001  (truncated, a bad header: all unreadable)
+        return None, f"unreadable labels file: {one_line(e)[:160]}"
+    if labels.shape != (n,):
+        return None, f"shape {labels.shape}, expected ({n},)"
+    if labels.dtype != np.int64:
+        return None, f"dtype {labels.dtype}, expected int64"
+    if labels_sha256(labels) != meta["labels_sha256"]:
+        return None, "labels checksum mismatch"
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        return None, f"labels outside [0, {num_classes}) (min {labels.min()}, max {labels.max()})"
+    return labels, ""
+
+
 def cached(cache_dir: Path | None, key: str, payload: dict, n: int,
-           compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
-    """(labels, hit). A missing, unreadable or wrong-length entry is recomputed and rewritten."""
+           compute: Callable[[], np.ndarray], num_classes: int | None = None) -> tuple[np.ndarray, bool]:
+    """(labels, hit). `num_classes` (K; default: the payload's) bounds the labels. A missing entry
+    is computed and written; an entry that fails verification (see the module doc) is recomputed
+    and rewritten with one warning on the "noisybench" logger."""
     if cache_dir is None:
         return compute(), False
+    k = int(num_classes if num_classes is not None else payload["num_classes"])
     path = Path(cache_dir) / f"{key}.npy"
     if path.is_file():
-        try:
-            labels = np.load(path, allow_pickle=False)
-            if labels.shape == (n,) and labels.dtype == np.int64:
-                return labels, True
-        except (OSError, ValueError):
-            pass
-    labels = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for target, write in ((path.with_suffix(".json"), lambda f: f.write(json.dumps(payload, indent=2, default=str).encode())),
-                          (path, lambda f: np.save(f, labels, allow_pickle=False))):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        labels, reason = _verify(path, key, payload, n, k)
+        if labels is not None:
+            return labels, True
+        log.warning("noisybench: warning: noise cache entry %s failed verification (%s); recomputed", path, reason)
+    labels = np.ascontiguousarray(compute(), dtype=np.int64)
+    # sidecar first: a reader between the two writes finds no .npy (a plain miss) or, when an entry
+    # is being replaced, a checksum that does not match the old .npy (recomputed), never a false hit
+    atomic_write_json(path.with_suffix(".json"), {**payload, "cache_key": key, "num_samples": int(n),
+                                                  "labels_sha256": labels_sha256(labels)})
+    with atomic_output(path) as f:
+        np.save(f, labels, allow_pickle=False)
     return labels, False

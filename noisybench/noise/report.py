@@ -1,12 +1,13 @@
 """Showing a realised transition matrix: as text for the terminal and as a heatmap PNG."""
 from __future__ import annotations
 
-import io
 import textwrap
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from noisybench.utils import atomic_output
 
 _FULL_MATRIX_MAX = 20  # above this many classes, print the per-class summary instead of all of T
 
@@ -55,23 +56,5 @@ def save_heatmap(T: np.ndarray, path: Path | str, names: Sequence[str] | None = 
     ax.set_ylabel("true class")
     ax.set_title("\n".join(textwrap.wrap(title, width=max(30, int(size * 8)))), fontsize=9)  # fits the figure
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    _atomic_write_bytes(Path(path), buf.getvalue())
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
+    with atomic_output(path) as f:  # the usual file permissions, never a half-written PNG
+        fig.savefig(f, format="png", dpi=100)
