@@ -29,7 +29,16 @@ directory gets summary.csv and table.md.
 """
 
 log = logging.getLogger("noisybench")
-_FAILURES: list[tuple[str, str]] = []  # (run_dir, message) of this process's failed runs (single runs)
+_FAILURES: list[tuple[str, str, int]] = []  # (run_dir, message, exit code) of this process's failed runs
+# Exit codes, everywhere: 0 success; 2 the command or the config is wrong (fix the command line);
+# 1 the data, the environment or a run failed (or diverged); 128+N a signal N stopped it (130 Ctrl-C).
+EXIT_USAGE, EXIT_FAILED = 2, 1
+
+
+def exit_code(e: BaseException) -> int:
+    from noisybench.errors import ConfigError
+
+    return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_FAILED
 # Hydra's multirun flags (a resumed command gets its own).
 _HYDRA_FLAGS = {"-m", "--multirun"}
 
@@ -70,22 +79,28 @@ def _train_task(cfg) -> float:
     try:
         record = run(cfg, out_dir, progress=bool(cfg.trainer.progress) and not multirun)
     except NoisybenchError as e:  # run() wrote failed.json (not for a directory of another config)
-        _FAILURES.append((str(out_dir), one_line(e)))
+        _FAILURES.append((str(out_dir), one_line(e), exit_code(e)))
         if multirun:  # into the job's log; the parent prints the sweep's failures at the end
             log.error("run failed: %s", one_line(e))
         return float("nan")
     except Exception as e:
         if not multirun:
             raise  # a crash of a single run: the traceback helps (failed.json is written)
-        _FAILURES.append((str(out_dir), f"{type(e).__name__}: {one_line(e)}"))
+        _FAILURES.append((str(out_dir), f"{type(e).__name__}: {one_line(e)}", EXIT_FAILED))
         log.exception("run crashed (failed.json written); the sweep goes on")
         return float("nan")
     sel = record["test_selected"]
     head = "already finished, skipped: " if record.get("skipped") else ""
+    head += "DIVERGED: " if record.get("diverged") else ""
     print(f"{head}result: {out_dir / 'result.json'}  test_last={record['test_last']:.4f}  "
           f"test_selected={'n/a' if sel is None else f'{sel:.4f}'} (epoch {record['selected_epoch']})  "
           f"test_best[oracle]={record['test_best']:.4f}  noise={record['realized_noise_rate']:.4f} realised  "
           f"{record['train_time_s']:.1f}s", flush=True)
+    if record.get("diverged"):  # a result, marked: the tables show it, the exit code says it
+        msg = record["diverged"]["message"]
+        _FAILURES.append((str(out_dir), msg, EXIT_FAILED))
+        if multirun:
+            log.error("%s", msg)
     value = record.get(str(cfg.get("objective", "val_selected")))
     return float("nan") if value is None else float(value)
 
@@ -166,10 +181,12 @@ def train_main(args: list[str]) -> int:
             print(f"noisybench: error: {msg} (failed.json in {run_dir})", file=sys.stderr)
         if len(sweep["failed"]) > 10:
             print(f"noisybench: error: ... and {len(sweep['failed']) - 10} more failed runs", file=sys.stderr)
-        return 1 if sweep["failed"] or sweep["unfinished"] else 0
+        for run_dir, msg in sweep.get("diverged", [])[:3]:
+            print(f"noisybench: error: {msg} ({run_dir})", file=sys.stderr)
+        return 1 if sweep["failed"] or sweep["unfinished"] or sweep.get("diverged") else 0
     if _FAILURES:
         print(f"noisybench: error: {_FAILURES[0][1]}", file=sys.stderr)
-        return 1
+        return _FAILURES[0][2]
     return 0
 
 
@@ -208,16 +225,12 @@ def noise_main(args: list[str]) -> int:
         print("noisybench: error: `noise` makes one noise realisation; run it once per setting "
               "(sweeps are for `noisybench train -m`)", file=sys.stderr)
         return 2
-    import numpy as np
     from hydra import compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from noisybench.config import CONFIG_NAME, hydra_context, register_resolvers, validate
-
-    from noisybench.noise.report import format_matrix, save_heatmap
     from noisybench.train import build_noise
-    from noisybench.utils import atomic_write_json
 
     register_resolvers()
     overrides = [a for a in args if not a.lstrip("+~").startswith("hydra")]
@@ -228,11 +241,33 @@ def noise_main(args: list[str]) -> int:
         pool, noisy, report, _ = build_noise(cfg)
     except NoisybenchError as e:
         print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
-        return 1
+        return exit_code(e)
     except (HydraException, OmegaConfBaseException) as e:
-        print(f"noisybench: error: {_condense_hydra_error(e)}", file=sys.stderr)
-        return 2
+        from noisybench.preflight import missing_key_hint
+
+        def app_config(overrides):
+            with hydra_context():
+                return compose(CONFIG_NAME, overrides=overrides)
+
+        print(f"noisybench: error: {missing_key_hint(e, overrides, app_config) or _condense_hydra_error(e)}",
+              file=sys.stderr)
+        return EXIT_USAGE
     out = out or _noise_run_dir()
+    try:
+        _write_noise(out, cfg, pool, report)
+    except OSError as e:
+        print(f"noisybench: error: cannot write to {out} ({e.strerror or e}); give a writable directory with "
+              "-o DIR", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _write_noise(out: Path, cfg, pool, report) -> None:
+    import numpy as np
+
+    from noisybench.noise.report import format_matrix, save_heatmap
+    from noisybench.utils import atomic_write_json
+
     counts, T = np.array(report["transition_counts"]), np.array(report["transition_matrix"])
     atomic_write_json(out / "noise.json", {"dataset": cfg.dataset.name, **report})
     spec = ", ".join(f"{k}={v}" for k, v in report.items() if k not in (
@@ -247,7 +282,6 @@ def noise_main(args: list[str]) -> int:
           + ("  [from cache]" if report["from_cache"] else ""))
     print(format_matrix(T, counts, pool.class_names))
     print(f"wrote {out / 'noise.json'} and {out / 'transition_matrix.png'}")
-    return 0
 
 
 def report_main(args: list[str]) -> int:
@@ -290,6 +324,10 @@ def report_main(args: list[str]) -> int:
         return 2
     try:
         if a.out:
+            if a.out.exists() and not a.out.is_dir():
+                print(f"noisybench: error: -o {a.out} is a file; give a directory for summary.csv and the tables",
+                      file=sys.stderr)
+                return EXIT_USAGE
             df = write_report(a.paths, a.out, formats, kinds, tune)
             print(f"{len(df)} runs -> {a.out}/summary.csv, "
                   + ", ".join(str(a.out / WRITERS[f][0]) for f in formats))
@@ -298,7 +336,11 @@ def report_main(args: list[str]) -> int:
                 print(WRITERS[f][1](df, kinds, tune))
     except NoisybenchError as e:
         print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    except OSError as e:
+        print(f"noisybench: error: cannot write the report to {a.out} ({e.strerror or e}); give a writable "
+              "directory with -o DIR", file=sys.stderr)
+        return EXIT_FAILED
     print(left_out_note(left_out))
     return 0
 

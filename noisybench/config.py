@@ -118,6 +118,10 @@ def validate(cfg: DictConfig) -> None:
         build(cfg.optim.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     except ValueError as e:
         raise ConfigError(f"optim.optimizer: {e}") from None
+    data_dir = cfg.get("data_dir")
+    if data_dir and Path(str(data_dir)).expanduser().exists() and not Path(str(data_dir)).expanduser().is_dir():
+        raise ConfigError(f"data_dir={data_dir} is a file, not a directory; give the dataset cache directory, "
+                          "e.g. data_dir=~/.cache/noisybench")
     if cfg.dataset.get("subset") is not None and int(cfg.dataset.subset) < 1:
         raise ConfigError(f"dataset.subset={cfg.dataset.subset} must be a positive number of samples (or null for all)")
     if not 0.0 <= float(cfg.dataset.val_fraction) < 1.0:

@@ -13,10 +13,6 @@ class DataError(NoisybenchError):
     """A dataset file is missing, corrupt, or cannot be obtained."""
 
 
-class NonFiniteLossError(NoisybenchError):
-    """Training produced a NaN or infinite loss."""
-
-
 def one_line(msg) -> str:
     """A message as one line (what the CLI prints after `noisybench: error:` and records write)."""
     return " ".join(str(msg).replace("\t", " ").split())

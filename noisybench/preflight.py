@@ -173,6 +173,7 @@ class _Checker:
             master = self.compose(overrides, RunMode.MULTIRUN)
         except Exception as e:
             raise _JobFailed(e, " (in the sweep's base config, which Hydra composes without the swept values)") from e
+        check_output_dir(master, "hydra.sweep.dir")
         hydra_overrides = list(master.hydra.overrides.hydra)
         params = OmegaConf.select(master, "hydra.sweeper.params") or {}
         arguments = [f"{k}={v}" for k, v in params.items()] + list(master.hydra.overrides.task)
@@ -230,6 +231,32 @@ class _Checker:
             self.check_full([*hydra_overrides, *job])  # Hydra's own compose: its error, or it passes
 
 
+def check_output_dir(cfg, key: str) -> None:
+    """The run's (or sweep's) directory can be made and written by this user: else one line naming
+    the key, instead of Hydra's traceback when it creates the directory."""
+    from omegaconf import OmegaConf
+
+    from noisybench.errors import ConfigError
+
+    try:
+        path = OmegaConf.select(cfg, key)
+    except Exception:  # an interpolation Hydra resolves later (it reports its own errors)
+        return
+    if not path:
+        return
+    p = os.path.abspath(os.path.expanduser(str(path)))
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise ConfigError(f"{key}={path} is a file; give a directory ({key}=DIR)")
+    probe = p
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"{key}={path}: {probe} is a file, so the directory cannot be made; give another {key}=DIR")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path}: {probe} is not writable by you; give a writable {key}=DIR "
+                          "(or set NOISYBENCH_OUTPUT_DIR / NOISYBENCH_MULTIRUN_DIR)")
+
+
 def missing_key_hint(error: Exception, overrides: list[str], app_config) -> str | None:
     """Hydra's "Could not override 'trainer.epoch' ... not in struct" as one line with the fix: the
     nearest existing key, or `+KEY=VALUE` when KEY is a parameter its node's target takes but the
@@ -285,6 +312,7 @@ def preflight(args: list[str]) -> tuple[str | None, int | None]:
         checker = _Checker(loader, config_name)
         if not checker.mode_is_multirun(ns):
             checker.check_full(list(ns.overrides))
+            check_output_dir(checker.compose(list(ns.overrides)), "hydra.run.dir")
             return None, None
         hydra_overrides, jobs, planned = checker.jobs(list(ns.overrides))
         for i, job in enumerate(jobs):

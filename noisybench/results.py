@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 
 from noisybench.rundir import (ATTEMPT, CHECKPOINT, FAILED, IDENTITY, INVOCATION_ENV, RESULT, identity_config,
                                identity_hash)
-from noisybench.errors import NoisybenchError
+from noisybench.errors import NoisybenchError, one_line
 from noisybench.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -103,30 +103,36 @@ def load_runs(paths: Iterable[Path | str]) -> tuple[pd.DataFrame, dict[str, list
             r = json.loads(path.read_text())
             method = dict(r["method"])
             ident = _identity_of(r, run_dir)
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            log.warning("skipping unreadable %s: %s", path, e)
-            left_out["unreadable"].append(str(run_dir))
+            row = {
+                "run_dir": str(path.parent), "identity": ident, "dataset": r["dataset"], "model": r["model"],
+                "method": method.pop("name"), "method_hparams": json.dumps(method, sort_keys=True),
+                "noise": _noise_label(r["noise"]), "noise_type": r["noise"].get("type"),
+                "noise_rate": r["noise"].get("rate"), "realized_noise_rate": r["realized_noise_rate"],
+                "seed": r["seed"], "noise_seed": r["noise_seed"], "epochs": r["epochs"], "metric": r["metric"],
+                "val_last": r.get("val_last"), "val_selected": r.get("val_selected"),
+                "test_last": r["test_last"], "test_selected": r["test_selected"],
+                "selected_epoch": r["selected_epoch"], "test_best": r["test_best"], "best_epoch": r.get("best_epoch"),
+                "memorized_noisy_frac": r.get("memorized_noisy_frac"), "train_time_s": r.get("train_time_s"),
+                "device": r.get("device"), "uses_clean_labels": r.get("uses_clean_labels", False),
+                # method diagnostics of the last epoch (e.g. STORM's weight_auc)
+                **{f"method_{k}": v for k, v in (r.get("method_metrics") or {}).items()},
+                "diverged": bool(r.get("diverged")),
+                CONFIG_COL: json.dumps(_flat(identity_config(r["config"])) if isinstance(r.get("config"), dict) else {},
+                                       sort_keys=True, default=str),
+            }
+            for k in ("test_last", "test_best", "test_selected", "val_last", "val_selected", "realized_noise_rate"):
+                if row[k] is not None and (isinstance(row[k], bool) or not isinstance(row[k], (int, float))):
+                    raise ValueError(f"{k} is {row[k]!r}, not a number")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+                AttributeError) as e:
+            why = f"no key {e}" if isinstance(e, KeyError) else one_line(e)[:120]
+            left_out["unreadable"].append(f"{run_dir} ({why})")
             continue
         if ident in seen:  # the same configuration and seed twice: count it once
             left_out["duplicate"].append(f"{run_dir} (= {seen[ident]})")
             continue
         seen[ident] = str(run_dir)
-        rows.append({
-            "run_dir": str(path.parent), "identity": ident, "dataset": r["dataset"], "model": r["model"],
-            "method": method.pop("name"), "method_hparams": json.dumps(method, sort_keys=True),
-            "noise": _noise_label(r["noise"]), "noise_type": r["noise"].get("type"),
-            "noise_rate": r["noise"].get("rate"), "realized_noise_rate": r["realized_noise_rate"],
-            "seed": r["seed"], "noise_seed": r["noise_seed"], "epochs": r["epochs"], "metric": r["metric"],
-            "val_last": r.get("val_last"), "val_selected": r.get("val_selected"),
-            "test_last": r["test_last"], "test_selected": r["test_selected"],
-            "selected_epoch": r["selected_epoch"], "test_best": r["test_best"], "best_epoch": r.get("best_epoch"),
-            "memorized_noisy_frac": r.get("memorized_noisy_frac"), "train_time_s": r.get("train_time_s"),
-            "device": r.get("device"), "uses_clean_labels": r.get("uses_clean_labels", False),
-            # method diagnostics of the last epoch (e.g. STORM's weight_auc)
-            **{f"method_{k}": v for k, v in (r.get("method_metrics") or {}).items()},
-            CONFIG_COL: json.dumps(_flat(identity_config(r["config"])) if isinstance(r.get("config"), dict) else {},
-                                   sort_keys=True, default=str),
-        })
+        rows.append(row)
     df = pd.DataFrame(rows)
     if not df.empty:
         df["method_label"] = _method_labels(df)
@@ -275,13 +281,16 @@ def _method_labels(df: pd.DataFrame) -> pd.Series:
     return labels
 
 
-def _cell(values: pd.Series) -> str:
+def _cell(values: pd.Series, diverged: pd.Series | None = None) -> str:
+    """mean ± std (n); runs that diverged (result.json `diverged`) are counted and named in the cell."""
+    n_div = int(diverged[values.notna()].sum()) if diverged is not None else 0
+    mark = f", {n_div} diverged" if n_div else ""
     v = values.dropna() * 100
     if v.empty:
         return "–"
     if len(v) == 1:
-        return f"{v.iloc[0]:.2f} (1)"
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f} ({len(v)})"
+        return f"{v.iloc[0]:.2f} (1{mark})"
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f} ({len(v)}{mark})"
 
 
 TUNE_SCORE = {"last": "val_last", "selected": "val_selected", "best": "test_best"}
@@ -321,18 +330,19 @@ def tables(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterabl
             title = (f"{dataset} / {model}: {METRIC_TITLES.get(metric, metric)}, {desc}; mean ± std (n) over {over}"
                      + "".join(f"; {f}" for f in facts) + tuned_note)
             frame = pd.DataFrame({"row": rows, "col": cols, "value": group[column].to_numpy(),
+                                  "diverged": group["diverged"].to_numpy() if "diverged" in group else False,
                                   "choice": choice, "score": group[TUNE_SCORE[kind]].to_numpy() if tuned else 0.0})
             cells = {}
             for (r, c), cell in frame.groupby(["row", "col"], sort=False):
                 if not tuned:
-                    cells[(r, c)] = _cell(cell["value"])
+                    cells[(r, c)] = _cell(cell["value"], cell["diverged"])
                     continue
                 means = cell.groupby("choice", sort=False)["score"].apply(lambda v: v.astype(float).mean())
                 best = max(sorted(means.index, key=lambda t: [_sort_value(x) for x in t]),
                            key=lambda t: (-math.inf if pd.isna(means[t]) else means[t]))
                 picked = cell[[ch == best for ch in cell["choice"]]]
                 chosen = ", ".join(f"{names[t]}={_fmt_value(v)}" for t, v in zip(tuned, best))
-                cells[(r, c)] = f"{_cell(picked['value'])} [{chosen}]"
+                cells[(r, c)] = f"{_cell(picked['value'], picked['diverged'])} [{chosen}]"
             table = pd.DataFrame([[cells.get((r, c), "–") for c in col_order] for r in row_order],
                                  index=pd.Index(row_order, name="method_label"), columns=col_order)
             yield title, kind, table
@@ -401,6 +411,7 @@ def sweep_outcome(sweep_dir: Path, invocation: str | None) -> dict:
     counts = {"finished": 0, "resumed": 0, "skipped": 0}
     failed: list[tuple[str, str]] = []
     unfinished: list[str] = []
+    diverged: list[tuple[str, str]] = []  # finished (a result.json) but marked diverged
     for path in sorted(Path(sweep_dir).rglob(ATTEMPT)):
         try:
             attempt = json.loads(path.read_text())
@@ -413,6 +424,12 @@ def sweep_outcome(sweep_dir: Path, invocation: str | None) -> dict:
             action = attempt.get("action")
             counts["skipped" if action == "skipped" else "finished"] += 1
             counts["resumed"] += action == "resumed"
+            try:
+                div = json.loads((d / RESULT).read_text()).get("diverged")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                div = None
+            if div:
+                diverged.append((str(d), div.get("message", "diverged") if isinstance(div, dict) else "diverged"))
         elif (d / FAILED).is_file():
             try:
                 msg = json.loads((d / FAILED).read_text()).get("error", "?")
@@ -422,8 +439,10 @@ def sweep_outcome(sweep_dir: Path, invocation: str | None) -> dict:
         else:
             unfinished.append(str(d))
     line = (f"{counts['finished']} ran to the end ({counts['resumed']} of them resumed from a checkpoint), "
-            f"{counts['skipped']} skipped (already finished), {len(failed)} failed, {len(unfinished)} unfinished")
-    return {"dir": str(sweep_dir), "line": line, "failed": failed, "unfinished": unfinished, **counts}
+            f"{counts['skipped']} skipped (already finished), {len(failed)} failed, {len(unfinished)} unfinished"
+            + (f"; {len(diverged)} of the finished runs diverged (in the tables, marked)" if diverged else ""))
+    return {"dir": str(sweep_dir), "line": line, "failed": failed, "unfinished": unfinished, "diverged": diverged,
+            **counts}
 
 
 class SweepTablesCallback(Callback):

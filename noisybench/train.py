@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from noisybench import data as nbdata
 from noisybench.config import build, check_trainer, resolve_device
-from noisybench.errors import ConfigError, NoisybenchError, NonFiniteLossError, one_line
+from noisybench.errors import ConfigError, NoisybenchError, one_line
 from noisybench.methods.base import Batch
 from noisybench.noise import transition_matrix
 from noisybench.noise.cache import cached, noise_key
@@ -165,6 +165,8 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     device = resolve_device(str(cfg.trainer.device))
     epochs, bs, eval_bs = int(cfg.trainer.epochs), int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size)
     ckpt_every = int(cfg.trainer.get("checkpoint_every", 1))
+    max_loss = cfg.trainer.get("max_train_loss", DEFAULT_MAX_TRAIN_LOSS)
+    divergence = None
     seed = int(cfg.seed)
     ckpt = rd.load_checkpoint("cpu")
     rd.write_attempt("resumed" if ckpt else ("retried" if retry else "new"),
@@ -272,17 +274,23 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
                 scheduler.step()
             train_loss = float(total) / n  # host sync, once per epoch
             perm = total = None
-            if not math.isfinite(train_loss):
-                raise NonFiniteLossError(f"the training loss became {train_loss} in epoch {epoch}; "
-                                         "lower the learning rate (optim.optimizer.lr) or check the inputs")
-            method_metrics = method.epoch_metrics(corrupted)
+            divergence = diverged(train_loss, max_loss, epoch)
+            try:
+                method_metrics = method.epoch_metrics(corrupted)
+            except Exception:
+                if divergence is None:
+                    raise
+                method_metrics = {}  # diagnostics of non-finite weights: not worth a crash
             row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **method.state(), **method_metrics}
-            if (epoch + 1) % int(cfg.trainer.eval_every) == 0 or epoch == epochs - 1:
+            if (epoch + 1) % int(cfg.trainer.eval_every) == 0 or epoch == epochs - 1 or divergence:
                 row.update(task.evaluate(model, ds, eval_bs))
                 bar.set_postfix(loss=f"{train_loss:.3f}", val=row["val"], test=row["test"])
             rows.append(row)
             atomic_write_text(out_dir / "metrics.csv", _csv(rows))
             epoch_log.info(_epoch_line(row, epochs))
+            if divergence is not None:  # stop here: the record says so, the tables mark it
+                epoch_log.info("diverged: %s", divergence["message"])
+                break
             last = epoch == epochs - 1
             if (not last and ckpt_every and (epoch + 1) % ckpt_every == 0) or (last and cfg.trainer.get("keep_checkpoint")):
                 save(epoch + 1, 0, None, None)
@@ -295,7 +303,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     bar.close()
 
     record = make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time, method_metrics)
-    record.update(identity=rd.hash, resumed_from=resumed,
+    record.update(diverged=divergence, identity=rd.hash, resumed_from=resumed,
                   checkpoint={"every": ckpt_every, **stats, "seconds": round(stats["seconds"], 4)})
     atomic_write_json(out_dir / "result.json", record)  # the run is finished from here on
     epoch_log.info("finished: test_last=%.4f test_selected=%s val_selected=%s train_time=%.1fs", record["test_last"],
@@ -304,6 +312,22 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     if not cfg.trainer.get("keep_checkpoint"):
         rd.remove_checkpoint()
     return record
+
+
+DEFAULT_MAX_TRAIN_LOSS = 1e4  # trainer.max_train_loss when a config does not set it
+
+
+def diverged(train_loss: float, max_loss: float | None, epoch: int) -> dict | None:
+    """None, or why the run diverged: its mean training loss of an epoch is not finite or exceeds
+    `trainer.max_train_loss` (default 1e4: a cross-entropy of ln K is about 2.3 for 10 classes, and
+    GCE/DAL losses are bounded by about 1/q; a loss of 1e4 means logits far beyond anything learnt).
+    The run stops there; result.json records it in `diverged`; tables mark the cell; exit code 1."""
+    if math.isfinite(train_loss) and (max_loss is None or train_loss <= float(max_loss)):
+        return None
+    why = ("is not finite" if not math.isfinite(train_loss) else f"exceeds trainer.max_train_loss={max_loss:g}")
+    return {"epoch": epoch, "train_loss": train_loss, "max_train_loss": max_loss,
+            "message": f"the run diverged: its training loss {train_loss:.4g} in epoch {epoch + 1} {why}; it stopped "
+                       "there and result.json marks it diverged; lower the learning rate (optim.optimizer.lr)"}
 
 
 def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import group_options
-from noisybench.errors import ConfigError, DataError, NonFiniteLossError
+from noisybench.errors import ConfigError, DataError
 from noisybench.tasks import make_task
 from noisybench.train import build_data, run
 
@@ -111,8 +111,24 @@ def test_dal_schedule_is_logged_per_epoch(make_cfg, tmp_path):
     assert float(rows[1]["lambda"]) == 0.0 and float(rows[3]["lambda"]) > 0
 
 
-def test_nan_loss_is_an_error_and_writes_no_result(make_cfg, tmp_path):
+def test_a_nan_loss_stops_the_run_marked_diverged(make_cfg, tmp_path):
     cfg = make_cfg("optim.optimizer.lr=1e30", "optim.optimizer.momentum=0.0", "trainer.epochs=3")
-    with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
-        run(cfg, tmp_path, progress=False)
-    assert not (tmp_path / "result.json").exists()
+    record = run(cfg, tmp_path, progress=False)
+    d = record["diverged"]
+    assert d is not None and d["epoch"] == 0 and "lower the learning rate" in d["message"]
+    assert json.loads((tmp_path / "result.json").read_text())["diverged"]["epoch"] == 0
+    assert len(list(csv.DictReader(open(tmp_path / "metrics.csv")))) == 1  # stopped in the epoch it diverged
+
+
+def test_a_finite_explosion_is_diverged_too_and_the_threshold_is_a_key(make_cfg, tmp_path):
+    cfg = make_cfg("optim=adam", "optim.optimizer.lr=1e6", "trainer.epochs=3")
+    d = run(cfg, tmp_path / "a", progress=False)["diverged"]
+    assert d is not None and d["max_train_loss"] == 1e4
+    assert d["train_loss"] > 1e4 or d["train_loss"] != d["train_loss"]
+    ok = run(make_cfg("trainer.epochs=2"), tmp_path / "b", progress=False)
+    assert ok["diverged"] is None
+    # a threshold below any loss: every run diverges in its first epoch
+    assert run(make_cfg("trainer.epochs=2", "trainer.max_train_loss=1e-9"), tmp_path / "c",
+               progress=False)["diverged"]["epoch"] == 0
+
+
