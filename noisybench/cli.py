@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def _condense_hydra_error(e: Exception) -> str:
         head, _, opts = msg.partition("Available options")
         opts = opts.split("Config search path")[0]
         options = ", ".join(o.strip() for o in opts.split("\n")[1:] if o.strip())
-        group = opts.split("\n")[0].strip(" :in'")
+        found = re.search(r"in (\S+)", opts.split("\n")[0])
+        group = found.group(1).strip("':") if found else "the group"
         return f"{one_line(head).rstrip('.')}. Choose one of {group}: {options}"
     cause = e.__cause__
     parts = [msg.split("\n")[0]]

@@ -85,7 +85,7 @@ RUNNER: dict[str, tuple[Any, Any]] = {
     "trainer.threads": (Optional[PositiveInt], 1),
     "trainer.checkpoint_every": (NonNegativeInt, 1),
     "trainer.keep_checkpoint": (bool, "false"),
-    "trainer.max_train_loss": (Optional[PositiveFloat], "1e4"),
+    "trainer.max_train_loss": (Optional[PositiveFloat], 1e4),
     "dataset.name": (str, None),
     "dataset.metric": (str, None),
     "dataset.extra_metrics": (list[str], None),

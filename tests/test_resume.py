@@ -128,15 +128,16 @@ def test_a_directory_of_another_config_is_refused_and_keeps_its_result(cli_env, 
 
 def test_failure_leaves_only_failed_json_and_a_retry_clears_it(cli_env, tmp_path):
     run_dir = tmp_path / "r"
-    bad = nb("train", "experiment=smoke", "optim.optimizer.lr=1e6", f"hydra.run.dir={run_dir}", env=cli_env)
-    assert bad.returncode == 1 and "lower the learning rate" in bad.stderr
+    # a config error only the data can reveal (the subset is larger than the training split)
+    bad = nb("train", "experiment=smoke", "dataset.subset=100000", f"hydra.run.dir={run_dir}", env=cli_env)
+    assert bad.returncode == 2 and "dataset.subset=100000 is more than" in bad.stderr
     assert (run_dir / "failed.json").is_file()
     assert not (run_dir / "result.json").exists() and not (run_dir / "checkpoint.pt").exists()
     df, left_out = load_runs([run_dir])
     assert df.empty and left_out["failed"] == [str(run_dir)]
     # the same failing config again: retried (and fails again), still exactly one outcome
-    assert nb("train", "experiment=smoke", "optim.optimizer.lr=1e6", f"hydra.run.dir={run_dir}",
-              env=cli_env).returncode == 1
+    assert nb("train", "experiment=smoke", "dataset.subset=100000", f"hydra.run.dir={run_dir}",
+              env=cli_env).returncode == 2
     assert json.loads((run_dir / "attempt.json").read_text())["action"] == "retried"
 
 
@@ -221,14 +222,28 @@ def test_sweep_resume_by_directory(cli_env, tmp_path):
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_sweep_with_failing_jobs_exits_nonzero_and_lists_them(launcher, cli_env, tmp_path):
     sweep = tmp_path / "sweep"
-    p = nb("train", "-m", f"hydra/launcher={launcher}", "experiment=smoke", "optim.optimizer.lr=1e6,0.05",
+    p = nb("train", "-m", f"hydra/launcher={launcher}", "experiment=smoke", "dataset.subset=100000,256",
            f"hydra.sweep.dir={sweep}", env=cli_env)
     assert p.returncode == 1, p.stderr
     assert "1 ran to the end" in p.stderr and "1 failed" in p.stderr
-    assert "lower the learning rate" in p.stderr and "Traceback" not in p.stderr
+    assert "dataset.subset=100000 is more than" in p.stderr and "Traceback" not in p.stderr
     table = (sweep / "table.md").read_text()
     assert "Not in the tables: 1 failed" in table
     assert len(list(sweep.glob("*/result.json"))) == 1 and len(list(sweep.glob("*/failed.json"))) == 1
+
+
+def test_a_sweep_with_a_diverging_job_counts_it_marked_and_exits_nonzero(cli_env, tmp_path):
+    """Divergence is a result (a rerun skips it), marked in the table and the sweep line; exit 1."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "experiment=smoke", "optim=adam", "optim.optimizer.lr=1e6,0.001", f"hydra.sweep.dir={sweep}"]
+    p = nb("train", *args, env=cli_env)
+    assert p.returncode == 1, p.stderr
+    assert "2 ran to the end" in p.stderr and "1 of the finished runs diverged" in p.stderr
+    assert "the run diverged" in p.stderr and "Traceback" not in p.stderr
+    assert len(list(sweep.glob("*/result.json"))) == 2
+    assert ", 1 diverged)" in (sweep / "table.md").read_text()
+    again = nb("train", *args, env=cli_env)
+    assert again.returncode == 1 and "2 skipped" in again.stderr
 
 
 FAKE_SUBMITIT = '''

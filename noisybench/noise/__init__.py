@@ -8,12 +8,13 @@ from __future__ import annotations
 import numpy as np
 
 from noisybench.errors import ConfigError
+from noisybench.schema import Seed
 
 
 class NoiseInjector:
     """Base class. Subclasses implement `corrupt(labels, num_classes, rng, features)`."""
 
-    def __init__(self, rate: float = 0.0, seed: int = 0, apply_to_val: bool = True) -> None:
+    def __init__(self, rate: float = 0.0, seed: Seed = 0, apply_to_val: bool = True) -> None:
         if not isinstance(apply_to_val, bool):
             raise ConfigError(f"noise.apply_to_val={apply_to_val!r} must be true or false")
         # false: the validation split keeps clean labels (papers that select on a clean validation set)

@@ -23,6 +23,7 @@ import numpy as np
 
 from noisybench.errors import ConfigError
 from noisybench.noise import NoiseInjector
+from noisybench.schema import Seed
 
 # CIFAR-100 superclasses as sorted fine-label indices (the "coarse_labels" of the python batches).
 CIFAR100_SUPERCLASSES = [
@@ -52,7 +53,7 @@ SAMPLING = ("bernoulli", "exact")
 
 class AsymmetricNoise(NoiseInjector):
     def __init__(self, rate: float = 0.4, map: str | None = "auto", dataset: str | None = None,
-                 sampling: str = "bernoulli", seed: int = 0, apply_to_val: bool = True) -> None:
+                 sampling: str = "bernoulli", seed: Seed = 0, apply_to_val: bool = True) -> None:
         super().__init__(rate, seed, apply_to_val)
         self.dataset = dataset
         if map in (None, "auto", "none"):

@@ -27,12 +27,13 @@ import numpy as np
 
 from noisybench.errors import ConfigError
 from noisybench.noise import NoiseInjector
+from noisybench.schema import Seed
 
 KINDS = ("missed", "late", "wrong", "dontcare")
 
 
 class DSTAnnotationNoise(NoiseInjector):
-    def __init__(self, rate: float = 0.2, kinds: dict | None = None, seed: int = 0,
+    def __init__(self, rate: float = 0.2, kinds: dict | None = None, seed: Seed = 0,
                  apply_to_val: bool = True) -> None:
         super().__init__(rate, seed, apply_to_val)
         kinds = dict(kinds) if kinds is not None else {k: 1.0 for k in KINDS}
@@ -115,7 +116,7 @@ class DSTRealNoise(NoiseInjector):
 
     real = True  # a dataset with clean labels (synthwoz) refuses it
 
-    def __init__(self, rate: float = 0.0, seed: int = 0, apply_to_val: bool = True) -> None:
+    def __init__(self, rate: float = 0.0, seed: Seed = 0, apply_to_val: bool = True) -> None:
         super().__init__(rate, seed, apply_to_val)
         if self.rate != 0.0:
             raise ConfigError(f"noise=dst_real injects nothing but noise.rate={self.rate}; "

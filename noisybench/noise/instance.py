@@ -24,6 +24,7 @@ from scipy.stats import truncnorm
 
 from noisybench.errors import ConfigError
 from noisybench.noise import NoiseInjector
+from noisybench.schema import Seed
 
 
 def truncated_normal_mean(rate: float, std: float) -> float:
@@ -32,7 +33,7 @@ def truncated_normal_mean(rate: float, std: float) -> float:
 
 
 class InstanceNoise(NoiseInjector):
-    def __init__(self, rate: float = 0.4, std: float = 0.1, dataset: str | None = None, seed: int = 0,
+    def __init__(self, rate: float = 0.4, std: float = 0.1, dataset: str | None = None, seed: Seed = 0,
                  apply_to_val: bool = True) -> None:
         super().__init__(rate, seed, apply_to_val)
         if not float(std) > 0:

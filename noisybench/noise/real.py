@@ -12,12 +12,13 @@ from typing import Any, Mapping
 from noisybench.errors import ConfigError
 from noisybench.noise import NoiseInjector
 from noisybench.utils import resolve_data_dir
+from noisybench.schema import Seed
 
 
 class RealNoise(NoiseInjector):
     def __init__(self, label_set: str = "worse", dataset: str | None = None,
                  human_labels: Mapping[str, Any] | None = None, data_dir: str | None = None,
-                 download: bool = True, seed: int = 0, apply_to_val: bool = True) -> None:
+                 download: bool = True, seed: Seed = 0, apply_to_val: bool = True) -> None:
         super().__init__(0.0, seed, apply_to_val)
         if not human_labels:
             raise ConfigError(f"dataset {dataset!r} has no human label sets; real noise exists for cifar10 "

@@ -16,13 +16,14 @@ import numpy as np
 
 from noisybench.errors import ConfigError
 from noisybench.noise import NoiseInjector
+from noisybench.schema import Seed
 
 SAMPLING = ("bernoulli", "exact")
 
 
 class SymmetricNoise(NoiseInjector):
     def __init__(self, rate: float = 0.4, include_true_class: bool = True, sampling: str = "bernoulli",
-                 seed: int = 0, apply_to_val: bool = True) -> None:
+                 seed: Seed = 0, apply_to_val: bool = True) -> None:
         super().__init__(rate, seed, apply_to_val)
         if sampling not in SAMPLING:
             raise ConfigError(f"noise.sampling={sampling!r} is unknown; use one of {', '.join(SAMPLING)}")
