@@ -76,6 +76,7 @@ RUNNER: dict[str, tuple[Any, Any]] = {
     "seed": (Seed, 0),
     "objective": (Literal["val_selected", "val_last"], "val_selected"),
     "data_dir": (Optional[str], "DIR"),
+    "noise_cache": (bool, "false"),  # +noise_cache=false: compute the noisy labels, do not cache them
     "trainer.epochs": (PositiveInt, 100),
     "trainer.batch_size": (PositiveInt, 128),
     "trainer.eval_batch_size": (PositiveInt, 4096),
