@@ -187,9 +187,9 @@ def _fixtures(root: Path, data_dir: Path) -> dict[str, str]:
     (tiny / "train.tsv").write_text("index\tsentence1\tlabel\n0\tfree prize now\tspam\n1\tsee you at noon\tham\n")
     text = root / "text"
     text.mkdir()
-    words = ["alpha", "beta", "gamma", "delta", "free", "prize", "noon", "lunch"]
+    words = ["free", "noon"]  # a two-word TF-IDF vocabulary: too short for cnn1d's kernel
     for name, n in (("train.tsv", 80), ("test.tsv", 20)):
-        rows = [f"{i}\t{words[i % 8]} {words[(i * 3) % 8]}\t{'spam' if i % 2 else 'ham'}" for i in range(n)]
+        rows = [f"{i}\t{words[i % 2]} {words[(i // 2) % 2]}\t{'spam' if i % 2 else 'ham'}" for i in range(n)]
         (text / name).write_text("index\tsentence1\tlabel\n" + "\n".join(rows) + "\n")
     good = root / "good_run"
     env = dict(os.environ, NOISYBENCH_DATA_DIR=str(data_dir), NOISYBENCH_DOWNLOAD="false")

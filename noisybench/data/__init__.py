@@ -99,7 +99,41 @@ def split_indices(pool: Pool, val_fraction: float, split_seed: int) -> tuple[np.
         return train, val
     more = ("add rows to train.tsv or add a valid.tsv in dataset.loader.path" if source == "tsv"
             else "provide more training data")
-    return split_pool(n, val_fraction, split_seed, more)
+    train, val = split_pool(n, val_fraction, split_seed, more)
+    k = int(pool.num_classes)
+    if len(train) < k:  # the split leaves fewer training samples than classes
+        ok = _val_fractions_keeping(n, k)
+        if ok:  # (a pool smaller than that cannot be helped by val_fraction: left as it is)
+            suggest = 0.1 if 0.1 in ok else max(ok)
+            raise ConfigError(f"dataset.val_fraction={val_fraction} of a training pool of {n} leaves {len(train)} "
+                              f"training sample{'s' * (len(train) != 1)} for {k} classes; use "
+                              f"dataset.val_fraction={suggest} (at most {max(ok)} keeps {k} or more)")
+    return train, val
+
+
+def _val_fractions_keeping(n: int, k: int) -> list[float]:
+    """The val_fractions (in steps of 0.01) that keep at least k training and 1 validation sample."""
+    return [f / 100 for f in range(1, 100) if 1 <= _num_val(n, f / 100) <= n - k]
+
+
+def take_subset(train_idx: np.ndarray, subset, split_seed: int, num_classes: int | None = None,
+                unit: str = "samples") -> np.ndarray:
+    """The seeded `dataset.subset` of the training indices (independent of the training seed). A
+    subset larger than the training split, or (given num_classes) smaller than the class count, is an
+    error naming a size that works."""
+    if subset is None:
+        return train_idx
+    subset, n = int(subset), len(train_idx)
+    if subset < 1:
+        raise ConfigError(f"dataset.subset={subset} must be a positive number of {unit} (or null for all)")
+    if subset > n:
+        raise ConfigError(f"dataset.subset={subset} is more than the {n} training {unit} (after the validation "
+                          f"split); use dataset.subset={n} or dataset.subset=null (all of them)")
+    if num_classes is not None and subset < num_classes <= n:
+        raise ConfigError(f"dataset.subset={subset} keeps fewer training {unit} than the {num_classes} classes; "
+                          f"use dataset.subset={num_classes} or more (dataset.subset=null: all {n})")
+    keep = np.random.default_rng(split_seed + 1).permutation(n)[:subset]
+    return np.sort(train_idx[keep])
 
 
 def prepare(pool: Pool, noisy_pool_labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
@@ -108,12 +142,7 @@ def prepare(pool: Pool, noisy_pool_labels: np.ndarray, train_idx: np.ndarray, va
 
     A `featurizer` (e.g. TF-IDF for text) is fitted on the training samples only, then applied to
     the validation and test inputs."""
-    if subset is not None:
-        if int(subset) < 1:
-            raise ConfigError(f"dataset.subset={subset} must be a positive number of samples (or null for all)")
-        # a seeded subset that does not depend on the training seed
-        keep = np.random.default_rng(split_seed + 1).permutation(len(train_idx))[: int(subset)]
-        train_idx = np.sort(train_idx[keep])
+    train_idx = take_subset(train_idx, subset, split_seed, pool.num_classes)
 
     x_train, x_val, x_test = pool.x_train[train_idx], pool.x_train[val_idx], pool.x_test
     info = dict(pool.info)

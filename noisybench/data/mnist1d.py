@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import random
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
 from noisybench.data import Pool
 from noisybench.errors import ConfigError
-from noisybench.utils import resolve_data_dir
+from noisybench.utils import atomic_output, resolve_data_dir
 
 
 def _generate(num_samples: int, seed: int) -> dict[str, np.ndarray]:
@@ -48,9 +47,7 @@ def load_mnist1d(data_dir: str | None = None, num_samples: int = 10000, seed: in
             arrays = None  # corrupt cache: regenerate below (the data is procedural)
     if arrays is None:
         arrays = _generate(num_samples, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{np.random.default_rng().integers(1 << 30)}.tmp.npz")
-        np.savez(tmp, **arrays)
-        Path(tmp).replace(path)
+        with atomic_output(path) as f:  # readers never see a partial cache file
+            np.savez(f, **arrays)
     return Pool(arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"], num_classes=10,
                 info={"source": "mnist1d (generated)", "num_samples": num_samples, "generator_seed": seed})

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from omegaconf import DictConfig
 
-from noisybench.errors import ConfigError
+from noisybench.errors import ConfigError, NoisybenchError
 
 
 class LossTerms(NamedTuple):
@@ -47,6 +47,7 @@ class Task:
 
     kind = "task"
     model_hint = ""
+    dataset_name = "this"  # set by make_task from dataset.name (for messages)
 
     def __init__(self, metric: str, extra_metrics: list[str] | None = None) -> None:
         self.metric = str(metric)
@@ -59,13 +60,55 @@ class Task:
         raise NotImplementedError
 
     def build_model(self, model_cfg: DictConfig, ds) -> torch.nn.Module:
+        """The model, checked to take the dataset's inputs: one forward pass on the first training
+        samples (`probe_batch`). A model that cannot is a one-line ConfigError naming a model that can,
+        before anything is trained or written. The check draws nothing from torch's RNG."""
         from noisybench.config import build
 
+        name = model_cfg.get("name", "?")
+        factory = build(model_cfg)  # (a broken registry entry fails here, as before)
         try:
-            return build(model_cfg)(**self.model_kwargs(ds))
-        except TypeError as e:
-            raise ConfigError(f"model={model_cfg.name} does not fit this {self.kind} dataset ({e}); "
+            model = factory(**self.model_kwargs(ds))
+        except TypeError as e:  # arguments of another task's model (e.g. model=dst on images)
+            raise ConfigError(f"model={name} does not fit this {self.kind} dataset ({e}); "
                               f"use {self.model_hint}") from None
+        except NoisybenchError:
+            raise  # the model's own one-line message (e.g. cnn28 on sequences)
+        except OSError:
+            raise  # files or network (e.g. a pretrained encoder's download), not the input shape
+        except Exception as e:
+            raise self._misfit(name, ds, e) from None
+        x = self.probe_batch(ds)
+        if x is None or len(x) == 0:
+            return model
+        rng, was_training = torch.get_rng_state(), model.training
+        try:
+            model.eval()  # no dropout draws, no BatchNorm statistics updated
+            with torch.no_grad():
+                model(x)
+        except NoisybenchError:
+            raise
+        except Exception as e:
+            raise self._misfit(name, ds, e) from None
+        finally:
+            model.train(was_training)
+            torch.set_rng_state(rng)  # the run draws exactly what it drew without the check
+        return model
+
+    def probe_batch(self, ds) -> torch.Tensor | None:
+        """A tiny batch of training inputs as the model receives them, on the CPU (where it is built)."""
+        return ds.x_train[:2].cpu()
+
+    def suggest_models(self, input_shape: tuple[int, ...], failed: str) -> str:
+        """What to use instead of model=`failed` on inputs of this per-sample shape."""
+        return self.model_hint
+
+    def _misfit(self, name: str, ds, e: Exception) -> ConfigError:
+        shape = tuple(int(d) for d in ds.input_shape)
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        what = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        return ConfigError(f"model={name} cannot take dataset={self.dataset_name}'s inputs of shape {shape} "
+                           f"({what}); use {self.suggest_models(shape, name)}")
 
     def num_classes(self, ds) -> int:
         """The class count a loss method is built with."""
@@ -98,5 +141,8 @@ def make_task(dataset_cfg: DictConfig) -> Task:
 
     metric, extra = str(dataset_cfg.get("metric", "acc")), list(dataset_cfg.get("extra_metrics") or [])
     if dataset_cfg.get("task") is not None:
-        return build(dataset_cfg.task)(metric=metric, extra_metrics=extra)
-    return ClassificationTask(metric=metric, extra_metrics=extra)
+        task = build(dataset_cfg.task)(metric=metric, extra_metrics=extra)
+    else:
+        task = ClassificationTask(metric=metric, extra_metrics=extra)
+    task.dataset_name = str(dataset_cfg.get("name", task.dataset_name))
+    return task

@@ -43,6 +43,21 @@ class ClassificationTask(Task):
     def model_kwargs(self, ds):
         return {"input_shape": ds.input_shape, "num_classes": ds.num_classes}
 
+    def probe_batch(self, ds):
+        # uint8 images reach the model as floats (the dataset's transform normalises them in front of it)
+        return ds.x_train[:2].cpu().float()
+
+    def suggest_models(self, input_shape, failed):
+        """Models by the rank of a sample's shape; mlp and linear flatten any input."""
+        rank = len(input_shape)
+        what, models = ({1: ("feature vectors", ["linear", "mlp"]),
+                         2: ("(C, L) sequences or (H, W) images", ["mlp", "linear"]),
+                         3: ("(C, H, W) images", ["cnn28", "resnet18", "mlp"])}
+                        .get(rank, ("these inputs", ["mlp", "linear"])))
+        names = [m for m in models if m != failed] or ["mlp"]
+        return (f"a model that takes inputs of shape {tuple(input_shape)}, e.g. "
+                f"{' or '.join(f'model={m}' for m in names)} for {what}")
+
     def loss_terms(self, method, outputs, targets) -> LossTerms:
         n = len(targets)
         rows = torch.arange(n, device=targets.device)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from noisybench.data import Dataset, split_pool
+from noisybench.data import Dataset, split_pool, take_subset
 from noisybench.data.dialogue import (
     DONTCARE, G_DONTCARE, G_REFER, G_VALUE, GATES, NONE, PAD, SEP, UNK, Flat, encode, flatten, tokenize, update_labels,
 )
@@ -106,12 +106,6 @@ class DSTTask(Task):
             train_d = np.setdiff1d(np.arange(n), val_d)
         else:
             train_d, val_d = split_pool(n, float(cfg.dataset.val_fraction), int(cfg.dataset.split_seed))
-        subset = cfg.dataset.get("subset")
-        if subset is not None:
-            if int(subset) < 1:
-                raise ConfigError(f"dataset.subset={subset} must be a positive number of dialogues (or null)")
-            keep = np.random.default_rng(int(cfg.dataset.split_seed) + 1).permutation(len(train_d))[: int(subset)]
-            train_d = np.sort(train_d[keep])
 
         values = {NONE: NONE_ID, DONTCARE: DONTCARE_ID}
         flat = flatten(pool.train, slots, values)
@@ -129,6 +123,8 @@ class DSTTask(Task):
                 raise ConfigError(f"noise={cfg.noise.name} does not apply to dialogue states; "
                                   "use noise=dst noise.rate=<rate> (or noise=none)")
             corrupt = lambda st, *a, **k: (st.copy(), None, {})  # noqa: E731 -- no noise
+        # after the noise checks above (a noise that cannot apply is the first thing to fix)
+        train_d = take_subset(train_d, cfg.dataset.get("subset"), int(cfg.dataset.split_seed), unit="dialogues")
         slot_values = [np.unique(flat.states[:, s][flat.states[:, s] > DONTCARE_ID]) for s in range(S)]
         scope_d = np.concatenate([train_d, val_d]) if injector.apply_to_val else train_d
         scope, st_scope, prev_scope = _take(flat, dial, scope_d, flat.states)
