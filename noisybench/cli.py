@@ -56,8 +56,10 @@ def _condense_hydra_error(e: Exception) -> str:
     cause = e.__cause__
     parts = [msg.split("\n")[0]]
     if "Could not override" in msg or "not in struct" in msg or "Key" in msg:
-        parts.append("check the spelling (noisybench train --cfg job lists every option), "
-                     "or add a new key with a + prefix")
+        parts.append("check the spelling (noisybench train --cfg job lists every option, --cfg hydra "
+                     "Hydra's own)")
+    if "Config group override must be a string" in msg:
+        parts = ["a config group needs one of its choices, not null (noisybench train --help lists them)"]
     if cause is not None and str(cause).split("\n")[0] not in parts[0]:
         parts.insert(1, str(cause).split("\n")[0])
     return one_line(". ".join(p.rstrip(".") for p in parts if p))

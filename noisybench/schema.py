@@ -162,7 +162,9 @@ def conforms(value: Any, tp: Any) -> bool | None:
         if not isinstance(origin, type):
             return None
         if issubclass(origin, (dict, Mapping)):
-            return isinstance(value, dict)
+            if not isinstance(value, dict):
+                return False
+            return len(args) != 2 or all(conforms(v, args[1]) is not False for v in value.values())
         if issubclass(origin, (list, tuple, Sequence)) and origin is not str:
             if not isinstance(value, (list, tuple)):
                 return False
@@ -188,6 +190,11 @@ def _bad_value(key: str, value: Any, tp: Any, example: Any) -> ConfigError:
     shown = _fmt_value(value)
     ex = f", e.g. {key}={_fmt_value(example)}" if example is not None else ""
     origin = typing.get_origin(base)
+    if origin is not None and isinstance(origin, type) and issubclass(origin, (dict, Mapping)) and isinstance(value, dict):
+        args = typing.get_args(base)
+        bad = [k for k, v in value.items() if len(args) == 2 and conforms(v, args[1]) is False]
+        if bad:
+            return _bad_value(f"{key}.{bad[0]}", value[bad[0]], args[1], None)
     if origin is not None and isinstance(origin, type) and issubclass(origin, (list, tuple, Sequence)):
         (elem,) = typing.get_args(base)[:1] or (Any,)
         elem_base, elem_rng = _unwrap(elem)
@@ -306,8 +313,19 @@ def _unknown(cfg: DictConfig, prefix: str, key: str, value: Any) -> ConfigError:
                        + suggest(cfg, full, value))
 
 
+# keys every run reads: removing one (`~trainer.epochs`, `~dataset.loader`) is an error, not a default
+REQUIRED = ("seed", "trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size", "trainer.device",
+            "trainer.eval_every", "dataset.name", "dataset.loader", "dataset.val_fraction", "dataset.split_seed",
+            "noise", "model", "method", "optim.optimizer")
+
+
 def check(cfg: DictConfig) -> None:
     """Raise ConfigError for the first key nothing reads or value of the wrong type or range."""
+    for key in REQUIRED:
+        if OmegaConf.select(cfg, key, default="__missing__", throw_on_resolution_failure=False) == "__missing__":
+            example = RUNNER.get(key, (None, None))[1]
+            fix = f"set it again (e.g. {key}={_fmt_value(example)})" if example is not None else "do not remove it"
+            raise ConfigError(f"{key} is missing from the config (removed with ~{key}?); every run reads it: {fix}")
     def value_of(node, key):
         v = node[key]  # resolved (an interpolation of a mapping resolves to a DictConfig)
         return OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v

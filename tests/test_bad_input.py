@@ -126,6 +126,12 @@ CASES = [
     case("objective-on-test", ["objective=test_best"], USAGE, "objective=test_best must be one of val_selected, val_last",
          ("objective=test_best", "objective=val_selected")),
     case("asymmetric-map-unknown", ["noise=asymmetric", "noise.map=nope"], USAGE, "noise.map='nope' is unknown"),
+    case("delete-required-key", ["~trainer.epochs"], USAGE, "trainer.epochs is missing from the config",
+         ("~trainer.epochs", "trainer.epochs=100")),
+    case("delete-loader", ["~dataset.loader"], USAGE, "dataset.loader is missing from the config"),
+    case("group-set-to-null", ["trainer=null"], USAGE, "a config group needs one of its choices"),
+    case("dst-noise-kind-weight-string", ["dataset=synthwoz", "noise.kinds.wrong=abc"], USAGE,
+         "noise.kinds.wrong=abc must be a number"),
     case("sweep-and-cfg", ["-m", "seed=0,1", "--cfg", "job"], USAGE, "--cfg prints one composed config"),
     # ---- environment ----
     case("run-dir-is-a-file", ["hydra.run.dir={file}"], USAGE, "hydra.run.dir={file} is a file"),

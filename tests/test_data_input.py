@@ -168,6 +168,7 @@ def test_two_row_train_tsv_is_one_line_error(make_cfg, tmp_path):
     assert "train.tsv" in str(e.value) and "valid.tsv" in str(e.value)
 
 
+@pytest.mark.slow  # the same command is a case of tests/test_bad_input.py (in-process, fast)
 def test_two_row_train_tsv_on_the_command_line(cli_env, tmp_path):
     write_tsv(tmp_path / "d" / "train.tsv", [("good film", "pos"), ("bad film", "neg")])
     r = nb("train", "dataset=tsv", f"dataset.loader.path={tmp_path / 'd'}", "model=linear", "trainer.epochs=1",

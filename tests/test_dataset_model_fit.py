@@ -128,6 +128,7 @@ def test_a_text_dataset_trains_with_its_default_model(make_cfg, tmp_path):
 
 # ---- a model that cannot take the inputs ------------------------------------------------------------
 
+@pytest.mark.slow  # the same command is a case of tests/test_bad_input.py (in-process, fast)
 def test_cnn1d_on_a_tiny_tfidf_vocabulary_is_one_line(cli_env, tmp_path):
     """A 2-term vocabulary: Conv1d's kernel is longer than the input. Was a Conv1d traceback."""
     data = write_text_split(tmp_path / "two", two_words=True)
@@ -244,6 +245,7 @@ def test_dialogue_subset_larger_than_the_training_dialogues(make_cfg):
         make_task(cfg.dataset).build_data(cfg)
 
 
+@pytest.mark.slow  # the same command is a case of tests/test_bad_input.py (in-process, fast)
 @pytest.mark.parametrize("bad, good", [("dataset.subset=100000", "dataset.subset=7200"),
                                        ("dataset.val_fraction=0.9999", "dataset.val_fraction=0.1")])
 def test_split_size_errors_on_the_command_line(cli_env, tmp_path, bad, good):

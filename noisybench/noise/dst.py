@@ -33,7 +33,7 @@ KINDS = ("missed", "late", "wrong", "dontcare")
 
 
 class DSTAnnotationNoise(NoiseInjector):
-    def __init__(self, rate: float = 0.2, kinds: dict | None = None, seed: Seed = 0,
+    def __init__(self, rate: float = 0.2, kinds: dict[str, float] | None = None, seed: Seed = 0,
                  apply_to_val: bool = True) -> None:
         super().__init__(rate, seed, apply_to_val)
         kinds = dict(kinds) if kinds is not None else {k: 1.0 for k in KINDS}
