@@ -17,6 +17,7 @@ from torch import nn
 
 from cli_helpers import nb
 from conftest import group_options
+from test_images import make_idx
 from noisybench.config import CONFIG_NAME, build, hydra_context, register_resolvers
 from noisybench.data import mnist1d
 from noisybench.errors import ConfigError
@@ -48,19 +49,6 @@ def write_text_split(folder: Path, sizes=(("train", 60), ("valid", 12), ("test",
             rows.append(f"{i}\t{text}\t{y}")
         (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n")
     return folder
-
-
-def write_idx(folder: Path, n_train=40, n_test=10) -> None:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
-              "train-labels-idx1-ubyte": np.arange(n_train) % 10,
-              "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
-              "t10k-labels-idx1-ubyte": np.arange(n_test) % 10}
-    for name, a in arrays.items():
-        header = bytes([0, 0, 0x08, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
-        with gzip.open(folder / f"{name}.gz", "wb") as f:
-            f.write(header + a.astype(np.uint8).tobytes())
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -108,7 +96,7 @@ def test_default_model_takes_the_datasets_inputs(make_cfg, tmp_path, dataset):
     elif dataset == "tsv":
         extra = [f"dataset.loader.path={write_text_split(tmp_path / 'own')}", "dataset.subset=null"]
     elif dataset in ("fashion_mnist", "mnist"):
-        write_idx(tmp_path / dataset)
+        make_idx(tmp_path / dataset, n_train=40, n_test=10)
         extra = [f"data_dir={tmp_path}", "dataset.loader.search_dirs=[]", "dataset.subset=null"]
     cfg = make_cfg(f"dataset={dataset}", *extra)
     assert cfg.model.name == DEFAULT_MODEL[dataset]

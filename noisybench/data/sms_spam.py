@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from noisybench.data import Pool
-from noisybench.data.download import fetch
-from noisybench.data.text import SPLITS, load_split_dir, stratified_split, write_tsv
+from noisybench.data.text import SPLITS, ensure_split_files, load_split_dir, stratified_split, write_tsv
 from noisybench.errors import DataError
 from noisybench.utils import resolve_data_dir
 
@@ -56,16 +55,6 @@ def load_sms_spam(data_dir: str | None = None, split_seed: int = 0, download: bo
     """STORM's split when its files are in place, else a split of the UCI archive (placed by hand, or
     downloaded when `download` is true; with download false the network is never touched)."""
     root = resolve_data_dir(data_dir) / "sms_spam"
-    if not all((root / f"{s}.tsv").is_file() for s in SPLITS):
-        archive = root / "raw" / ARCHIVE
-        ways = (f"put STORM's split as train.tsv, valid.tsv, test.tsv in {root} (or set data_dir=DIR to a "
-                f"directory with sms_spam/ in it), or place {ARCHIVE} in {root / 'raw'}")
-        if not archive.is_file():
-            if not download:
-                raise DataError(f"sms_spam: no train.tsv, valid.tsv, test.tsv in {root} and no {ARCHIVE} in "
-                                f"{root / 'raw'}, and downloading is off (dataset.loader.download=false, "
-                                f"the default under NOISYBENCH_DOWNLOAD=false); {ways}, or allow the download "
-                                "(dataset.loader.download=true, needs network)")
-            archive = fetch(URL, archive, hint=ways)
-        split_from_archive(archive, root, split_seed)
+    ensure_split_files("sms_spam", root, ARCHIVE, URL, download, "put STORM's split as train.tsv, valid.tsv, test.tsv",
+                       lambda archive, out: split_from_archive(archive, out, split_seed))
     return load_split_dir(root, "sentence1", "label", class_names=["ham", "spam"], name="sms_spam")

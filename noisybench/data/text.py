@@ -247,3 +247,25 @@ class TfidfFeatures:
 
     def describe(self) -> dict:
         return {"type": "tfidf", "vocabulary_size": len(self.vectorizer.vocabulary_), **self.params}
+
+
+def ensure_split_files(name: str, root: Path, archive_name: str, url: str, download: bool, first_way: str,
+                       split_archive) -> None:
+    """train/valid/test.tsv in `root`, else made by `split_archive(archive, root)` from the dataset's
+    archive in `root/raw/` (placed by hand, or downloaded when `download` is true; with download false
+    the network is never touched and a missing archive is one line listing the ways to provide it)."""
+    from noisybench.data.download import fetch
+
+    if all((root / f"{s}.tsv").is_file() for s in SPLITS):
+        return
+    archive = root / "raw" / archive_name
+    ways = (f"{first_way} in {root} (or set data_dir=DIR to a directory with {name}/ in it), or place "
+            f"{archive_name} in {root / 'raw'}")
+    if not archive.is_file():
+        if not download:
+            raise DataError(f"{name}: no train.tsv, valid.tsv, test.tsv in {root} and no {archive_name} in "
+                            f"{root / 'raw'}, and downloading is off (dataset.loader.download=false, "
+                            f"the default under NOISYBENCH_DOWNLOAD=false); {ways}, or allow the download "
+                            "(dataset.loader.download=true, needs network)")
+        archive = fetch(url, archive, hint=ways)
+    split_archive(archive, root)
