@@ -14,6 +14,7 @@ A key that neither source knows is an error whose hint is the nearest existing k
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import types
@@ -223,6 +224,7 @@ def _target(path: str):
     return obj
 
 
+@functools.lru_cache(maxsize=None)  # a sweep checks every job: inspect each target once
 def parameters(target) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
     """(parameters by name, their evaluated annotations, accepts **kwargs) of a class or function."""
     fn = target.__init__ if inspect.isclass(target) else target
