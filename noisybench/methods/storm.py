@@ -113,15 +113,25 @@ from noisybench.tasks import LossTerms
 FEATURES = ("full", "loss")
 WEIGHT_NORMS = ("class_mass", "class_sum", "mass", "none", "weight_sum")
 LOOKAHEADS = ("persistent", "fresh_adam")
+BN_SCOPES = ("batch", "group")
 META_SOURCES = ("noisy_train", "clean_val")
 INIT_STD = 0.02  # HF `init_weights` of the public code: Linear ~ N(0, 0.02), bias 0
 BN_EPS = 1e-5  # torch BatchNorm1d default, as in the public code's Ω
 
 
-def _bn(x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm1d(affine=False) in training mode over dim 1 of [heads, batch, features]."""
-    var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
-    return (x - mean) * torch.rsqrt(var + BN_EPS)
+def _bn(x: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
+    """BatchNorm1d(affine=False) in training mode over dim 1 of [heads, batch, features]; with `group`
+    ([batch] ids), the statistics are those of each sample's group (the public DST code calls Ω once
+    per slot, so its batch statistics are per slot)."""
+    if group is None:
+        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + BN_EPS)
+    n = int(group.max()) + 1 if len(group) else 1
+    count = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, group, torch.ones_like(group, dtype=x.dtype))
+    mean = x.new_zeros(x.shape[0], n, x.shape[2]).index_add_(1, group, x) / count[None, :, None]
+    centred = x - mean[:, group]
+    var = x.new_zeros(x.shape[0], n, x.shape[2]).index_add_(1, group, centred * centred) / count[None, :, None]
+    return centred * torch.rsqrt(var[:, group] + BN_EPS)
 
 
 class Rescaler(nn.Module):
@@ -142,15 +152,16 @@ class Rescaler(nn.Module):
         self.b1.zero_()
         self.b2.zero_()
 
-    def all_heads(self, f: torch.Tensor) -> torch.Tensor:
-        """[B, F] -> [heads, B] weights (softmax column 1, as in the code)."""
-        h = torch.relu(_bn(torch.einsum("bf,hgf->hbg", f, self.w1) + self.b1[:, None]))
-        z = _bn(torch.einsum("hbf,hgf->hbg", h, self.w2) + self.b2[:, None])
+    def all_heads(self, f: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, F] -> [heads, B] weights (softmax column 1, as in the code); BN statistics per `group`
+        when given (else over the whole batch)."""
+        h = torch.relu(_bn(torch.einsum("bf,hgf->hbg", f, self.w1) + self.b1[:, None], group))
+        z = _bn(torch.einsum("hbf,hgf->hbg", h, self.w2) + self.b2[:, None], group)
         return torch.softmax(z, dim=2)[..., 1]
 
-    def forward(self, f: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    def forward(self, f: torch.Tensor, head: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
         """Sample i takes the output of Ω_{head[i]}."""
-        return self.all_heads(f).gather(0, head[None]).squeeze(0)
+        return self.all_heads(f, group).gather(0, head[None]).squeeze(0)
 
 
 # ---- the inner optimizer as a differentiable function of the gradient -------------------------
@@ -266,6 +277,7 @@ class _Pending(NamedTuple):
     share: float  # the samples' share in the row loss
     rows: int  # B, step t's batch rows
     second: dict | None  # the second-order term's inputs (see `_prepare`); None = first order
+    group: torch.Tensor | None = None  # [M] each sample's group, for bn_scope=group (None: batch)
 
 
 def _to(obj, device: torch.device):
@@ -283,7 +295,8 @@ class STORM(LossMethod):
     def __init__(self, num_classes: int, base_loss="ce", forward_passes: int = 3,
                  class_separation: bool = True, first_order: bool = False, meta_interval: int = 1,
                  features: str = "full", meta_loss_rescaling: bool = True, meta_source: str = "noisy_train",
-                 rescaler_lr: float = 1e-2, weight_norm: str = "weight_sum", lookahead: str = "persistent") -> None:
+                 rescaler_lr: float = 1e-2, weight_norm: str = "weight_sum", lookahead: str = "persistent",
+                 bn_scope: str = "batch") -> None:
         super().__init__(num_classes)
         if int(forward_passes) < 1:
             raise ConfigError(f"method.forward_passes={forward_passes} must be >= 1 (the paper uses 3)")
@@ -302,9 +315,13 @@ class STORM(LossMethod):
         if first_order and not meta_loss_rescaling:
             raise ConfigError("method.first_order=true with method.meta_loss_rescaling=false gives Ω no "
                               "gradient at all; set one of them to the other value")
-        if first_order and weight_norm == "mass":
-            raise ConfigError("method.first_order=true with method.weight_norm=mass gives Ω no gradient (the "
-                              "mass-preserved meta loss does not depend on w'); set first_order=false")
+        if bn_scope not in BN_SCOPES:
+            raise ConfigError(f"method.bn_scope={bn_scope!r} is unknown; use batch (Ω's BatchNorm over the whole "
+                              "batch) or group (per DST slot, as the public DST code calls Ω per slot)")
+        if first_order and weight_norm in ("mass", "class_mass"):
+            raise ConfigError(f"method.first_order=true with method.weight_norm={weight_norm} gives Ω no gradient "
+                              "(the mass-preserved meta loss does not depend on w'); set method.first_order=false "
+                              "or method.weight_norm=class_sum")
         self.base_name, self.base_loss = build_base_loss(base_loss, num_classes)
         self.forward_passes = int(forward_passes)
         self.class_separation = bool(class_separation)
@@ -316,6 +333,7 @@ class STORM(LossMethod):
         self.rescaler_lr = float(rescaler_lr)
         self.weight_norm = weight_norm
         self.lookahead = lookahead
+        self.bn_scope = bn_scope
         self.needs_clean_validation = meta_source == "clean_val"
         self.rescaler = Rescaler(NUM_FULL if features == "full" else NUM_LOSS,
                                  num_classes if class_separation else 1)
@@ -415,7 +433,7 @@ class STORM(LossMethod):
                 "first_order": self.first_order, "meta_interval": self.meta_interval,
                 "features": self.features, "meta_loss_rescaling": self.meta_loss_rescaling,
                 "meta_source": self.meta_source, "rescaler_lr": self.rescaler_lr,
-                "weight_norm": self.weight_norm, "lookahead": self.lookahead}
+                "weight_norm": self.weight_norm, "lookahead": self.lookahead, "bn_scope": self.bn_scope}
 
     def state(self) -> dict:
         return self.base_loss.state()
@@ -514,6 +532,10 @@ class STORM(LossMethod):
             ts = [task.loss_terms(self.base_loss, fn(h), y) for _ in range(n)]
             return torch.stack([t.loss for t in ts]), torch.stack([t.logits for t in ts])
 
+    def _bn_group(self, terms: LossTerms) -> torch.Tensor | None:
+        """The group whose statistics Ω's BatchNorm uses for each sample (bn_scope=group), or None."""
+        return terms.group if self.bn_scope == "group" and self._groups > 1 else None
+
     def _keys(self, terms: LossTerms) -> tuple[torch.Tensor, torch.Tensor]:
         """(memory slot, Ω head) of every sample: memories per (group, class), Ω per class."""
         cls = terms.target if self.class_separation else torch.zeros_like(terms.target)
@@ -592,7 +614,7 @@ class STORM(LossMethod):
         # this step's batch is the previous meta step's meta batch: its weights need Ω's graph then
         reuse = pending is not None and self.meta_source == "noisy_train"
         with torch.set_grad_enabled(reuse and self.meta_loss_rescaling):
-            w = self.rescaler(f, head)
+            w = self.rescaler(f, head, self._bn_group(terms))
         wd = w.detach()
         params = [p for _, p, _ in self._params]
         loss = self._batch_loss(terms, wd, B)
@@ -631,7 +653,7 @@ class STORM(LossMethod):
         tensors (by layer position), or the JVP's inputs (θ_t by name, the batch, pass 0's RNG state).
         """
         if self.first_order:
-            return _Pending(f, head, terms.loss.detach(), terms.share, B, None)
+            return _Pending(f, head, terms.loss.detach(), terms.share, B, None, self._bn_group(terms))
         if rec is not None:  # from this step's recorded layers: c_i = dL/dℓ_i of the backward above
             coef = terms.share * (len(wd) / B) * self._scale(wd, terms.loss.detach(), head) * wd
             primals = None
@@ -653,7 +675,7 @@ class STORM(LossMethod):
             coupled = gi is not None and self._kind == "adam" and groups[k]["weight_decay"] and not self._decoupled[k]
             param.append((p.detach().clone() if primals is None else primals[n]) if coupled else None)
         second = {"kind": self._kind, "g": list(g), "param": param, "state": state, "groups": groups, "a": a}
-        return _Pending(f, head, terms.loss.detach(), terms.share, B, second)
+        return _Pending(f, head, terms.loss.detach(), terms.share, B, second, self._bn_group(terms))
 
     def _lookahead_vjp(self, second: dict, v: list) -> list:
         """u = (∂θ*/∂g)ᵀ v for step t's lookahead θ*(g), rebuilt from `second` (see `_prepare`); a
@@ -689,7 +711,7 @@ class STORM(LossMethod):
         terms = self._task().loss_terms(self.base_loss, out, ym)
         if self.meta_loss_rescaling:
             fm = self._features(terms, hm, ym, self.meta_memory)
-            w_m = self.rescaler(fm, self._keys(terms)[1])
+            w_m = self.rescaler(fm, self._keys(terms)[1], self._bn_group(terms))
         else:
             w_m = torch.ones_like(terms.loss)
         v = _grad(self._batch_loss(terms, w_m.detach(), size), params)
@@ -706,7 +728,7 @@ class STORM(LossMethod):
             u = self._lookahead_vjp(pending.second, v)  # u = (∂θ*/∂g)ᵀ ∇θ* L_meta
             a = self._directional(pending.second["a"], u)  # a_i = <u, ∇ℓ_i> at step t's parameters and masks
             # g(w) = ∇θ L(w) and <u, g(w)> = share (M/B) s(w) Σ_m w_m a_m: its ω-gradient is the term
-            w_prev = self.rescaler(pending.f, pending.head)
+            w_prev = self.rescaler(pending.f, pending.head, pending.group)
             inner = self._rescaled(pending.share, pending.loss, w_prev, pending.rows, a.detach(), pending.head)
             objective = inner if objective is None else objective + inner
         if objective is None:
