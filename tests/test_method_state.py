@@ -216,6 +216,8 @@ STORM_CASES = {
     "class_mass": Case(lambda: STORM(num_classes=K, weight_norm="class_mass")),
     "tied_weights_jvp": Case(lambda: STORM(num_classes=K), model=_Tied, jvp=True),
     "cnn1d_dal_base": Case(lambda: STORM(num_classes=K, base_loss="dal", weight_norm="class_sum"), model=_cnn1d),
+    "paper_undropped_trained_pass": Case(lambda: STORM(num_classes=K, lookahead="fresh_adam", weight_norm="none",
+                                                       trained_pass_dropout=False), optim="adam"),
     "loss_features_shared": Case(lambda: STORM(num_classes=K, features="loss", class_separation=False,
                                                forward_passes=2, meta_interval=3)),
 }
@@ -256,13 +258,15 @@ def test_storm_jvp_keeps_tied_parameters():
     assert model.again is model.inp and model.b.weight is model.a.weight
 
 
-def test_storm_dst_resume_is_bit_exact(make_cfg):
-    """DST (synthwoz): memories per slot, one Ω per gate class, a_i by forward mode, Adam, class_mass."""
+@pytest.mark.parametrize("extra", [[], ["method.weight_norm=class_sum", "method.bn_scope=group"]])
+def test_storm_dst_resume_is_bit_exact(make_cfg, extra):
+    """DST (synthwoz): memories per slot, one Ω per gate class, a_i by forward mode, Adam, the dataset's
+    STORM defaults (and per-class sums with Ω's BatchNorm per slot)."""
     from noisybench.config import build
     from noisybench.tasks import make_task
 
     cfg = make_cfg("dataset=synthwoz", "method=storm", "dataset.subset=12", "dataset.loader.num_train=30",
-                   "dataset.loader.num_test=5", "trainer.batch_size=24")
+                   "dataset.loader.num_test=5", "trainer.batch_size=24", *extra)
     task = make_task(cfg.dataset)
     ds, _ = task.build_data(cfg)
     perms_gen = torch.Generator().manual_seed(1)
@@ -270,7 +274,7 @@ def test_storm_dst_resume_is_bit_exact(make_cfg):
                 model=lambda: task.build_model(cfg.model, ds), optim="adam", batch_size=24,
                 data=dict(x=ds.x_train, y=ds.y_train,
                           perms=[torch.randperm(len(ds.y_train), generator=perms_gen) for _ in range(EPOCHS)]))
-    assert Run(case).method.weight_norm == "class_mass"
+    assert Run(case).method.weight_norm == cfg.method.weight_norm
     check_resume(case, ["mid_epoch", "after_epoch_start"])
 
 

@@ -451,3 +451,48 @@ def test_weights_separate_clean_from_corrupted(tmp_path):
     mm = rec["method_metrics"]
     assert mm["weight_auc"] > 0.5
     assert mm["mean_weight_clean"] > mm["mean_weight_corrupted"]
+
+
+def test_bn_scope_group_equals_omega_called_per_group():
+    """bn_scope=group: Ω's BatchNorm statistics are those of each sample's group (the public DST code
+    calls Ω once per slot): the same weights as calling Ω on each group's samples alone."""
+    from noisybench.methods.storm import Rescaler
+
+    torch.manual_seed(0)
+    omega = Rescaler(19, 3).double()
+    omega.reset_parameters(torch.Generator().manual_seed(1))
+    f = torch.randn(40, 19, dtype=torch.float64)
+    head, group = torch.randint(3, (40,)), torch.randint(4, (40,))
+    together = omega(f, head, group)
+    for gi in range(4):
+        m = group == gi
+        torch.testing.assert_close(together[m], omega(f[m], head[m]))
+    assert not torch.allclose(together, omega(f, head))  # pooled statistics differ
+
+
+@pytest.mark.parametrize("weight_norm, alive", [("class_sum", True), ("weight_sum", True), ("none", True),
+                                                ("class_mass", False), ("mass", False)])
+def test_which_normalisations_keep_the_meta_loss_direct_term(weight_norm, alive):
+    """The meta loss's direct term (Eq. 5, meta loss rescaling) is the ω-gradient of the rescaled loss
+    with the losses held fixed. class_mass/mass keep each class's (or the batch's) loss mass exactly, so
+    it is zero (rounding only); class_sum keeps each class's SAMPLE share and lets the relative weights
+    inside a class follow the losses, so it is not."""
+    from noisybench.methods.storm import Rescaler
+
+    torch.manual_seed(0)
+    method = STORM(num_classes=3, weight_norm=weight_norm).double()
+    method.rescaler = Rescaler(19, 3).double()
+    method.rescaler.reset_parameters(torch.Generator().manual_seed(1))
+    f, head = torch.randn(64, 19, dtype=torch.float64), torch.randint(3, (64,))
+    loss = torch.rand(64, dtype=torch.float64) * 3
+    w = method.rescaler(f, head)
+    objective = method._rescaled(1.0, loss, w, 64, loss, head)
+    grad = torch.autograd.grad(objective, list(method.rescaler.parameters()))
+    norm = float(torch.sqrt(sum((g * g).sum() for g in grad)))
+    assert (norm > 1e-6) if alive else (norm < 1e-10), norm
+
+
+def test_first_order_with_a_mass_normalisation_is_refused():
+    for weight_norm in ("mass", "class_mass"):
+        with pytest.raises(ConfigError, match="first_order=true with method.weight_norm"):
+            STORM(num_classes=3, first_order=True, weight_norm=weight_norm)

@@ -126,12 +126,13 @@ def _bn(x: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
     if group is None:
         var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
         return (x - mean) * torch.rsqrt(var + BN_EPS)
-    n = int(group.max()) + 1 if len(group) else 1
-    count = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, group, torch.ones_like(group, dtype=x.dtype))
-    mean = x.new_zeros(x.shape[0], n, x.shape[2]).index_add_(1, group, x) / count[None, :, None]
-    centred = x - mean[:, group]
-    var = x.new_zeros(x.shape[0], n, x.shape[2]).index_add_(1, group, centred * centred) / count[None, :, None]
-    return centred * torch.rsqrt(var[:, group] + BN_EPS)
+    # group sums as a matrix product with the one-hot membership (deterministic, unlike index_add_)
+    onehot = torch.nn.functional.one_hot(group, int(group.max()) + 1 if len(group) else 1).to(x.dtype)  # [B, n]
+    count = onehot.sum(0)[None, :, None]
+    mean = torch.einsum("bn,hbf->hnf", onehot, x) / count
+    centred = x - torch.einsum("bn,hnf->hbf", onehot, mean)
+    var = torch.einsum("bn,hbf->hnf", onehot, centred * centred) / count
+    return centred * torch.rsqrt(torch.einsum("bn,hnf->hbf", onehot, var) + BN_EPS)
 
 
 class Rescaler(nn.Module):
@@ -296,7 +297,7 @@ class STORM(LossMethod):
                  class_separation: bool = True, first_order: bool = False, meta_interval: int = 1,
                  features: str = "full", meta_loss_rescaling: bool = True, meta_source: str = "noisy_train",
                  rescaler_lr: float = 1e-2, weight_norm: str = "weight_sum", lookahead: str = "persistent",
-                 bn_scope: str = "batch") -> None:
+                 bn_scope: str = "batch", trained_pass_dropout: bool = True) -> None:
         super().__init__(num_classes)
         if int(forward_passes) < 1:
             raise ConfigError(f"method.forward_passes={forward_passes} must be >= 1 (the paper uses 3)")
@@ -334,6 +335,7 @@ class STORM(LossMethod):
         self.weight_norm = weight_norm
         self.lookahead = lookahead
         self.bn_scope = bn_scope
+        self.trained_pass_dropout = bool(trained_pass_dropout)
         self.needs_clean_validation = meta_source == "clean_val"
         self.rescaler = Rescaler(NUM_FULL if features == "full" else NUM_LOSS,
                                  num_classes if class_separation else 1)
@@ -433,7 +435,8 @@ class STORM(LossMethod):
                 "first_order": self.first_order, "meta_interval": self.meta_interval,
                 "features": self.features, "meta_loss_rescaling": self.meta_loss_rescaling,
                 "meta_source": self.meta_source, "rescaler_lr": self.rescaler_lr,
-                "weight_norm": self.weight_norm, "lookahead": self.lookahead, "bn_scope": self.bn_scope}
+                "weight_norm": self.weight_norm, "lookahead": self.lookahead, "bn_scope": self.bn_scope,
+                "trained_pass_dropout": self.trained_pass_dropout}
 
     def state(self) -> dict:
         return self.base_loss.state()
@@ -511,13 +514,30 @@ class STORM(LossMethod):
                 raise ConfigError(f"STORM: the pending meta update has {len(second['g'])} parameters, the model "
                                   f"{len(self._params)}; resume with the model the state was saved with")
 
+    @contextlib.contextmanager
+    def _trained_pass(self):
+        """Pass 0 as configured: with the model's dropout (default), or without it
+        (trained_pass_dropout=false: the public classification code drops features only in the extra passes)."""
+        if self.trained_pass_dropout:
+            yield
+            return
+        layers = [m for m in self._model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
+        for m in layers:
+            m.train(False)
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.train(True)
+
     def _run(self, x: torch.Tensor):
         """Pass 0 (with the graph): the model's outputs and the input of the repeated part."""
-        if self._split is None:
-            return self._model(x), x
-        trunk, head = self._split
-        h = trunk(x)
-        return head(h), h
+        with self._trained_pass():
+            if self._split is None:
+                return self._model(x), x
+            trunk, head = self._split
+            h = trunk(x)
+            return head(h), h
 
     def _extra_terms(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[G-1, M] losses and [G-1, M, K] logits of the extra dropout passes, without gradients."""
@@ -749,7 +769,7 @@ class STORM(LossMethod):
             return task.loss_terms(self.base_loss, out, y).loss
 
         def a_fn(u):
-            with replay_rng(x.device, rng0):  # the same dropout masks as that step's pass 0
+            with replay_rng(x.device, rng0), self._trained_pass():  # the same dropout masks as that step's pass 0
                 return jvp(sample_losses, (primals,), (dict(zip(names, u)),))[1]
         return a_fn
 
