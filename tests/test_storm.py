@@ -352,9 +352,22 @@ def test_bench_script_prints_ratios(tmp_path, capsys):
     assert out.count("ratio to CE") == 3 and "[tiny]" in out and "storm fast" in out
 
 
+def test_dropout_is_switched_on_never_lowered_and_recorded(tmp_path):
+    """A model whose dropout is 0 gets STORM's 0.1 in its dropout layers (recorded); a set rate stays."""
+    off = run(compose_cfg(tmp_path, "method=storm", "model.dropout=0.0", "dataset.subset=64"), tmp_path / "off")
+    assert off["method"]["dropout_enabled"] == {"p": 0.1, "layers": 1}
+    assert off["config"]["model"]["dropout"] == 0.0
+    on = run(compose_cfg(tmp_path, "method=storm", "model.dropout=0.3", "dataset.subset=64"), tmp_path / "on")
+    assert on["method"]["dropout_enabled"] is None and on["config"]["model"]["dropout"] == 0.3
+
+
 def test_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="model.dropout"):
-        run(compose_cfg(tmp_path, "method=storm", "model.dropout=0.0", "dataset.subset=64"), tmp_path / "r")
+    method = STORM(num_classes=3)
+    x, y = torch.randn(8, 4), torch.randint(3, (8,))
+    method.on_train_start(x, y, seed=0)
+    plain = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(ConfigError, match="no dropout layer"):
+        method._setup(plain, torch.optim.SGD(plain.parameters(), lr=0.1), 8)
     with pytest.raises(ConfigError, match="base_loss"):
         STORM(num_classes=3, base_loss="nope")
     with pytest.raises(ConfigError, match="base_loss"):

@@ -114,6 +114,7 @@ FEATURES = ("full", "loss")
 WEIGHT_NORMS = ("class_mass", "class_sum", "mass", "none", "weight_sum")
 LOOKAHEADS = ("persistent", "fresh_adam")
 BN_SCOPES = ("batch", "group")
+STORM_DROPOUT = 0.1  # the paper's rate, switched on in a model whose dropout is 0 (features need dropout passes)
 META_SOURCES = ("noisy_train", "clean_val")
 INIT_STD = 0.02  # HF `init_weights` of the public code: Linear ~ N(0, 0.02), bias 0
 BN_EPS = 1e-5  # torch BatchNorm1d default, as in the public code's Ω
@@ -336,6 +337,7 @@ class STORM(LossMethod):
         self.lookahead = lookahead
         self.bn_scope = bn_scope
         self.trained_pass_dropout = bool(trained_pass_dropout)
+        self.dropout_enabled: dict | None = None  # set when STORM switched the model's dropout on
         self.needs_clean_validation = meta_source == "clean_val"
         self.rescaler = Rescaler(NUM_FULL if features == "full" else NUM_LOSS,
                                  num_classes if class_separation else 1)
@@ -436,7 +438,7 @@ class STORM(LossMethod):
                 "features": self.features, "meta_loss_rescaling": self.meta_loss_rescaling,
                 "meta_source": self.meta_source, "rescaler_lr": self.rescaler_lr,
                 "weight_norm": self.weight_norm, "lookahead": self.lookahead, "bn_scope": self.bn_scope,
-                "trained_pass_dropout": self.trained_pass_dropout}
+                "trained_pass_dropout": self.trained_pass_dropout, "dropout_enabled": self.dropout_enabled}
 
     def state(self) -> dict:
         return self.base_loss.state()
@@ -466,8 +468,16 @@ class STORM(LossMethod):
         if self._weights is None:
             raise ConfigError("STORM.on_train_start was not called before training")
         if self.forward_passes > 1 and not has_active_dropout(model):
-            raise ConfigError("method=storm needs dropout in the model (its features come from "
-                              f"{self.forward_passes} dropout passes); set model.dropout=0.1 or higher")
+            # a model whose dropout is off: switch its dropout layers on at the paper's rate (never
+            # lower a rate that is set), and say so in the record (hparams: dropout_enabled)
+            off = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p == 0]
+            if not off:
+                raise ConfigError("method=storm needs dropout in the model (its features come from "
+                                  f"{self.forward_passes} dropout passes) and this model has no dropout layer; "
+                                  "use a model with model.dropout, or method.forward_passes=1")
+            for m in off:
+                m.p = STORM_DROPOUT
+            self.dropout_enabled = {"p": STORM_DROPOUT, "layers": len(off)}
         self._kind = _optimizer_kind(optimizer)
         if self.lookahead == "fresh_adam" and self._kind != "adam":
             raise ConfigError("method.lookahead=fresh_adam replays the public code's Adam lookahead and needs "
