@@ -201,7 +201,15 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     except ValueError as e:
         raise ConfigError(f"optim.optimizer: {e}") from None
     sched_cfg = cfg.optim.get("scheduler")
-    scheduler = build(sched_cfg)(optimizer) if sched_cfg is not None and sched_cfg.get("_target_") else None
+    scheduler, step_schedule = None, False
+    if sched_cfg is not None and sched_cfg.get("_target_"):
+        make_scheduler = build(sched_cfg)
+        import inspect
+
+        takes = inspect.signature(make_scheduler).parameters
+        steps = epochs * -(-len(ds.y_train) // bs)  # the run's optimizer steps, for per-step schedules
+        scheduler = make_scheduler(optimizer, **({"total_steps": steps} if "total_steps" in takes else {}))
+        step_schedule = getattr(scheduler, "interval", "epoch") == "step"  # else stepped once per epoch
 
     method.on_train_start(ds.x_train, ds.y_train, seed)
     if method.needs_clean_validation:  # opt-in baselines only; recorded as uses_clean_labels
@@ -265,12 +273,14 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
                 x = ds.x_train[idx] if augment is None else augment(ds.x_train[idx], aug_gen)
                 loss = method.train_step(model, optimizer, Batch(x, ds.y_train[idx], idx))
                 total += loss * len(idx)
+                if step_schedule:
+                    scheduler.step()
                 if signalled.signum is not None:  # a safe point: the step is complete
                     save(epoch, i + bs, perm, total)
                     signalled.after_checkpoint()
                     raise stop(signalled.signum, epoch, i + bs)
             lr = optimizer.param_groups[0]["lr"]
-            if scheduler is not None:
+            if scheduler is not None and not step_schedule:
                 scheduler.step()
             train_loss = float(total) / n  # host sync, once per epoch
             perm = total = None
