@@ -509,3 +509,36 @@ def test_first_order_with_a_mass_normalisation_is_refused():
     for weight_norm in ("mass", "class_mass"):
         with pytest.raises(ConfigError, match="first_order=true with method.weight_norm"):
             STORM(num_classes=3, first_order=True, weight_norm=weight_norm)
+
+
+@pytest.mark.parametrize("detached", [False, True])
+def test_public_dst_mass_preservation_leaves_omega_without_gradient(detached):
+    """A replica of the public DST code's gate loss: per slot, the rescaled gate losses are multiplied by
+    s = Σℓ / Σwℓ, and the factor is NOT detached. The gate total is then Σℓ whatever w is, in the
+    lookahead and in the meta loss, so Ω's meta-gradient (through θ* and through w′) vanishes up to
+    rounding. With the factor detached (a constant), Ω gets a real gradient."""
+    torch.manual_seed(0)
+    S, B, F, K = 3, 16, 5, 4  # slots, turns, features, gate classes
+    theta = torch.randn(S, F, K, dtype=torch.float64, requires_grad=True)
+    omega = torch.nn.Linear(F, 1).double()
+    x, y = torch.randn(S, B, F, dtype=torch.float64), torch.randint(K, (S, B))
+    xm, ym = torch.randn(S, B, F, dtype=torch.float64), torch.randint(K, (S, B))
+
+    def gate_loss(th, xs, ys):
+        w = torch.sigmoid(omega(xs)).squeeze(-1)  # [S, B] weights from Ω
+        ell = torch.nn.functional.cross_entropy(torch.einsum("sbf,sfk->sbk", xs, th).reshape(-1, K),
+                                                ys.reshape(-1), reduction="none").view(S, B)
+        factor = ell.sum(1) / (w * ell).sum(1)  # per slot: Σℓ / Σwℓ
+        if detached:
+            factor = factor.detach()
+        return (factor[:, None] * w * ell).sum()
+
+    g = torch.autograd.grad(gate_loss(theta, x, y), theta, create_graph=True)[0]
+    theta_star = theta - 0.1 * g  # the lookahead
+    meta = gate_loss(theta_star, xm, ym)
+    grads = torch.autograd.grad(meta, list(omega.parameters()))
+    norm = float(torch.sqrt(sum((gr * gr).sum() for gr in grads)))
+    if detached:
+        assert norm > 1e-3
+    else:
+        assert norm < 1e-10  # rounding only: the public code's Ω is not trained by its meta loss
