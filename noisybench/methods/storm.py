@@ -84,6 +84,22 @@ Deliberate departures from the paper and the public code:
   learning w/ clean val." baseline when also `meta_loss_rescaling=false`); the run record then says
   `uses_clean_labels: true`.
 - Ω's BN over a batch of one gives w = 0.5 instead of an error.
+- `bn_scope=batch` (default): Ω's BatchNorm statistics are over all weighted samples of the batch (DST:
+  all B·S (turn, slot) gate cells). The public DST code calls Ω once per slot, so its statistics are per
+  slot: `bn_scope=group`.
+- `weight_norm=class_mass` (per gate class, each class keeps its unweighted loss mass Σℓ) and `mass`
+  (the same over the batch) make the rescaled loss's VALUE independent of w, so the meta loss's direct
+  term (meta loss rescaling, Eq. 5) is zero up to rounding; only the second-order term trains Ω.
+  `class_sum` keeps each class's SAMPLE share (M_c/M) and normalises by the class's Σw: the relative
+  weights inside a class follow the meta loss and both terms are alive (tests/test_storm.py). With
+  `first_order=true` a mass normalisation leaves Ω no gradient at all: rejected.
+- The public DST code's per-slot mass preservation factor is not detached, so its gate loss equals Σℓ
+  whatever ω is, in the lookahead and in the meta loss: its Ω gets no meta-gradient beyond rounding (a
+  replica in tests/test_storm.py). We do not replicate that.
+- Dropout: the features need dropout passes. In a model whose dropout is 0, STORM switches its dropout
+  layers on at 0.1 (the paper's rate) and records it (hparams `dropout_enabled`); a set rate is never
+  lowered. `trained_pass_dropout=false` runs the trained pass without dropout (the public
+  classification code drops input features only in the extra passes).
 
 Other behaviour:
 - Models with BatchNorm: the extra passes also update running statistics, as in the public code;
