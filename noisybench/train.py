@@ -168,6 +168,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     max_loss = cfg.trainer.get("max_train_loss", DEFAULT_MAX_TRAIN_LOSS)
     divergence = None
     seed = int(cfg.seed)
+    revision = git_revision()  # the code this attempt runs (the tree may change while it trains)
     ckpt = rd.load_checkpoint("cpu")
     rd.write_attempt("resumed" if ckpt else ("retried" if retry else "new"),
                      **({"from_epoch": ckpt["epoch"], "from_batch": ckpt["batch"]} if ckpt else {}))
@@ -220,6 +221,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     start_epoch, start_pos, perm, total = 0, 0, None, None
     rows: list[dict] = []
     resumed: list[dict] = []
+    revisions = [revision]  # the git revision of every attempt of this run
     spent = 0.0  # training seconds of earlier attempts
     stats = {"writes": 0, "seconds": 0.0, "bytes": 0}  # checkpoint cost, over all attempts
     if ckpt is not None:  # everything the next step depends on, as the interrupted run left it
@@ -233,6 +235,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
         if ckpt["perm"] is not None:
             perm, total = ckpt["perm"].to(device), ckpt["total"].to(device)
         resumed = [*ckpt["resumed_from"], {"epochs_done": start_epoch, "batches_done": -(-start_pos // bs)}]
+        revisions = [*ckpt.get("revisions", [None]), revision]
         stats.update(ckpt["checkpoint_stats"])
         log.info("resuming %s after %d of %d epochs%s", out_dir, start_epoch, epochs,
                  f" and {-(-start_pos // bs)} batches" if start_pos else "")
@@ -247,7 +250,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "method": method.state_dict(), "rng": _rng_state(device, shuffle, aug_gen),
-            "train_time": spent + time.perf_counter() - t_start, "resumed_from": resumed,
+            "train_time": spent + time.perf_counter() - t_start, "resumed_from": resumed, "revisions": revisions,
             "checkpoint_stats": {**stats, "writes": stats["writes"] + 1}})
         stats["writes"] += 1
         stats["seconds"] += time.perf_counter() - t
@@ -312,7 +315,10 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     train_time = spent + time.perf_counter() - t_start
     bar.close()
 
-    record = make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time, method_metrics)
+    record = make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time, method_metrics,
+                         revision=revisions[-1])
+    if len(set(revisions)) > 1:  # resumed under other code: every attempt's revision, oldest first
+        record["git_revisions"] = revisions
     record.update(diverged=divergence, identity=rd.hash, resumed_from=resumed,
                   checkpoint={"every": ckpt_every, **stats, "seconds": round(stats["seconds"], 4)})
     atomic_write_json(out_dir / "result.json", record)  # the run is finished from here on
@@ -341,7 +347,7 @@ def diverged(train_loss: float, max_loss: float | None, epoch: int) -> dict | No
 
 
 def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time,
-                method_metrics: dict | None = None) -> dict:
+                method_metrics: dict | None = None, revision: str | None = None) -> dict:
     evaluated = [r for r in rows if "test" in r]
     last = evaluated[-1]
     with_val = [r for r in evaluated if r["val"] is not None]
@@ -383,7 +389,7 @@ def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "versions": versions(),
-        "git_revision": git_revision(),
+        "git_revision": revision if revision is not None else git_revision(),  # at the start of the run
         "dataset_info": ds.info,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
