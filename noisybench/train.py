@@ -317,7 +317,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
 
     record = make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time, method_metrics,
                          revision=revisions[-1])
-    if len(set(revisions)) > 1:  # resumed under other code: every attempt's revision, oldest first
+    if len({r for r in revisions if r}) > 1:  # resumed under other code: every attempt's revision, oldest first
         record["git_revisions"] = revisions
     record.update(diverged=divergence, identity=rd.hash, resumed_from=resumed,
                   checkpoint={"every": ckpt_every, **stats, "seconds": round(stats["seconds"], 4)})

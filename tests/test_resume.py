@@ -19,7 +19,7 @@ from noisybench.results import load_runs
 from cli_helpers import nb, start
 
 # numbers that legitimately differ between an interrupted and an uninterrupted run
-VOLATILE = {"train_time_s", "resumed_from", "checkpoint", "git_revision", "torch_threads"}
+VOLATILE = {"train_time_s", "resumed_from", "checkpoint", "git_revision", "git_revisions", "torch_threads"}
 STOP_SIGNALS = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 143)}
 
 
