@@ -57,7 +57,9 @@ METHOD_ARGS = {
 }
 
 
-@pytest.mark.parametrize("method", sorted(METHOD_ARGS))
+# dal and SIGTERM take the same code paths as ce/storm and SIGINT: `slow` keeps the default suite short
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "dal" else m
+                                    for m in sorted(METHOD_ARGS)])
 def test_sigkill_then_same_command_equals_uninterrupted_run(method, cli_env, tmp_path):
     args = [*METHOD_ARGS[method], "dataset.subset=1200", "trainer.epochs=8", "trainer.batch_size=32",
             "trainer.device=cpu", "trainer.progress=false", "trainer.threads=1"]
@@ -80,7 +82,8 @@ def test_sigkill_then_same_command_equals_uninterrupted_run(method, cli_env, tmp
                                                                "result.json"]
 
 
-@pytest.mark.parametrize("name", sorted(STOP_SIGNALS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "SIGTERM" else n
+                                  for n in sorted(STOP_SIGNALS)])
 def test_signal_stops_at_a_safe_point_with_one_line_and_resumes_exactly(name, cli_env, tmp_path):
     signum, code = STOP_SIGNALS[name]
     # small batches: an epoch has 150 steps, so the signal lands inside one (resume mid-epoch)
