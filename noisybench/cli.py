@@ -139,6 +139,7 @@ def train_main(args: list[str]) -> int:
     from noisybench.config import CONFIG_NAME, config_path, register_resolvers
     from noisybench.results import SweepTablesCallback
     from noisybench.rundir import Interrupted
+    from noisybench.threads import ThreadsCallback
 
     if "--resume" in args:
         try:
@@ -154,6 +155,7 @@ def train_main(args: list[str]) -> int:
     register_resolvers()
     err, planned = preflight(args)
     SweepTablesCallback.planned = planned  # the "k/N done, ETA" line of a sweep (None: unknown)
+    ThreadsCallback.planned = planned  # jobs at once = min(n_jobs, planned): threads per job
     if err:
         print(f"noisybench: error: {err}", file=sys.stderr)
         return 2

@@ -88,6 +88,9 @@ RUNNER: dict[str, tuple[Any, Any]] = {
     "trainer.checkpoint_every": (NonNegativeInt, 1),
     "trainer.keep_checkpoint": (bool, "false"),
     "trainer.max_train_loss": (Optional[PositiveFloat], 1e4),
+    "trainer.precision": (Literal["auto", "fp32", "bf16"], "fp32"),  # noisybench.fastpath
+    "trainer.channels_last": (Union[bool, Literal["auto"]], "false"),
+    "trainer.compile": (bool, "true"),
     "dataset.name": (str, None),
     "dataset.metric": (str, None),
     "dataset.extra_metrics": (list[str], None),

@@ -12,7 +12,6 @@ import csv
 import io
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from tqdm import tqdm
 from noisybench import data as nbdata
 from noisybench.config import build, check_trainer, resolve_device
 from noisybench.errors import ConfigError, NoisybenchError, one_line
+from noisybench.fastpath import resolve as resolve_fast_path
+from noisybench.fastpath import to_device
 from noisybench.methods.base import Batch
 from noisybench.noise import transition_matrix
 from noisybench.noise.cache import cached, noise_key
@@ -31,6 +32,7 @@ from noisybench.rundir import Interrupted, RunDir
 from noisybench.stopping import StopOnSignal
 from noisybench.tasks import make_task
 from noisybench.tasks.classification import predict  # noqa: F401  (re-exported: it used to live here)
+from noisybench.threads import torch_threads
 from noisybench.utils import atomic_write_json, atomic_write_text, git_revision, resolve_data_dir, versions
 
 log = logging.getLogger(__name__)
@@ -181,9 +183,9 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     atomic_write_json(out_dir / "noise.json", noise_report)
     ds = ds.to(device)
 
-    threads = cfg.trainer.get("threads") or os.environ.get("OMP_NUM_THREADS")  # the launcher presets set it
+    threads = torch_threads(cfg.trainer.get("threads"))  # noisybench.threads: the policy, no flag needed
     if threads:
-        torch.set_num_threads(int(threads))  # small models: extra intra-op threads only add overhead
+        torch.set_num_threads(threads)  # small models: extra intra-op threads only add overhead
     torch.manual_seed(seed)  # model init and dropout draw from torch's (now seeded) default RNG
     shuffle = torch.Generator().manual_seed(seed)
     model = task.build_model(cfg.model, ds)
@@ -195,6 +197,8 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     augment = transform.augment if transform is not None and transform.augments else None
     aug_gen = torch.Generator(device=device).manual_seed(seed)
     model = model.to(device)
+    fast = resolve_fast_path(cfg.trainer, device, ds.x_train, model)  # noisybench.fastpath
+    model = fast.prepare(model)  # channels_last / compiled, in place (the state_dict keys do not change)
     method = build(cfg.method)(num_classes=task.num_classes(ds)).to(device)
     method.task = task
     try:
@@ -233,7 +237,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
         _set_rng_state(ckpt["rng"], device, shuffle, aug_gen)
         start_epoch, start_pos, rows, spent = ckpt["epoch"], ckpt["batch"], ckpt["rows"], ckpt["train_time"]
         if ckpt["perm"] is not None:
-            perm, total = ckpt["perm"].to(device), ckpt["total"].to(device)
+            perm, total = to_device(ckpt["perm"], device), ckpt["total"].to(device)
         resumed = [*ckpt["resumed_from"], {"epochs_done": start_epoch, "batches_done": -(-start_pos // bs)}]
         revisions = [*ckpt.get("revisions", [None]), revision]
         stats.update(ckpt["checkpoint_stats"])
@@ -268,13 +272,14 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
         for epoch in bar:
             if perm is None:  # a new epoch (not the rest of an interrupted one)
                 method.on_epoch_start(epoch, epochs)
-                perm = torch.randperm(n, generator=shuffle).to(device)
+                perm = to_device(torch.randperm(n, generator=shuffle), device)
                 total, start_pos = torch.zeros((), device=device), 0
             model.train()
             for i in range(start_pos, n, bs):
                 idx = perm[i:i + bs]
                 x = ds.x_train[idx] if augment is None else augment(ds.x_train[idx], aug_gen)
-                loss = method.train_step(model, optimizer, Batch(x, ds.y_train[idx], idx))
+                with fast.autocast():  # one context per step: its bf16 weight copies die with the step
+                    loss = method.train_step(model, optimizer, Batch(x, ds.y_train[idx], idx))
                 total += loss * len(idx)
                 if step_schedule:
                     scheduler.step()
@@ -296,7 +301,8 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
                 method_metrics = {}  # diagnostics of non-finite weights: not worth a crash
             row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **method.state(), **method_metrics}
             if (epoch + 1) % int(cfg.trainer.eval_every) == 0 or epoch == epochs - 1 or divergence:
-                row.update(task.evaluate(model, ds, eval_bs))
+                with fast.autocast():
+                    row.update(task.evaluate(model, ds, eval_bs))
                 bar.set_postfix(loss=f"{train_loss:.3f}", val=row["val"], test=row["test"])
             rows.append(row)
             atomic_write_text(out_dir / "metrics.csv", _csv(rows))
@@ -317,6 +323,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
 
     record = make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time, method_metrics,
                          revision=revisions[-1])
+    record.update(fast.record())  # the effective precision, channels_last and compile
     if len({r for r in revisions if r}) > 1:  # resumed under other code: every attempt's revision, oldest first
         record["git_revisions"] = revisions
     record.update(diverged=divergence, identity=rd.hash, resumed_from=resumed,

@@ -1,4 +1,4 @@
-"""Cross-entropy: the standard baseline."""
+"""Cross-entropy: the standard baseline (in float32 whatever the logits' dtype: bf16 autocast)."""
 from __future__ import annotations
 
 import torch
@@ -9,4 +9,4 @@ from noisybench.methods.base import LossMethod
 
 class CrossEntropy(LossMethod):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets, reduction="none")
+        return F.cross_entropy(logits.float(), targets, reduction="none")

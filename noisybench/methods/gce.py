@@ -4,6 +4,7 @@ Neural Networks with Noisy Labels", NeurIPS 2018), the plain L_q loss (not the t
     L_q(x, y) = (1 - p_y^q) / q,  with the softmax clamped to [1e-6, 1] before taking p_y
 
 as in the DAL code's `GCE` class. q -> 0 recovers CE, q = 1 is MAE (up to a factor 2).
+Computed in float32 from bf16 logits (autocast): p_y^q near the 1e-6 clamp needs float32's mantissa.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ P_MIN = 1e-6  # the clamp of the reference code: keeps p_y^q and its gradient fi
 
 
 def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float | torch.Tensor) -> torch.Tensor:
-    p = torch.softmax(logits, dim=1).clamp(min=P_MIN, max=1.0)
+    p = torch.softmax(logits.float(), dim=1).clamp(min=P_MIN, max=1.0)
     p_y = p.gather(1, targets.unsqueeze(1)).squeeze(1)
     return (1.0 - p_y.pow(q)) / q
 

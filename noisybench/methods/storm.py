@@ -172,7 +172,11 @@ class Rescaler(nn.Module):
 
     def all_heads(self, f: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
         """[B, F] -> [heads, B] weights (softmax column 1, as in the code); BN statistics per `group`
-        when given (else over the whole batch)."""
+        when given (else over the whole batch). Always float32: autocast (bf16 runs) is off here."""
+        with torch.autocast(f.device.type, enabled=False):
+            return self._all_heads(f.float(), group)
+
+    def _all_heads(self, f: torch.Tensor, group: torch.Tensor | None) -> torch.Tensor:
         h = torch.relu(_bn(torch.einsum("bf,hgf->hbg", f, self.w1) + self.b1[:, None], group))
         z = _bn(torch.einsum("hbf,hgf->hbg", h, self.w2) + self.b2[:, None], group)
         return torch.softmax(z, dim=2)[..., 1]

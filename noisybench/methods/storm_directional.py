@@ -46,11 +46,17 @@ def directional(layers: list[nn.Module], inputs: dict[int, torch.Tensor], grads:
     u (id(parameter) -> direction) and the per-sample loss coefficients c_i of the recorded backward
     pass (whose loss was Σ_i c_i ℓ_i). `layers` may belong to another instance of the same
     architecture than the recording (a resumed run): only their weights' ids and shapes are read."""
+    with torch.autocast(coef.device.type, enabled=False):  # float32, also in bf16-autocast runs
+        return _directional(layers, inputs, grads, u, coef)
+
+
+def _directional(layers, inputs, grads, u, coef) -> torch.Tensor:
     total = torch.zeros_like(coef)
     for k, m in enumerate(layers):
         h, d = inputs.get(k), grads.get(k)
         if h is None or d is None:
             continue
+        h, d = h.to(coef.dtype), d.to(coef.dtype)  # recorded in bf16 under autocast
         uw = u.get(id(m.weight), torch.zeros_like(m.weight))
         ub = u.get(id(m.bias)) if m.bias is not None else None
         if isinstance(m, nn.Linear):

@@ -61,8 +61,9 @@ class ClassificationTask(Task):
     def loss_terms(self, method, outputs, targets) -> LossTerms:
         n = len(targets)
         rows = torch.arange(n, device=targets.device)
-        return LossTerms(method(outputs, targets), outputs, targets, torch.zeros_like(rows), rows, 1.0,
-                         torch.zeros(n, device=outputs.device, dtype=outputs.dtype))
+        loss = method(outputs, targets)  # float32 (the loss methods compute from logits.float())
+        return LossTerms(loss, outputs, targets, torch.zeros_like(rows), rows, 1.0,
+                         torch.zeros(n, device=outputs.device, dtype=loss.dtype))
 
     def losses(self, method, outputs, targets):
         return method(outputs, targets)  # = combine(loss_terms(...)), without the bookkeeping

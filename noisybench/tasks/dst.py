@@ -217,10 +217,11 @@ class DSTTask(Task):
         g_t, v_t, r_t = (targets[..., i].reshape(-1) for i in range(3))
         gate_logits = gate.reshape(B * S, G)
         gate_loss = method(gate_logits, g_t)
-        v_mask, r_mask = (v_t >= 0).to(gate.dtype), (r_t >= 0).to(gate.dtype)
+        dtype = gate_loss.dtype  # the losses' (float32), not the logits' (bf16 under autocast)
+        v_mask, r_mask = (v_t >= 0).to(dtype), (r_t >= 0).to(dtype)
         v_loss = method(value.reshape(B * S, -1), v_t.clamp(min=0)) * v_mask
         r_loss = method(refer.reshape(B * S, S), r_t.clamp(min=0)) * r_mask
-        rest = torch.zeros(B, device=dev, dtype=gate.dtype).index_add(
+        rest = torch.zeros(B, device=dev, dtype=dtype).index_add(
             0, rows, self.shares["value"] * v_loss + self.shares["refer"] * r_loss)
         return LossTerms(gate_loss, gate_logits, g_t, slots, rows, self.shares["gate"], rest)
 
