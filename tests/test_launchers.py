@@ -1,5 +1,6 @@
 """Launch presets (conf/hydra/launcher/local.yaml, slurm.yaml) and Optuna searches (conf/hparams_search/):
-the same sweep gives the same results under every launcher, `local` trains with one torch thread per job,
+the same sweep gives the same results under every launcher, `local` trains with cores // (jobs at once)
+torch threads per job (noisybench.threads),
 the SLURM preset becomes the expected sbatch script (no cluster needed), Optuna maximises the validation
 objective the runs return."""
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from cli_helpers import nb
+from noisybench.threads import cores, job_threads, jobs_at_once, torch_threads
 
 GRID = ["experiment=smoke", "method=ce,gce", "seed=0,1"]  # 2 x 2 jobs of a few seconds each
 HPARAMS_SEARCH = "hparams_search"
@@ -30,6 +32,7 @@ def summary(sweep: Path) -> dict[str, tuple[str, str]]:
 
 
 def test_local_and_submitit_local_sweeps_equal_the_basic_launcher(cli_env, tmp_path):
+    cli_env = {k: v for k, v in cli_env.items() if k != "OMP_NUM_THREADS"}  # the thread policy decides
     sweeps = {}
     for launcher in ("basic", "local", "submitit_local"):
         sweeps[launcher] = tmp_path / launcher
@@ -43,24 +46,38 @@ def test_local_and_submitit_local_sweeps_equal_the_basic_launcher(cli_env, tmp_p
     for launcher in ("local", "submitit_local"):
         assert summary(sweeps[launcher]) == base, launcher
         assert (sweeps[launcher] / "table.md").read_text() == (sweeps["basic"] / "table.md").read_text()
-    # the local preset: one torch thread per job (hydra.job.env_set OMP_NUM_THREADS=1)
-    assert {r["torch_threads"] for r in results(sweeps["local"]).values()} == {1}
+    # the local preset: 4 jobs, one per core at once: cores // min(cores, 4) threads each (1 on <= 4 cores)
+    assert {r["torch_threads"] for r in results(sweeps["local"]).values()} == {job_threads(-1, 4)}
 
 
-def test_local_preset_threads_come_from_env_set_and_a_single_run_keeps_torch_default(cli_env, tmp_path):
+def test_local_preset_threads_need_no_flag_and_a_single_run_keeps_torch_default(cli_env, tmp_path):
     env = {k: v for k, v in cli_env.items() if k != "OMP_NUM_THREADS"}
-    # n_jobs=1: joblib runs the jobs in this process, where no worker thread limit applies (plain
-    # hydra/launcher=joblib gives torch's default there): the 1 is the preset's env_set
-    p = nb("train", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=1", "experiment=smoke", "seed=0,1",
+    # 2 jobs, n_jobs=2: two loky worker processes, each told cores // 2 threads by the sweep's parent
+    p = nb("train", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "experiment=smoke", "seed=0,1",
            f"hydra.sweep.dir={tmp_path / 'sweep'}", env=env)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert [r["torch_threads"] for r in results(tmp_path / "sweep").values()] == [1, 1]
+    assert [r["torch_threads"] for r in results(tmp_path / "sweep").values()] == [max(1, cores() // 2)] * 2
     # a single run (no -m) is untouched by the launcher presets: torch's default thread count
     default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
                              capture_output=True, text=True, check=True).stdout.strip()
-    p = nb("train", "experiment=smoke", f"hydra.run.dir={tmp_path / 'single'}", env=env)
+    p = nb("train", "hydra/launcher=local", "experiment=smoke", f"hydra.run.dir={tmp_path / 'single'}", env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((tmp_path / "single" / "result.json").read_text())["torch_threads"] == int(default)
+
+
+def test_thread_policy_shares_the_cores_among_the_jobs_running_at_once(monkeypatch):
+    assert [jobs_at_once(-1, planned, 8) for planned in (None, 2, 100)] == [8, 2, 8]
+    assert jobs_at_once(-2, None, 8) == 7 and jobs_at_once(3, 100, 8) == 3 and jobs_at_once(16, 4, 8) == 4
+    assert [job_threads(-1, planned, 8) for planned in (1, 2, 3, 8, 100)] == [8, 4, 2, 1, 1]
+    assert job_threads(16, None, 8) == 1 and job_threads(1, 50, 8) == 8  # never 0; n_jobs=1: all cores
+    # trainer.threads, then the sweep's share, then OMP_NUM_THREADS, then torch's default (None)
+    monkeypatch.delenv("NOISYBENCH_JOB_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert torch_threads(None) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert torch_threads(None) == 3
+    monkeypatch.setenv("NOISYBENCH_JOB_THREADS", "2")
+    assert torch_threads(None) == 2 and torch_threads(5) == 5
 
 
 def test_slurm_preset_composes_without_a_cluster(cli_env):
