@@ -6,7 +6,8 @@ jobs side by side, one core each. The policy, in order:
 1. `trainer.threads=N`: N.
 2. a job of a parallel local sweep (a launcher with `n_jobs`, e.g. `hydra/launcher=local`):
    cores // (jobs running at once), at least 1, where jobs at once = min(n_jobs, jobs in the sweep)
-   (n_jobs=-1: one per core, joblib's convention). The sweep's parent process works this out
+   (n_jobs=-1: one per core, joblib's convention; an Optuna sweep's jobs = its trials at a time,
+   hydra.sweeper.n_jobs). The sweep's parent process works this out
    (`ThreadsCallback`) and hands it to the jobs in NOISYBENCH_JOB_THREADS; nothing is set when the
    user exported OMP_NUM_THREADS (rule 3 then applies). 8 jobs on 2 cores: 1 thread each; 1 job on
    8 cores: 8 threads; 2 jobs on 8 cores: 4 each.
@@ -73,10 +74,14 @@ class ThreadsCallback(Callback):
         n_jobs = config.hydra.launcher.get("n_jobs") if "launcher" in config.hydra else None
         if n_jobs is None or os.environ.get("OMP_NUM_THREADS"):
             return
-        threads = job_threads(int(n_jobs), self.planned)
+        planned = self.planned
+        batch = config.hydra.sweeper.get("n_jobs") if "sweeper" in config.hydra else None
+        if batch:  # a sweeper that launches batches (Optuna's n_jobs trials at a time)
+            planned = min(planned, int(batch)) if planned else int(batch)
+        threads = job_threads(int(n_jobs), planned)
         os.environ[THREADS_ENV] = str(threads)
         log.info("parallel sweep: %d job(s) at once on %d core(s), %d torch thread(s) each "
-                 "(trainer.threads=N to choose)", jobs_at_once(int(n_jobs), self.planned, cores()), cores(), threads)
+                 "(trainer.threads=N to choose)", jobs_at_once(int(n_jobs), planned, cores()), cores(), threads)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         if getattr(self, "_old", None) is None:

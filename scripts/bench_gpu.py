@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
         for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
             times[name].append(steps(name, batches))
     per_epoch = -(-TRAIN_IMAGES // bs)
-    print(f"{'setting':<6} {"used":<52} {'ms/step':>9} {'images/s':>10} {'epoch_s':>9}")
+    print(f"{'setting':<6} {'used':<52} {'ms/step':>9} {'images/s':>10} {'epoch_s':>9}")
     med = {}
     for name, (_, _, _, fast) in runs.items():
         med[name] = statistics.median(times[name])
