@@ -4,7 +4,8 @@
   or bf16 (autocast on any device, including the CPU: how the tests exercise it). Weights, optimizer
   state and gradients stay float32 (autocast casts per op), so no GradScaler is needed (bf16 has
   float32's exponent range) and checkpoints are the same as fp32 runs'. Losses are float32: the loss
-  methods compute them from `logits.float()`; STORM's features and Ω run in float32 too.
+  methods compute them from float32 logits (`methods.base.at_least_float32`); STORM's features and Ω
+  run in float32 too.
 - `trainer.channels_last`: auto (on with bf16 autocast for a model with Conv2d layers on 4-D inputs:
   cuDNN's bf16 convolutions are fastest in NHWC), true, false.
 - `trainer.compile`: false (default) or true: the model's forward is compiled in place

@@ -21,6 +21,12 @@ import torch
 from torch import nn
 
 
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for a loss: bf16/fp16 ones (autocast, noisybench.fastpath) in float32, others as they are
+    (float64 stays float64). Losses are never computed in half precision."""
+    return logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
+
+
 class Batch(NamedTuple):
     x: torch.Tensor
     y: torch.Tensor  # noisy labels

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from noisybench.errors import ConfigError
-from noisybench.methods.base import LossMethod
+from noisybench.methods.base import LossMethod, at_least_float32
 from noisybench.methods.gce import gce_loss
 
 ENTROPY_EPS = 1e-6  # inside the log, as in the official BS loss
@@ -76,7 +76,7 @@ class DAL(LossMethod):
         return -(p * torch.log(p + ENTROPY_EPS)).sum(dim=1)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()  # GCE's p^q and the entropy term in float32 (bf16 autocast gives bf16 logits)
+        logits = at_least_float32(logits)  # GCE's p^q and the entropy term in float32 (bf16 autocast gives bf16 logits)
         loss = gce_loss(logits, targets, self.q)
         if self.lam > 0:
             # K = the logits' width (a DST task calls the loss on heads with different class counts)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import torch
 
 from noisybench.errors import ConfigError
-from noisybench.methods.base import LossMethod
+from noisybench.methods.base import LossMethod, at_least_float32
 
 P_MIN = 1e-6  # the clamp of the reference code: keeps p_y^q and its gradient finite
 
 
 def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float | torch.Tensor) -> torch.Tensor:
-    p = torch.softmax(logits.float(), dim=1).clamp(min=P_MIN, max=1.0)
+    p = torch.softmax(at_least_float32(logits), dim=1).clamp(min=P_MIN, max=1.0)
     p_y = p.gather(1, targets.unsqueeze(1)).squeeze(1)
     return (1.0 - p_y.pow(q)) / q
 

@@ -174,7 +174,7 @@ class Rescaler(nn.Module):
         """[B, F] -> [heads, B] weights (softmax column 1, as in the code); BN statistics per `group`
         when given (else over the whole batch). Always float32: autocast (bf16 runs) is off here."""
         with torch.autocast(f.device.type, enabled=False):
-            return self._all_heads(f.float(), group)
+            return self._all_heads(f if f.dtype == torch.float64 else f.float(), group)
 
     def _all_heads(self, f: torch.Tensor, group: torch.Tensor | None) -> torch.Tensor:
         h = torch.relu(_bn(torch.einsum("bf,hgf->hbg", f, self.w1) + self.b1[:, None], group))

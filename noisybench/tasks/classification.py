@@ -61,7 +61,7 @@ class ClassificationTask(Task):
     def loss_terms(self, method, outputs, targets) -> LossTerms:
         n = len(targets)
         rows = torch.arange(n, device=targets.device)
-        loss = method(outputs, targets)  # float32 (the loss methods compute from logits.float())
+        loss = method(outputs, targets)  # float32 under autocast (methods.base.at_least_float32)
         return LossTerms(loss, outputs, targets, torch.zeros_like(rows), rows, 1.0,
                          torch.zeros(n, device=outputs.device, dtype=loss.dtype))
 
