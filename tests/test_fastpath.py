@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import group_options
 from noisybench.errors import ConfigError
@@ -95,7 +96,9 @@ def test_fp32_is_the_cpu_default_and_uses_no_bf16(make_cfg, tmp_path):
 
 
 def test_auto_and_channels_last_resolution():
-    t = lambda **kw: __import__("omegaconf").OmegaConf.create({"precision": "auto", "channels_last": "auto", **kw})  # noqa: E731
+    def t(**kw):
+        return OmegaConf.create({"precision": "auto", "channels_last": "auto", **kw})
+
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     images, sequences = torch.zeros(2, 3, 8, 8), torch.zeros(2, 1, 40)
     cpu = torch.device("cpu")
