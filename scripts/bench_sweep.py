@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,7 @@ def main(argv: list[str]) -> int:
                    help="epochs per run for every workload (default: mnist1d 15, storm_spam the preset's 10)")
     p.add_argument("--workloads", default="mnist1d,storm_spam", help="comma-separated: mnist1d, storm_spam")
     p.add_argument("--rounds", type=int, default=1, help="measurements per mode and workload (alternating order)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary sweeps and data (printed)")
     p.add_argument("--n-jobs", type=int, default=None, help="hydra.launcher.n_jobs of the parallel mode "
                    "(default: the preset's -1, one job per core)")
     a = p.parse_args(argv)
@@ -138,6 +140,10 @@ def main(argv: list[str]) -> int:
                   f"{','.join(map(str, threads[w, m])):>12}")
     for w in names:
         print(f"{w}: speedup parallel/sequential: {wall[w, 'sequential'] / wall[w, 'parallel']:.2f}x")
+    if a.keep:
+        print(f"sweeps and data kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
