@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from cli_helpers import nb
-from noisybench.threads import cores, job_threads, jobs_at_once, torch_threads
+from noisybench.threads import ThreadsCallback, cores, job_threads, jobs_at_once, torch_threads
 
 GRID = ["experiment=smoke", "method=ce,gce", "seed=0,1"]  # 2 x 2 jobs of a few seconds each
 HPARAMS_SEARCH = "hparams_search"
@@ -78,6 +79,17 @@ def test_thread_policy_shares_the_cores_among_the_jobs_running_at_once(monkeypat
     assert torch_threads(None) == 3
     monkeypatch.setenv("NOISYBENCH_JOB_THREADS", "2")
     assert torch_threads(None) == 2 and torch_threads(5) == 5
+    # the sweep's parent: Optuna's trials at a time cap the jobs at once; an exported OMP_NUM_THREADS wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.delenv("NOISYBENCH_JOB_THREADS")
+    cb, cfg = ThreadsCallback(), OmegaConf.create({"hydra": {"launcher": {"n_jobs": -1}, "sweeper": {"n_jobs": 1}}})
+    cb.on_multirun_start(cfg)
+    assert os.environ["NOISYBENCH_JOB_THREADS"] == str(cores())
+    cb.on_multirun_end(cfg)
+    assert "NOISYBENCH_JOB_THREADS" not in os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    cb.on_multirun_start(cfg)
+    assert "NOISYBENCH_JOB_THREADS" not in os.environ
 
 
 def test_slurm_preset_composes_without_a_cluster(cli_env):
