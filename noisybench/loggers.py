@@ -60,6 +60,7 @@ class RunInfo:
     run_dir: Path
     name: str                      # the run directory's name (a sweep job's: its overrides and hash)
     group: str | None              # the sweep (<date>/<time>-<tag>), None for a single run
+    sweep_dir: Path | None         # the sweep's directory, None for a single run
     identity: str                  # the run's identity hash (noisybench.rundir)
     hparams: dict[str, Any]        # the flattened resolved config
     done: list[dict] = field(default_factory=list)  # the epochs a checkpoint holds (resume), else []
@@ -205,8 +206,8 @@ class WandB(Tracker):
 
 
 class MLflow(Tracker):
-    """An MLflow run in `experiment` (a sweep's runs are tagged with it: `noisybench.sweep`), in a file
-    store under the run directory unless `tracking_uri` says otherwise: params = the flattened config
+    """An MLflow run in `experiment`, in a file store (`mlruns/` in the run directory, or in the sweep
+    directory for a sweep's jobs, tagged `noisybench.sweep`) unless `tracking_uri` says otherwise: params = the flattened config
     (values cut to MLflow's length limit), metrics per epoch (step = epoch), `result/*` at the end."""
 
     choice = "mlflow"
@@ -220,7 +221,8 @@ class MLflow(Tracker):
         from mlflow.entities import Param, RunStatus  # noqa: F401  (the package is there: __init__ checked)
         from mlflow.tracking import MlflowClient
 
-        uri = self.tracking_uri or (info.run_dir / "mlruns").resolve().as_uri()
+        # one store per sweep (its jobs side by side in one experiment), else per run directory
+        uri = self.tracking_uri or ((info.sweep_dir or info.run_dir) / "mlruns").resolve().as_uri()
         if urlparse(uri).scheme in ("", "file"):
             # MLflow 3 keeps its file store in maintenance mode behind this opt-in; a file store needs no
             # database set-up (a SQLite store takes seconds per run to create) and is what the user chose
@@ -367,7 +369,8 @@ def opened(cfg, rd, done: list[dict]) -> Iterator[Trackers]:
     except (OSError, json.JSONDecodeError):
         kept = {}
     info = RunInfo(run_dir=rd.path.resolve(), name=rd.path.name,
-                   group=f"{group.parent.name}/{group.name}" if group else None, identity=rd.hash,
+                   group=f"{group.parent.name}/{group.name}" if group else None,
+                   sweep_dir=group.resolve() if group else None, identity=rd.hash,
                    hparams={**flatten(config), "identity": rd.hash}, done=list(done),
                    ids=kept if isinstance(kept, dict) else {})
     group_ = Trackers()

@@ -239,6 +239,24 @@ def test_a_resumed_wandb_run_keeps_its_id_and_its_last_offline_run_has_each_epoc
     assert "result/test_last" in summary
 
 
+def test_a_sweeps_jobs_share_one_mlflow_store_tagged_with_the_sweep(tmp_path, monkeypatch, data_dir):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("NOISYBENCH_DATA_DIR", str(data_dir))
+    sweep = tmp_path / "2026-01-02" / "12-00-00-abc123"
+    code = main(["train", "-m", "experiment=smoke", "trainer.threads=1", "logger=mlflow", "seed=0,1",
+                 f"hydra.sweep.dir={sweep}"])
+    assert code == 0
+    client = MlflowClient(tracking_uri=(sweep / "mlruns").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("noisybench").experiment_id])
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "result.json").is_file())
+    assert sorted(r.info.run_name for r in runs) == jobs and len(jobs) == 2
+    assert {r.data.tags["noisybench.sweep"] for r in runs} == {"2026-01-02/12-00-00-abc123"}
+    assert {r.data.params["seed"] for r in runs} == {"0", "1"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
 @pytest.mark.parametrize("choice,module", [("tensorboard", "tensorboard"), ("wandb", "wandb"), ("mlflow", "mlflow")])
 def test_a_missing_tracker_package_is_one_line_before_anything_is_written(choice, module, tmp_path, monkeypatch,
                                                                            capsys, data_dir):
