@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import secrets
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,23 +97,27 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class Tracker:
-    """One tracker: `start(info)`, `log_epoch(row)` per epoch, then `finish(record)` or `close(status)`."""
+class Tracker(ABC):
+    """One tracker: `start(info)`, `log_epoch(row)` per epoch, then `finish(record)` or `close(status)`.
+    The constructor (called when the config is checked) only imports the package: MissingPackage."""
 
     choice = ""
 
+    @abstractmethod
     def start(self, info: RunInfo) -> dict[str, str]:
-        """Open the tracker's run; returns the ids to keep in trackers.json ({} for none)."""
-        raise NotImplementedError
+        """Open the tracker's run and log `info.done`; returns the ids to keep in trackers.json."""
 
+    @abstractmethod
     def log_epoch(self, row: dict) -> None:
-        raise NotImplementedError
+        """One row of metrics.csv, at step row["epoch"]."""
 
+    @abstractmethod
     def finish(self, record: dict) -> None:
-        raise NotImplementedError
+        """The result (result.json's record); closes the tracker's run as finished."""
 
+    @abstractmethod
     def close(self, status: Literal["interrupted", "failed"]) -> None:
-        raise NotImplementedError
+        """Close the tracker's run without a result."""
 
 
 class TensorBoard(Tracker):
@@ -128,7 +133,9 @@ class TensorBoard(Tracker):
         self.writer = None
 
     def start(self, info: RunInfo) -> dict[str, str]:
-        self.log_dir = (Path(self.save_dir).expanduser() / info.name if self.save_dir else info.run_dir / "tb")
+        # a sweep's jobs under the sweep's name, so runs of two sweeps never share (and purge) a directory
+        self.log_dir = (Path(self.save_dir).expanduser() / (info.group or "") / info.name if self.save_dir
+                        else info.run_dir / "tb")
         # purge_step=0: TensorBoard drops every earlier attempt's events; this attempt logs all epochs again
         self.writer = self.summary.SummaryWriter(log_dir=str(self.log_dir), purge_step=0)
         self.hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
@@ -213,15 +220,17 @@ class MLflow(Tracker):
     choice = "mlflow"
 
     def __init__(self, tracking_uri: Optional[str] = None, experiment: str = "noisybench") -> None:
-        self.mlflow = _require("mlflow", self.choice, "mlflow")
+        _require("mlflow", self.choice, "mlflow")
         self.tracking_uri, self.experiment = tracking_uri, experiment
         self.client = self.run_id = None
 
     def start(self, info: RunInfo) -> dict[str, str]:
-        from mlflow.entities import Param, RunStatus  # noqa: F401  (the package is there: __init__ checked)
+        from mlflow.entities import Param  # (the package is there: __init__ checked)
         from mlflow.tracking import MlflowClient
 
         # one store per sweep (its jobs side by side in one experiment), else per run directory
+        from mlflow.exceptions import MlflowException
+
         uri = self.tracking_uri or ((info.sweep_dir or info.run_dir) / "mlruns").resolve().as_uri()
         if urlparse(uri).scheme in ("", "file"):
             # MLflow 3 keeps its file store in maintenance mode behind this opt-in; a file store needs no
@@ -235,7 +244,7 @@ class MLflow(Tracker):
                 self.client.get_run(self.run_id)
                 self.client.update_run(self.run_id, status="RUNNING")
                 self.logged = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
-            except self.mlflow.exceptions.MlflowException:
+            except MlflowException:
                 self.run_id = None  # e.g. another tracking_uri than the first attempt's: a new run
         if self.run_id is None:
             exp = self._experiment()
@@ -251,12 +260,14 @@ class MLflow(Tracker):
         return {"mlflow": self.run_id}
 
     def _experiment(self) -> str:
+        from mlflow.exceptions import MlflowException
+
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is not None:
             return exp.experiment_id
         try:
             return self.client.create_experiment(self.experiment)
-        except self.mlflow.exceptions.MlflowException:  # a parallel job of the sweep made it first
+        except MlflowException:  # a parallel job of the sweep made it first
             return self.client.get_experiment_by_name(self.experiment).experiment_id
 
     @staticmethod
