@@ -384,15 +384,15 @@ def opened(cfg, rd, done: list[dict]) -> Iterator[Trackers]:
                    sweep_dir=group.resolve() if group else None, identity=rd.hash,
                    hparams={**flatten(config), "identity": rd.hash}, done=list(done),
                    ids=kept if isinstance(kept, dict) else {})
-    group_ = Trackers()
+    active = Trackers()
     try:
-        ids = group_.start(trackers, info)
+        ids = active.start(trackers, info)
         if ids:
             atomic_write_json(ids_path, {**info.ids, **ids})
-        yield group_
+        yield active
     except Interrupted:
-        group_.close("interrupted")
+        active.close("interrupted")
         raise
     except BaseException:
-        group_.close("failed")
+        active.close("failed")
         raise
