@@ -84,6 +84,12 @@ Deliberate departures from the paper and the public code:
   learning w/ clean val." baseline when also `meta_loss_rescaling=false`); the run record then says
   `uses_clean_labels: true`.
 - Ω's BN over a batch of one gives w = 0.5 instead of an error.
+- Dropout masks during STORM's passes (pass 0, the extra passes, the JVP's replay of pass 0) come from
+  `fast_dropout`: 15 random bits per element, two elements per 31-bit draw, instead of a Bernoulli
+  draw per element (torch's CPU Bernoulli sampling was the largest single overhead of a small model's
+  step). The rate is p rounded to a multiple of 1/32768 (0.1 -> 0.100006) with the exact matching
+  scale; evaluation and the other methods use torch's dropout. Results differ from the version with
+  torch's masks as two dropout seeds do.
 - `bn_scope=batch` (default): Ω's BatchNorm statistics are over all weighted samples of the batch (DST:
   all B·S (turn, slot) gate cells). The public DST code calls Ω once per slot, so its statistics are per
   slot: `bn_scope=group`.
