@@ -118,6 +118,9 @@ def validate(cfg: DictConfig) -> None:
         build(cfg.optim.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     except ValueError as e:
         raise ConfigError(f"optim.optimizer: {e}") from None
+    from noisybench.loggers import build_all
+
+    build_all(cfg)  # trackers (logger=...): a missing package is one line naming the pip command
     data_dir = cfg.get("data_dir")
     if data_dir and Path(str(data_dir)).expanduser().exists() and not Path(str(data_dir)).expanduser().is_dir():
         raise ConfigError(f"data_dir={data_dir} is a file, not a directory; give the dataset cache directory, "

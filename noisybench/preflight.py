@@ -284,6 +284,14 @@ def missing_key_hint(error: Exception, overrides: list[str], app_config) -> str 
     if isinstance(node, DictConfig) and node.get("_target_") and name in known_keys(cfg, prefix):
         return (f"{key} is not set by the config; {node['_target_'].rsplit('.', 1)[-1]} takes it, so add it "
                 f"with +{key}{shown} ({HELP})")
+    group, _, rest = key.partition(".")
+    choice = rest.split(".")[0]
+    if choice and isinstance(cfg.get(group), DictConfig) and choice not in cfg[group]:
+        from noisybench.config import config_files
+
+        if (config_files() / group / f"{choice}.yaml").is_file():  # e.g. logger.wandb.mode without logger=wandb
+            return (f"{key} is an option of {group}={choice}, which the command does not choose; add "
+                    f"{group}={choice}")
     return f"{key} is not an option (nothing would read it); {suggest(cfg, key, value)}"
 
 

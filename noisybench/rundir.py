@@ -30,11 +30,11 @@ from noisybench.errors import NoisybenchError
 from noisybench.utils import atomic_write_bytes, atomic_write_json
 
 # Keys that do not change the experiment a run is: where it reads/writes, where it runs and how it
-# reports progress. (Threads and devices can change floating-point summation order, not the experiment;
-# result.json records the device used. So do the fast path's keys: precision=auto already differs by
-# device, and result.json records the precision, channels_last and compile a run used.)
+# reports progress (trackers: `logger`). (Threads and devices can change floating-point summation order, not the
+# experiment; result.json records the device used. So do the fast path's keys: precision=auto already differs
+# by device, and result.json records the precision, channels_last and compile a run used.)
 NOT_IDENTITY = ("data_dir", "noise_cache", "objective", "trainer.device", "trainer.progress", "trainer.checkpoint_every",
-                "trainer.keep_checkpoint", "trainer.threads", "trainer.precision", "trainer.channels_last",
+                "trainer.keep_checkpoint", "trainer.threads", "logger", "trainer.precision", "trainer.channels_last",
                 "trainer.compile")
 RESULT, FAILED, CHECKPOINT, IDENTITY, ATTEMPT = ("result.json", "failed.json", "checkpoint.pt", "identity.json",
                                                  "attempt.json")
@@ -90,7 +90,7 @@ def job_dirname(*, _root_) -> str:
     items = []
     for o in _root_.hydra.overrides.task:
         key = str(o).split("=", 1)[0].lstrip("+~")
-        if key not in NOT_IDENTITY:
+        if key not in NOT_IDENTITY and not key.startswith(tuple(f"{k}." for k in NOT_IDENTITY)):
             items.append(str(o))
     name = re.sub(r"[^A-Za-z0-9._=,+~%:-]", "_", ",".join(sorted(items))) or "default"
     h = identity_hash(identity_config(_root_))

@@ -101,8 +101,8 @@ RUNNER: dict[str, tuple[Any, Any]] = {
     "dataset.human_labels": (dict, None),
     "optim.name": (str, None),
 }
-# nodes that group keys (no _target_): their keys are RUNNER keys or target nodes
-GROUPS = ("", "trainer", "dataset", "optim")
+# nodes that group keys (no _target_): their keys are RUNNER keys or target nodes (logger: one per tracker)
+GROUPS = ("", "trainer", "dataset", "optim", "logger")
 
 
 def _kind_name(tp: Any) -> str:

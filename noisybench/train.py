@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from noisybench import data as nbdata
+from noisybench import loggers
 from noisybench.config import build, check_trainer, resolve_device
 from noisybench.errors import ConfigError, NoisybenchError, one_line
 from noisybench.fastpath import resolve as resolve_fast_path
@@ -268,7 +269,9 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     epoch_log.info("%s %s after %d of %d epochs", "resumed" if ckpt else "started", out_dir, start_epoch, epochs)
     bar = tqdm(range(start_epoch, epochs), desc=f"{cfg.method.name} {cfg.dataset.name}", disable=not progress,
                leave=False, initial=start_epoch, total=epochs)
-    with StopOnSignal() as signalled:
+    # trackers (logger=...): given the epochs a checkpoint holds, then each epoch; closed as interrupted or
+    # failed when an exception leaves the loop, finished with the record
+    with loggers.opened(cfg, rd, rows) as trackers, StopOnSignal() as signalled:
         for epoch in bar:
             if perm is None:  # a new epoch (not the rest of an interrupted one)
                 method.on_epoch_start(epoch, epochs)
@@ -306,6 +309,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
                 bar.set_postfix(loss=f"{train_loss:.3f}", val=row["val"], test=row["test"])
             rows.append(row)
             atomic_write_text(out_dir / "metrics.csv", _csv(rows))
+            trackers.log_epoch(row)
             epoch_log.info(_epoch_line(row, epochs))
             if divergence is not None:  # stop here: the record says so, the tables mark it
                 epoch_log.info("diverged: %s", divergence["message"])
@@ -329,6 +333,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     record.update(diverged=divergence, identity=rd.hash, resumed_from=resumed,
                   checkpoint={"every": ckpt_every, **stats, "seconds": round(stats["seconds"], 4)})
     atomic_write_json(out_dir / "result.json", record)  # the run is finished from here on
+    trackers.finish(record)
     epoch_log.info("finished: test_last=%.4f test_selected=%s val_selected=%s train_time=%.1fs", record["test_last"],
                    _fmt(record["test_selected"]), _fmt(record["val_selected"]), record["train_time_s"])
     _close_log(epoch_log)

@@ -4,6 +4,11 @@ one process, interleaved epochs, median over epochs (evaluation excluded).
     python scripts/bench_storm.py                       # both workloads below, CPU, 1 thread
     python scripts/bench_storm.py --epochs 5 --workload mlp=model=mlp   # your own workload(s)
 
+Steps are interleaved: every batch is trained by each setting in turn, and the median step time is
+taken, so a loaded machine slows every setting alike. `--breakdown` adds STORM ablations that show
+where its time goes (each a real configuration, not a profiler estimate): without the second-order
+term, without the extra dropout passes, and with Ω updated every 4th step.
+
 Workloads (default): `small` = mnist1d / cnn1d as configured (25 channels: a CE step is ~4 ms on one
 CPU thread, so STORM's fixed per-step costs -- features, Ω, bookkeeping -- dominate the ratio) and
 `compute-bound` = the same with model.channels=128 (the model's passes dominate, as for real
@@ -27,6 +32,9 @@ from noisybench.methods.base import Batch
 from noisybench.train import build_data
 
 FAST = "method.first_order=true method.meta_interval=4"
+BREAKDOWN = {"storm first-order": ["method.first_order=true"],
+             "storm 1 pass": ["method.forward_passes=1"],
+             "storm interval 4": ["method.meta_interval=4"]}
 WORKLOADS = {"small": [], "compute-bound": ["model.channels=128"]}
 
 
@@ -39,6 +47,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workload", action="append", default=None, metavar="NAME=OVERRIDES",
                    help="a workload: a name and comma-separated overrides (repeatable; default: "
                         + "; ".join(f"{k}={','.join(v)}" for k, v in WORKLOADS.items()) + ")")
+    p.add_argument("--breakdown", action="store_true", help="also time STORM ablations: " + ", ".join(BREAKDOWN))
     p.add_argument("overrides", nargs="*", help="config overrides shared by all settings, e.g. model=mlp")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -51,19 +60,17 @@ def main(argv: list[str]) -> int:
             workloads[name] = [o for o in ov.split(",") if o]
     for name, extra in workloads.items():
         bench(name, ["noise.rate=0.4", "trainer.device=cpu", f"data_dir={data_dir}", *a.overrides, *extra],
-              a.fast, a.epochs, a.threads)
+              a.fast, a.epochs, a.threads, a.breakdown)
     return 0
 
 
-def bench(name: str, shared: list[str], fast: str, epochs: int, threads: int) -> None:
+def bench(name: str, shared: list[str], fast: str, epochs: int, threads: int, breakdown: bool = False) -> None:
     with hydra_context():
         settings = {"ce": ["method=ce"], "storm default": ["method=storm"],
                     "storm fast": ["method=storm", *fast.split()]}
+        if breakdown:
+            settings.update({k: ["method=storm", *v] for k, v in BREAKDOWN.items()})
         cfgs = {k: compose("train", overrides=[*shared, *v]) for k, v in settings.items()}
-    # STORM's config turns dropout on; give CE the same model so only the method differs
-    dropout = cfgs["storm default"].model.get("dropout")
-    if dropout is not None:
-        cfgs["ce"].model.dropout = dropout
     ds, _ = build_data(cfgs["ce"])
     bs, n, K = int(cfgs["ce"].trainer.batch_size), len(ds.y_train), ds.num_classes
     runs = {}
@@ -76,24 +83,28 @@ def bench(name: str, shared: list[str], fast: str, epochs: int, threads: int) ->
         runs[key] = (model, method, opt)
     times: dict[str, list[float]] = {k: [] for k in runs}
     gen = torch.Generator().manual_seed(0)
-    for epoch in range(epochs + 1):  # interleaved, so machine load affects every setting alike
+    for epoch in range(epochs + 1):  # epoch 0 warms up allocators and caches
         perm = torch.randperm(n, generator=gen)
-        for key, (model, method, opt) in runs.items():
+        for model, method, _ in runs.values():
             method.on_epoch_start(epoch, epochs + 1)
             model.train()
-            t = time.perf_counter()
-            for i in range(0, n, bs):
-                idx = perm[i:i + bs]
-                method.train_step(model, opt, Batch(ds.x_train[idx], ds.y_train[idx], idx))
-            if epoch > 0:  # epoch 0 warms up allocators and caches
-                times[key].append(time.perf_counter() - t)
+        for i in range(0, n, bs):  # interleaved per step: machine load affects every setting alike
+            idx = perm[i:i + bs]
+            batch = Batch(ds.x_train[idx], ds.y_train[idx], idx)
+            for key, (model, method, opt) in runs.items():
+                t = time.perf_counter()
+                method.train_step(model, opt, batch)
+                if epoch > 0:
+                    times[key].append(time.perf_counter() - t)
+    steps = -(-n // bs)
     ce = statistics.median(times["ce"])
     print(f"[{name}] dataset={cfgs['ce'].dataset.name} model={cfgs['ce'].model.name} "
           f"overrides={' '.join(shared[3:]) or '-'} batch={bs} n_train={n} threads={threads} epochs={epochs} "
-          "(median s/epoch, training steps only)")
+          f"(median step time x {steps} steps = s/epoch, training steps only; CE runs the model as configured, "
+          "STORM switches a dropout of 0 on at 0.1)")
     for key, ts in times.items():
         med = statistics.median(ts)
-        print(f"  {key:14s} {med:8.3f} s/epoch   ratio to CE {med / ce:5.2f}x")
+        print(f"  {key:18s} {med * steps:8.3f} s/epoch   ratio to CE {med / ce:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -246,7 +246,7 @@ def test_storm_jvp_keeps_tied_parameters():
     params = [p for _, p, _ in method._params]
     assert len(params) == 6  # inp (w, b), a (w, b) = b.weight, out (w, b)
     rng0 = rng_state(x.device)
-    loss = method.base_loss(model(x), y)
+    loss = method.base_loss(method._run(x)[0], y)  # pass 0 as STORM runs it (its dropout masks)
     ones = torch.ones_like(loss, requires_grad=True)
     g = torch.autograd.grad((ones * loss).sum(), params, create_graph=True)
     u = [torch.randn_like(p) for p in params]

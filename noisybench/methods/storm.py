@@ -84,6 +84,12 @@ Deliberate departures from the paper and the public code:
   learning w/ clean val." baseline when also `meta_loss_rescaling=false`); the run record then says
   `uses_clean_labels: true`.
 - Ω's BN over a batch of one gives w = 0.5 instead of an error.
+- Dropout masks during STORM's passes (pass 0, the extra passes, the JVP's replay of pass 0) come from
+  `fast_dropout`: 15 random bits per element, two elements per 31-bit draw, instead of a Bernoulli
+  draw per element (torch's CPU Bernoulli sampling was the largest single overhead of a small model's
+  step). The rate is p rounded to a multiple of 1/32768 (0.1 -> 0.100006) with the exact matching
+  scale; evaluation and the other methods use torch's dropout. Results differ from the version with
+  torch's masks as two dropout seeds do.
 - `bn_scope=batch` (default): Ω's BatchNorm statistics are over all weighted samples of the batch (DST:
   all B·S (turn, slot) gate cells). The public DST code calls Ω once per slot, so its statistics are per
   slot: `bn_scope=group`.
@@ -109,6 +115,7 @@ Other behaviour:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import NamedTuple
 
@@ -137,11 +144,11 @@ BN_EPS = 1e-5  # torch BatchNorm1d default, as in the public code's Ω
 
 
 def _bn(x: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
-    """BatchNorm1d(affine=False) in training mode over dim 1 of [heads, batch, features]; with `group`
-    ([batch] ids), the statistics are those of each sample's group (the public DST code calls Ω once
-    per slot, so its batch statistics are per slot)."""
+    """BatchNorm1d(affine=False) in training mode over the batch dim (-2) of [..., heads, batch,
+    features]; with `group` ([batch] ids), the statistics are those of each sample's group (the
+    public DST code calls Ω once per slot, so its batch statistics are per slot)."""
     if group is None:
-        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+        var, mean = torch.var_mean(x, dim=-2, unbiased=False, keepdim=True)
         return (x - mean) * torch.rsqrt(var + BN_EPS)
     # group sums as a matrix product with the one-hot membership (deterministic, unlike index_add_)
     onehot = torch.nn.functional.one_hot(group, int(group.max()) + 1 if len(group) else 1).to(x.dtype)  # [B, n]
@@ -171,19 +178,30 @@ class Rescaler(nn.Module):
         self.b2.zero_()
 
     def all_heads(self, f: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, F] -> [heads, B] weights (softmax column 1, as in the code); BN statistics per `group`
-        when given (else over the whole batch). Always float32: autocast (bf16 runs) is off here."""
+        """[..., B, F] -> [..., heads, B] weights (softmax column 1, as in the code); BN statistics
+        per `group` when given (else over each batch B). Leading dims are independent batches.
+        Always float32: autocast (bf16 runs) is off here."""
         with torch.autocast(f.device.type, enabled=False):
             return self._all_heads(f if f.dtype == torch.float64 else f.float(), group)
 
     def _all_heads(self, f: torch.Tensor, group: torch.Tensor | None) -> torch.Tensor:
-        h = torch.relu(_bn(torch.einsum("bf,hgf->hbg", f, self.w1) + self.b1[:, None], group))
-        z = _bn(torch.einsum("hbf,hgf->hbg", h, self.w2) + self.b2[:, None], group)
-        return torch.softmax(z, dim=2)[..., 1]
+        h = torch.relu(_bn(torch.matmul(f.unsqueeze(-3), self.w1.transpose(1, 2)) + self.b1[:, None], group))
+        z = _bn(torch.matmul(h, self.w2.transpose(1, 2)) + self.b2[:, None], group)
+        return torch.softmax(z, dim=-1)[..., 1]
 
     def forward(self, f: torch.Tensor, head: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
         """Sample i takes the output of Ω_{head[i]}."""
         return self.all_heads(f, group).gather(0, head[None]).squeeze(0)
+
+    def many(self, batches: list[tuple]) -> list[torch.Tensor]:
+        """`forward` for several (f, head, group) batches, in ONE evaluation when they have the same
+        size and pooled statistics (each keeps its own BN statistics: the same numbers as separate calls)."""
+        sizes = {len(f) for f, _, _ in batches}
+        if len(sizes) > 1 or any(g is not None for _, _, g in batches):
+            return [self(f, head, g) for f, head, g in batches]
+        out = self.all_heads(torch.stack([f for f, _, _ in batches]))  # [S, heads, B]
+        head = torch.stack([h for _, h, _ in batches])[:, None]  # [S, 1, B]
+        return list(out.gather(1, head).squeeze(1).unbind(0))
 
 
 # ---- the inner optimizer as a differentiable function of the gradient -------------------------
@@ -227,6 +245,88 @@ def lookahead(p: torch.Tensor, g: torch.Tensor, group: dict, state: dict, kind: 
     root = torch.where(pos, torch.where(pos, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
     denom = root / math.sqrt(1 - beta2 ** step) + group["eps"]
     return p - (lr / (1 - beta1 ** step)) * m / denom
+
+
+def lookahead_vjp(p, g: torch.Tensor, v: torch.Tensor, group: dict, state: dict, kind: str) -> torch.Tensor:
+    """(∂θ*/∂g)ᵀ v for θ* = `lookahead`(p, g, ...): the derivative is elementwise, so this is
+    v ⊙ ∂θ*/∂g in closed form (same numbers as autograd through `lookahead` up to rounding; for
+    SGD the same products in the same order, so bit for bit). `p` only matters for Adam's coupled
+    weight decay (g + wd p); decoupled decay does not involve g."""
+    lr = group["lr"]
+    if kind == "sgd":
+        u = -v * lr  # d(p - lr d)/dd, as autograd: neg, then times lr
+        if group["momentum"]:
+            scale = (1 - group["dampening"]) if "momentum_buffer" in state else 1.0  # buf = mu buf + (1-damp) d, or d
+            if group["nesterov"]:  # d + mu buf
+                u = u + (u * group["momentum"]) * scale
+            elif scale != 1.0:
+                u = u * scale
+        return u
+    beta1, beta2 = group["betas"]
+    if group["weight_decay"] and not group.get("decoupled", False):
+        g = g + group["weight_decay"] * p
+    step = float(state["step"]) + 1 if "step" in state else 1.0
+    m = (1 - beta1) * g if "exp_avg" not in state else beta1 * state["exp_avg"] + (1 - beta1) * g
+    sq = (1 - beta2) * g * g if "exp_avg_sq" not in state else beta2 * state["exp_avg_sq"] + (1 - beta2) * g * g
+    pos = sq > 0  # where v = 0, sqrt is taken as constant 0 (as `lookahead` does)
+    root = torch.where(pos, sq, torch.ones_like(sq)).sqrt()
+    c2 = math.sqrt(1 - beta2 ** step)
+    denom = torch.where(pos, root, torch.zeros_like(root)) / c2 + group["eps"]
+    # θ* = p - a m / denom, a = lr / (1 - β1^t): dθ*/dg = -a ((1-β1)/denom - m/denom² · ddenom/dg),
+    # ddenom/dg = (1-β2) g / (root c2) where v > 0
+    droot = torch.where(pos, (1 - beta2) * g / root, torch.zeros_like(root)) / c2
+    a = lr / (1 - beta1 ** step)
+    return -a * v * ((1 - beta1) - m * droot / denom) / denom
+
+
+MASK_LEVELS = 1 << 15  # dropout keep/drop decisions from 15 random bits: p is rounded to a multiple of 1/32768
+
+
+def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout like F.dropout, with cheaper masks: one 31-bit random integer per TWO elements
+    (each takes 15 of its bits) instead of a Bernoulli draw per element, 4-6x faster on a CPU. The rate
+    is p rounded to a multiple of 1/32768 (0.1 -> 0.100006); kept values are scaled by the exact 1/(1-p)
+    of that rate, so expectations are unchanged. Draws from torch's default generator of x's device
+    (so `replay_rng` replays the masks)."""
+    drop = round(float(p) * MASK_LEVELS)
+    if drop >= MASK_LEVELS:
+        return x * 0.0
+    n = x.numel()
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()  # uniform in [0, 2^31)
+    keep = (bits.view(torch.int16)[:n] & (MASK_LEVELS - 1)).view(x.shape) >= drop
+    return x * keep * (MASK_LEVELS / (MASK_LEVELS - drop))
+
+
+@torch.no_grad()
+def adam_step(optimizer: torch.optim.Adam) -> None:
+    """`optimizer.step()` for Ω's Adam (no weight decay, amsgrad or maximize), without torch.optim's
+    per-call machinery (hooks, state initialisation checks, group loops), which costs more than the
+    arithmetic for Ω's four small tensors. The same foreach ops in the same order as torch's
+    `_multi_tensor_adam`, on the optimizer's own state (so `state_dict()` and checkpoints are
+    unchanged); tests/test_storm.py checks it is bit for bit `optimizer.step()`."""
+    group = optimizer.param_groups[0]
+    params = [p for p in group["params"] if p.grad is not None]
+    plain = (type(optimizer) is torch.optim.Adam and len(optimizer.param_groups) == 1 and params
+             and not any(group.get(k) for k in ("weight_decay", "amsgrad", "maximize", "capturable", "differentiable")))
+    if not plain or any(p not in optimizer.state for p in params):  # (the first step creates the state)
+        optimizer.step()
+        return
+    states = [optimizer.state[p] for p in params]
+    grads = [p.grad for p in params]
+    exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+    steps = [s["step"] for s in states]
+    beta1, beta2 = group["betas"]
+    lr, eps = group["lr"], group["eps"]
+    torch._foreach_add_(steps, 1)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    bias1 = [1 - beta1 ** float(st) for st in steps]
+    bias2_sqrt = [(1 - beta2 ** float(st)) ** 0.5 for st in steps]
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, bias2_sqrt)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, [(lr / bc) * -1 for bc in bias1])
 
 
 @contextlib.contextmanager
@@ -389,7 +489,8 @@ class STORM(LossMethod):
         s_init, s_meta = np.random.SeedSequence([int(seed), 0x5709]).generate_state(2)
         self.rescaler.reset_parameters(torch.Generator().manual_seed(int(s_init)))
         self._meta_gen = torch.Generator().manual_seed(int(s_meta))
-        self.meta_optimizer = torch.optim.Adam(self.rescaler.parameters(), lr=self.rescaler_lr)
+        # foreach: the same numbers as the per-tensor loop, fewer dispatches
+        self.meta_optimizer = torch.optim.Adam(self.rescaler.parameters(), lr=self.rescaler_lr, foreach=True)
         # memories per (sample group, target class): DST keeps one per slot and gate class
         self._groups = int(task.sample_groups(y_train))
         slots = self._groups * (self.num_classes if self.class_separation else 1)
@@ -512,6 +613,7 @@ class STORM(LossMethod):
         self._split = split_at_dropout(model) if self.forward_passes > 1 else None
         # a plain reference, not a submodule: STORM's state_dict() must not hold (or load) the model
         object.__setattr__(self, "_model", model)
+        self._dropouts = [m for m in model.modules() if type(m) is nn.Dropout]  # (not Dropout1d/2d: per channel)
         # a_i = <u, ∇ℓ_i> from the recorded layers when exact (no BatchNorm, one sample per row), else a JVP
         exact = self._groups == 1 and supported(model, [p for _, p, _ in self._params])
         self._capture = Capture(model) if exact and self.directional == "layers" else None
@@ -545,11 +647,25 @@ class STORM(LossMethod):
                                   f"{len(self._params)}; resume with the model the state was saved with")
 
     @contextlib.contextmanager
+    def _fast_masks(self):
+        """The model's nn.Dropout layers draw `fast_dropout` masks during STORM's passes (the runner's
+        evaluation and other methods keep torch's dropout)."""
+        layers = [m for m in self._dropouts if m.training and m.p > 0]
+        for m in layers:
+            m.forward = functools.partial(fast_dropout, p=m.p)
+        try:
+            yield
+        finally:
+            for m in layers:
+                del m.forward
+
+    @contextlib.contextmanager
     def _trained_pass(self):
         """Pass 0 as configured: with the model's dropout (default), or without it
         (trained_pass_dropout=false: the public classification code drops features only in the extra passes)."""
         if self.trained_pass_dropout:
-            yield
+            with self._fast_masks():
+                yield
             return
         layers = [m for m in self._model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
         for m in layers:
@@ -574,7 +690,7 @@ class STORM(LossMethod):
         n, task = self.forward_passes - 1, self._task()
         fn = self._model if self._split is None else self._split[1]
         h = h.detach()
-        with torch.no_grad():
+        with torch.no_grad(), self._fast_masks():
             if self._batched:  # one call on the batch repeated n times: the same distribution of masks
                 rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731
                 t = task.loss_terms(self.base_loss, fn(rep(h)), rep(y))
@@ -663,8 +779,12 @@ class STORM(LossMethod):
         _, head = self._keys(terms)
         # this step's batch is the previous meta step's meta batch: its weights need Ω's graph then
         reuse = pending is not None and self.meta_source == "noisy_train"
-        with torch.set_grad_enabled(reuse and self.meta_loss_rescaling):
-            w = self.rescaler(f, head, self._bn_group(terms))
+        w_prev = None  # Ω on the pending step's features, for its second-order term
+        if reuse and self.meta_loss_rescaling and pending.second is not None:
+            w, w_prev = self.rescaler.many([(f, head, self._bn_group(terms)), (pending.f, pending.head, pending.group)])
+        else:
+            with torch.set_grad_enabled(reuse and self.meta_loss_rescaling):
+                w = self.rescaler(f, head, self._bn_group(terms))
         wd = w.detach()
         params = [p for _, p, _ in self._params]
         loss = self._batch_loss(terms, wd, B)
@@ -680,7 +800,7 @@ class STORM(LossMethod):
             else:  # clean_val: a validation batch at the current parameters (= θ*)
                 g = _grad(loss, params)
                 v, meta_terms, w_m, rows_m = self._validation_meta(params, B)
-            self._omega_step(pending, v, meta_terms, w_m, rows_m)
+            self._omega_step(pending, v, meta_terms, w_m, rows_m, w_prev)
         else:
             g = _grad(loss, params)
         if meta:
@@ -728,21 +848,16 @@ class STORM(LossMethod):
         return _Pending(f, head, terms.loss.detach(), terms.share, B, second, self._bn_group(terms))
 
     def _lookahead_vjp(self, second: dict, v: list) -> list:
-        """u = (∂θ*/∂g)ᵀ v for step t's lookahead θ*(g), rebuilt from `second` (see `_prepare`); a
-        parameter that had no gradient at step t (it did not move) or has none now gets u = 0."""
-        u = [torch.zeros_like(p) for _, p, _ in self._params]
-        used = [i for i, (gi, vi) in enumerate(zip(second["g"], v)) if gi is not None and vi is not None]
-        if not used:
-            return u
-        gq = [second["g"][i].detach().requires_grad_(True) for i in used]
-        with torch.enable_grad():
-            theta = []
-            for i, gi in zip(used, gq):
-                group = second["groups"][self._params[i][2]]
-                p = 0.0 if second["param"][i] is None else second["param"][i]
-                theta.append(lookahead(p, gi, group, second["state"][i], second["kind"], group["decoupled"]))
-        for i, ui in zip(used, torch.autograd.grad(theta, gq, [v[i] for i in used])):
-            u[i] = ui
+        """u = (∂θ*/∂g)ᵀ v for step t's lookahead θ*(g), from what `_prepare` kept; a parameter that had
+        no gradient at step t (it did not move) or has none now gets u = 0. ∂θ*/∂g is diagonal for
+        SGD and Adam, so u is closed form (`lookahead_vjp`), no autograd graph."""
+        u = []
+        for (_, p, k), gi, vi, st, pi in zip(self._params, second["g"], v, second["state"], second["param"]):
+            if gi is None or vi is None:
+                u.append(torch.zeros_like(p))
+                continue
+            group = second["groups"][k]
+            u.append(lookahead_vjp(0.0 if pi is None else pi, gi, vi, group, st, second["kind"]))
         return u
 
     def _directional(self, a: dict, u: list) -> torch.Tensor:
@@ -767,7 +882,8 @@ class STORM(LossMethod):
         v = _grad(self._batch_loss(terms, w_m.detach(), size), params)
         return v, terms, w_m, size
 
-    def _omega_step(self, pending: _Pending, v, meta_terms: LossTerms, w_m: torch.Tensor, rows_m: int) -> None:
+    def _omega_step(self, pending: _Pending, v, meta_terms: LossTerms, w_m: torch.Tensor, rows_m: int,
+                    w_prev: torch.Tensor | None = None) -> None:
         """dL_meta/dω = outer term (through w′) + second-order term (through θ*), then one Adam step."""
         omega = list(self.rescaler.parameters())
         objective = None  # its ω-gradient is dL_meta/dω
@@ -778,14 +894,15 @@ class STORM(LossMethod):
             u = self._lookahead_vjp(pending.second, v)  # u = (∂θ*/∂g)ᵀ ∇θ* L_meta
             a = self._directional(pending.second["a"], u)  # a_i = <u, ∇ℓ_i> at step t's parameters and masks
             # g(w) = ∇θ L(w) and <u, g(w)> = share (M/B) s(w) Σ_m w_m a_m: its ω-gradient is the term
-            w_prev = self.rescaler(pending.f, pending.head, pending.group)
+            if w_prev is None:  # (else evaluated together with this step's weights)
+                w_prev = self.rescaler(pending.f, pending.head, pending.group)
             inner = self._rescaled(pending.share, pending.loss, w_prev, pending.rows, a.detach(), pending.head)
             objective = inner if objective is None else objective + inner
         if objective is None:
             return
         for p, gr in zip(omega, torch.autograd.grad(objective, omega)):
             p.grad = gr
-        self.meta_optimizer.step()
+        adam_step(self.meta_optimizer)
 
     def _jvp_fn(self, primals: dict, x, y, rng0):
         task, names = self._task(), list(primals)

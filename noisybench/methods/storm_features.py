@@ -137,15 +137,18 @@ class GroupMemory:
         mem_group = group_of(self.slot, self.stats[:, 4])
         count = torch.bincount(mem_group, minlength=G2)
         mean, std = _group_mean_std(self.stats[:, :4], mem_group, count, G2)  # [G2, 4]
-        # every member compared with its group's means (the code's `_update_batch_kl`)
-        m_kl = gaussian_kl(self.stats[:, 0], self.stats[:, 1], mean[mem_group, 0], mean[mem_group, 1])
-        m_ovl = gaussian_overlap(self.stats[:, 0], self.stats[:, 1], mean[mem_group, 0], mean[mem_group, 1])
-        d_mean, d_std = _group_mean_std(torch.stack([m_kl, m_ovl], 1), mem_group, count, G2)
-
         slot = targets if self.separate else torch.zeros_like(targets)
         g = group_of(slot, stats[:, 4])
-        kl = gaussian_kl(stats[:, 0], stats[:, 1], mean[g, 0], mean[g, 1])
-        ovl = gaussian_overlap(stats[:, 0], stats[:, 1], mean[g, 0], mean[g, 1])
+        # every member compared with its group's means (the code's `_update_batch_kl`), and the batch
+        # with its groups' means: one evaluation for both (the memory's N rows, then the batch's B)
+        N = len(mem_group)
+        both = torch.cat([mem_group, g])
+        mu, sd = torch.cat([self.stats[:, 0], stats[:, 0]]), torch.cat([self.stats[:, 1], stats[:, 1]])
+        kl_all = gaussian_kl(mu, sd, mean[both, 0], mean[both, 1])
+        ovl_all = gaussian_overlap(mu, sd, mean[both, 0], mean[both, 1])
+        m_kl, m_ovl, kl, ovl = kl_all[:N], ovl_all[:N], kl_all[N:], ovl_all[N:]
+        d_mean, d_std = _group_mean_std(torch.stack([m_kl, m_ovl], 1), mem_group, count, G2)
+
         own = torch.cat([stats[:, :4], kl[:, None], ovl[:, None]], dim=1)  # [B, 6]
         gm = torch.cat([mean[g], d_mean[g]], dim=1)
         gs = torch.cat([std[g], d_std[g]], dim=1)
