@@ -88,6 +88,7 @@ RUNNER: dict[str, tuple[Any, Any]] = {
     "trainer.checkpoint_every": (NonNegativeInt, 1),
     "trainer.keep_checkpoint": (bool, "false"),
     "trainer.max_train_loss": (Optional[PositiveFloat], 1e4),
+    "trainer.save_weights_at": (Optional[list[PositiveInt]], [1, 50, 100]),
     "dataset.name": (str, None),
     "dataset.metric": (str, None),
     "dataset.extra_metrics": (list[str], None),
