@@ -302,7 +302,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
             row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **method.state(), **method_metrics}
             if epoch in save_weights_at:
                 w = method.sample_weights()
-                if w is not None:  # a method with per-sample weights (STORM); evaluation only
+                if w is not None:  # a method with per-sample weights (a reweighting method); evaluation only
                     weights_saved[epoch] = w.detach().float().cpu().numpy().astype(np.float16)
                     _save_weights(out_dir, weights_saved, task.sample_corrupted(corrupted))
             if (epoch + 1) % int(cfg.trainer.eval_every) == 0 or epoch == epochs - 1 or divergence:

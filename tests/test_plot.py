@@ -180,6 +180,36 @@ def test_the_learning_curves_show_ce_memorising(sweep):
     assert ce_noisy.get_title() == "symmetric 0.4" and "ce" in axes[0].get_ylabel()
 
 
+def test_settings_without_a_rate_are_points_beside_the_clean_level(tmp_path):
+    """CIFAR-N style label sets have no rate: one x position each (no line between them), the
+    noise=none runs as `clean`; a run without a selected epoch (no validation split) is no point."""
+    from matplotlib import rc_context
+
+    from noisybench.plots import STYLE, accuracy_vs_noise, groups
+    from noisybench.results import load_runs
+
+    for seed in (0, 1):
+        for noise in ({"type": "none"}, {"type": "real", "label_set": "worse"}, {"type": "real", "label_set": "aggre"}):
+            d = write_run(tmp_path / "s", "ce", 0.3, seed)
+            d = d.rename(d.with_name(f"{noise.get('label_set', 'none')}-{seed}"))
+            r = json.loads((d / "result.json").read_text())
+            r["noise"] = {**noise, "seed": 0}
+            r["config"]["noise"] = {"name": noise["type"], "seed": 0, **{k: v for k, v in noise.items() if k != "type"}}
+            if noise["type"] == "none":
+                r["test_selected"] = r["selected_epoch"] = r["val_selected"] = None
+            (d / "result.json").write_text(json.dumps(r))
+    (group,) = groups(load_runs([tmp_path / "s"])[0])
+    assert group.cols == ["none", "real aggre", "real worse"] and group.runs["clean"].sum() == 2
+    with rc_context(STYLE):
+        (plot,) = accuracy_vs_noise(group)
+    last, selected = plot.figure.axes[:2]
+    assert [t.get_text() for t in last.get_xticklabels()] == ["clean", "real aggre", "real worse"]
+    (bars,) = last.containers  # one method: one set of error bars, three points
+    assert len(bars.lines[0].get_xdata()) == 3 and bars.lines[0].get_linestyle() == "None"
+    assert len(selected.containers[0].lines[0].get_xdata()) == 2  # no selected epoch without validation
+    assert "error bars: ± std" in plot.caption
+
+
 def test_html_report_is_one_self_contained_file(sweep, tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["report", str(sweep), "-f", "html,md", "-o", str(out)]) == 0
