@@ -19,7 +19,10 @@ commands:
                       transition matrix, write noise.json and transition_matrix.png (no training)
                       e.g. noisybench noise dataset=fashion_mnist noise=instance noise.rate=0.4
   report PATH...      rebuild summary.csv and tables from run or sweep directories
-                      (`--tune optim.optimizer.lr`: pick the lr per cell by validation)
+                      (`--tune optim.optimizer.lr`: pick the lr per cell by validation;
+                      `-f html -o DIR`: one self-contained report.html with tables and figures)
+  plot PATH...        figures from run or sweep directories into PATH/figures (or -o DIR): accuracy
+                      vs noise, learning curves and memorisation, method diagnostics, PDF and PNG
   completion bash     print a bash completion script: eval "$(noisybench completion bash)"
 
 Interrupted? Run the same command again (or `noisybench train --resume DIR`): finished runs are
@@ -351,9 +354,88 @@ def report_main(args: list[str]) -> int:
     return 0
 
 
+def plot_main(args: list[str]) -> int:
+    from noisybench.plots import FORMATS
+
+    p = argparse.ArgumentParser(prog="noisybench plot",
+                                description="Figures from run or sweep directories, grouped as `noisybench report` "
+                                            "groups its tables: accuracy vs noise rate, learning curves and "
+                                            "memorisation, method diagnostics, per-sample weights, transition "
+                                            "matrices.")
+    p.add_argument("paths", nargs="+", type=Path, help="run directories, sweep directories or result.json files")
+    p.add_argument("-o", "--out", type=Path,
+                   help="directory for the figures (default: PATH/figures for a single directory PATH)")
+    p.add_argument("-f", "--format", default=",".join(FORMATS),
+                   help=f"comma-separated: {','.join(FORMATS)}, svg (default {','.join(FORMATS)})")
+    p.add_argument("--dpi", type=int, default=150, help="resolution of the PNG files (default 150)")
+    a = p.parse_args(args)
+    formats = [f for f in a.format.split(",") if f]
+    bad = [f for f in formats if f not in (*FORMATS, "svg")]
+    if bad or not formats:
+        print(f"noisybench: error: unknown format {', '.join(bad) or '(none)'}; use png, pdf or svg "
+              "(comma-separated)", file=sys.stderr)
+        return EXIT_USAGE
+    if a.dpi < 30:
+        print(f"noisybench: error: --dpi {a.dpi} is too small to read; use e.g. --dpi 150", file=sys.stderr)
+        return EXIT_USAGE
+    missing = [str(x) for x in a.paths if not x.exists()]
+    if missing:
+        print(f"noisybench: error: no such path: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    out = a.out
+    if out is None:
+        if len(a.paths) != 1 or not a.paths[0].is_dir():
+            print("noisybench: error: several paths (or a file): say where the figures go with -o DIR",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        out = a.paths[0] / "figures"
+    if out.exists() and not out.is_dir():
+        print(f"noisybench: error: -o {out} is a file; give a directory for the figures", file=sys.stderr)
+        return EXIT_USAGE
+    from noisybench.results import find_runs, left_out_note, load_runs
+
+    for path in a.paths:  # every PATH must hold a finished run (a typo'd sweep dir is not silently empty)
+        found = find_runs([path])
+        if not any(state == "finished" for _, state in found):
+            states = ", ".join(f"{sum(s == k for _, s in found)} {k}" for k in ("failed", "unfinished")
+                               if any(s == k for _, s in found))
+            print(f"noisybench: error: {path} holds no finished run (finished runs have a result.json)"
+                  + (f"; it has {states} run(s)" if states else "; it holds no run directory at all"),
+                  file=sys.stderr)
+            return EXIT_FAILED
+    df, left_out = load_runs(a.paths)
+    if df.empty:
+        print("noisybench: error: no finished run under the given paths; " + left_out_note(left_out), file=sys.stderr)
+        return EXIT_FAILED
+    from noisybench.plots import figures, save
+
+    try:
+        plots = figures(df)
+        if not plots:
+            print("noisybench: error: nothing to draw: the runs have no noisy setting, no metrics.csv and no "
+                  "noise.json", file=sys.stderr)
+            return EXIT_FAILED
+        for plot in plots:
+            paths = save(plot, out, formats, a.dpi)
+            print(", ".join(str(x) for x in paths))
+    except NoisybenchError as e:
+        print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as e:
+        print(f"noisybench: error: cannot write the figures to {out} ({e.strerror or e}); give a writable "
+              "directory with -o DIR", file=sys.stderr)
+        return EXIT_FAILED
+    diverged = df["diverged"].astype(bool).sum() if "diverged" in df else 0
+    print(f"{len(plots)} figures from {len(df) - diverged} runs -> {out}"
+          + (f" ({diverged} diverged runs left out of the figures)" if diverged else ""))
+    print(left_out_note(left_out).replace("in the tables", "in the figures"))
+    return 0
+
+
 from noisybench.completion import completion_main, hydra_shell_completion  # noqa: E402
 
-COMMANDS = {"train": train_main, "noise": noise_main, "report": report_main, "completion": completion_main}
+COMMANDS = {"train": train_main, "noise": noise_main, "report": report_main, "plot": plot_main,
+            "completion": completion_main}
 
 
 def main(argv: list[str] | None = None) -> int:

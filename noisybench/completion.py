@@ -6,7 +6,7 @@
 offers what Hydra's own completion offers for the config: config groups (`method=`), keys
 (`noise.rate=`, `optim.` ...), a group's options after `method=`, a key's current value after
 `noise.rate=`, files after `data_dir=./`; `hydra.searchpath=[...]` and `-cd DIR` on the line are
-taken into account. `noisybench report <TAB>` completes paths.
+taken into account. `noisybench report <TAB>` and `noisybench plot <TAB>` complete paths.
 
 Why not Hydra's `noisybench train -sc install=bash`: Hydra's script completes the program it was
 started as, and the CLI starts the Hydra app as "noisybench train", so that script registered
@@ -23,7 +23,7 @@ import re
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("train", "noise", "report", "completion")
+SUBCOMMANDS = ("train", "noise", "report", "plot", "completion")
 FLAGS = {
     "train": ("--multirun", "--cfg", "--resolve", "--package", "--info", "--help", "--hydra-help",
               "--config-dir", "--config-name", "--config-path", "--resume"),
@@ -37,7 +37,7 @@ BASH_SCRIPT = r"""# noisybench bash completion: eval "$(noisybench completion ba
 _noisybench() {
     local cur=${COMP_WORDS[COMP_CWORD]}
     if (( COMP_CWORD <= 1 )); then
-        COMPREPLY=($(compgen -W "train noise report completion --help --version" -- "$cur"))
+        COMPREPLY=($(compgen -W "train noise report plot completion --help --version" -- "$cur"))
         return 0
     fi
     local IFS=$'\n'
@@ -51,7 +51,7 @@ _noisybench() {
             done
             ;;
         completion) COMPREPLY=($(compgen -W "bash" -- "$cur")) ;;
-        *) COMPREPLY=() ;;  # report: paths (-o default)
+        *) COMPREPLY=() ;;  # report, plot: paths (-o default)
     esac
     return 0
 }

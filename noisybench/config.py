@@ -97,7 +97,21 @@ def check_trainer(t: DictConfig) -> None:
                           "(0 = checkpoints only on Ctrl-C/SIGTERM)")
     if not isinstance(t.get("keep_checkpoint", False), bool):
         raise ConfigError(f"trainer.keep_checkpoint={t.keep_checkpoint} must be true or false")
+    late = [e for e in (t.get("save_weights_at") or []) if int(e) > int(t.epochs)]
+    if late:
+        raise ConfigError(f"trainer.save_weights_at has epoch {late[0]} but the run has trainer.epochs={t.epochs}; "
+                          "give epochs from 1 to trainer.epochs (or null for five spread over the run)")
     resolve_device(str(t.device))
+
+
+def weight_epochs(t: DictConfig) -> set[int]:
+    """The 0-based epochs after which per-sample weights are saved (`trainer.save_weights_at`, 1-based;
+    null: the first, 25 %, 50 %, 75 % and the last epoch)."""
+    at = t.get("save_weights_at")
+    epochs = int(t.epochs)
+    if at is None:
+        return {max(0, round(epochs * f) - 1) for f in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    return {int(e) - 1 for e in at}
 
 
 OBJECTIVES = ("val_selected", "val_last")

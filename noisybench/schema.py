@@ -91,6 +91,7 @@ RUNNER: dict[str, tuple[Any, Any]] = {
     "trainer.precision": (Literal["auto", "fp32", "bf16"], "fp32"),  # noisybench.fastpath
     "trainer.channels_last": (Union[bool, Literal["auto"]], "false"),
     "trainer.compile": (bool, "true"),
+    "trainer.save_weights_at": (Optional[list[PositiveInt]], [1, 50, 100]),
     "dataset.name": (str, None),
     "dataset.metric": (str, None),
     "dataset.extra_metrics": (list[str], None),

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from noisybench import data as nbdata
 from noisybench import loggers
-from noisybench.config import build, check_trainer, resolve_device
+from noisybench.config import build, check_trainer, resolve_device, weight_epochs
 from noisybench.errors import ConfigError, NoisybenchError, one_line
 from noisybench.fastpath import resolve as resolve_fast_path
 from noisybench.fastpath import to_device
@@ -34,7 +34,8 @@ from noisybench.stopping import StopOnSignal
 from noisybench.tasks import make_task
 from noisybench.tasks.classification import predict  # noqa: F401  (re-exported: it used to live here)
 from noisybench.threads import torch_threads
-from noisybench.utils import atomic_write_json, atomic_write_text, git_revision, resolve_data_dir, versions
+from noisybench.utils import (atomic_write_bytes, atomic_write_json, atomic_write_text, git_revision,
+                              resolve_data_dir, versions)
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
                      **({"from_epoch": ckpt["epoch"], "from_batch": ckpt["batch"]} if ckpt else {}))
     if ckpt is None:
         (out_dir / "metrics.csv").unlink(missing_ok=True)  # an earlier attempt's rows
+        (out_dir / WEIGHTS).unlink(missing_ok=True)
     task = make_task(cfg.dataset)  # the problem's shape: data, model arguments, losses, evaluation
     metric_name = task.metric
 
@@ -221,6 +223,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     if method.needs_clean_validation:  # opt-in baselines only; recorded as uses_clean_labels
         method.on_clean_validation(ds.x_val, ds.y_val_clean)
     corrupted = ds.y_train != ds.y_train_clean  # for method diagnostics only (epoch_metrics)
+    save_weights_at = weight_epochs(cfg.trainer)
     n = len(ds.y_train)
     # where training stands: (epoch, first batch offset, that epoch's permutation, its loss sum so far)
     start_epoch, start_pos, perm, total = 0, 0, None, None
@@ -244,6 +247,8 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
         stats.update(ckpt["checkpoint_stats"])
         log.info("resuming %s after %d of %d epochs%s", out_dir, start_epoch, epochs,
                  f" and {-(-start_pos // bs)} batches" if start_pos else "")
+    # per-sample weights at those epochs, {0-based epoch: float16 array}; on resume, the earlier attempts'
+    weights_saved = {e: w for e, w in _load_weights(out_dir).items() if e < start_epoch} if ckpt is not None else {}
     # (a checkpoint at the very end, kept by keep_checkpoint, resumes straight to the record)
     method_metrics: dict = method.epoch_metrics(corrupted) if start_epoch >= epochs else {}
     t_start = time.perf_counter()
@@ -303,6 +308,11 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
                     raise
                 method_metrics = {}  # diagnostics of non-finite weights: not worth a crash
             row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **method.state(), **method_metrics}
+            if epoch in save_weights_at:
+                w = method.sample_weights()
+                if w is not None:  # a method with per-sample weights (a reweighting method); evaluation only
+                    weights_saved[epoch] = w.detach().float().cpu().numpy().astype(np.float16)
+                    _save_weights(out_dir, weights_saved, task.sample_corrupted(corrupted))
             if (epoch + 1) % int(cfg.trainer.eval_every) == 0 or epoch == epochs - 1 or divergence:
                 with fast.autocast():
                     row.update(task.evaluate(model, ds, eval_bs))
@@ -340,6 +350,28 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     if not cfg.trainer.get("keep_checkpoint"):
         rd.remove_checkpoint()
     return record
+
+
+WEIGHTS = "sample_weights.npz"
+
+
+def _save_weights(out_dir: Path, saved: dict[int, np.ndarray], corrupted: torch.Tensor) -> None:
+    """sample_weights.npz: `epoch` [E] (0-based, as in metrics.csv), `weights` [E, N] float16 (NaN: a
+    sample not weighted that epoch) and `corrupted` [N] bool (noisy label != clean label)."""
+    epochs = sorted(saved)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, epoch=np.array(epochs, dtype=np.int32), weights=np.stack([saved[e] for e in epochs]),
+                        corrupted=corrupted.reshape(-1).cpu().numpy().astype(bool))
+    atomic_write_bytes(out_dir / WEIGHTS, buf.getvalue())
+
+
+def _load_weights(out_dir: Path) -> dict[int, np.ndarray]:
+    """The weights an earlier attempt of this run saved (resume), by 0-based epoch."""
+    try:
+        with np.load(out_dir / WEIGHTS) as z:
+            return {int(e): w for e, w in zip(z["epoch"], z["weights"])}
+    except (OSError, KeyError, ValueError):
+        return {}
 
 
 DEFAULT_MAX_TRAIN_LOSS = 1e4  # trainer.max_train_loss when a config does not set it

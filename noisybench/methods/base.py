@@ -86,3 +86,10 @@ class LossMethod(nn.Module):
         (bool, training split order). For evaluation only: a method must not train on it.
         Merged into the metrics.csv row; the last epoch's values go into result.json."""
         return {}
+
+    def sample_weights(self) -> torch.Tensor | None:
+        """The latest per-sample weight of every training sample ([N * task.sample_groups(y)],
+        training-split order, NaN for a sample not weighted yet this epoch), or None for a method
+        without per-sample weights. Read at the end of the epochs in `trainer.save_weights_at` (the
+        runner writes them to sample_weights.npz with the corrupted mask); evaluation only."""
+        return None

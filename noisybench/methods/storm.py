@@ -582,6 +582,9 @@ class STORM(LossMethod):
             out["weight_auc"] = float(roc_auc_score(~bad, w))  # P(w_clean > w_corrupted), ties count 1/2
         return out
 
+    def sample_weights(self) -> torch.Tensor | None:
+        return self._weights
+
     # ---- the step ----
     def _setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch_size: int) -> None:
         if self._model_id == (id(model), id(optimizer)):

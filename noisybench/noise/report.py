@@ -31,6 +31,29 @@ def format_matrix(T: np.ndarray, counts: np.ndarray, names: Sequence[str] | None
     return "\n".join(lines)
 
 
+def draw_heatmap(ax, T: np.ndarray, names: Sequence[str] | None = None, fontsize: float = 7,
+                 colorbar: bool = True, percent: bool = False):
+    """T[true, noisy] on the axes `ax` (values written in the cells for K <= 20, as fractions with two
+    decimals or, with `percent`, as whole percentages: narrower); returns the image."""
+    k = len(T)
+    im = ax.imshow(T, vmin=0.0, vmax=1.0, cmap="viridis")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if k <= _FULL_MATRIX_MAX:
+        labels = [str(n) for n in (names or range(k))]
+        ax.set_xticks(range(k), labels, rotation=90)
+        ax.set_yticks(range(k), labels)
+        for i in range(k):
+            for j in range(k):
+                if T[i, j] >= 0.005:
+                    ax.text(j, i, f"{100 * T[i, j]:.0f}" if percent else f"{T[i, j]:.2f}", ha="center",
+                            va="center", fontsize=fontsize,
+                            color="black" if T[i, j] > 0.6 else "white")
+    ax.set_xlabel("noisy label")
+    ax.set_ylabel("true class")
+    return im
+
+
 def save_heatmap(T: np.ndarray, path: Path | str, names: Sequence[str] | None = None, title: str = "") -> None:
     """Write a heatmap of T as PNG (matplotlib's object API: no global pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -41,19 +64,7 @@ def save_heatmap(T: np.ndarray, path: Path | str, names: Sequence[str] | None = 
     fig = Figure(figsize=(size, size * 0.9))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    im = ax.imshow(T, vmin=0.0, vmax=1.0, cmap="viridis")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    if k <= _FULL_MATRIX_MAX:
-        labels = [str(n) for n in (names or range(k))]
-        ax.set_xticks(range(k), labels, rotation=90)
-        ax.set_yticks(range(k), labels)
-        for i in range(k):
-            for j in range(k):
-                if T[i, j] >= 0.005:
-                    ax.text(j, i, f"{T[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="black" if T[i, j] > 0.6 else "white")
-    ax.set_xlabel("noisy label")
-    ax.set_ylabel("true class")
+    draw_heatmap(ax, T, names)
     ax.set_title("\n".join(textwrap.wrap(title, width=max(30, int(size * 8)))), fontsize=9)  # fits the figure
     fig.tight_layout()
     with atomic_output(path) as f:  # the usual file permissions, never a half-written PNG
