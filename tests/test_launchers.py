@@ -32,6 +32,7 @@ def summary(sweep: Path) -> dict[str, tuple[str, str]]:
         return {Path(r["run_dir"]).name: (r["test_last"], r["test_selected"]) for r in csv.DictReader(f)}
 
 
+@pytest.mark.slow  # 30-60 s: three full sweeps; the thread policy and the local preset have their own fast tests
 def test_local_and_submitit_local_sweeps_equal_the_basic_launcher(cli_env, tmp_path):
     cli_env = {k: v for k, v in cli_env.items() if k != "OMP_NUM_THREADS"}  # the thread policy decides
     sweeps = {}
