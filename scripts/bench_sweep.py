@@ -1,7 +1,7 @@
 """Runs per hour of a sweep: one job after another (Hydra's basic launcher, torch's default threads)
 against the `local` preset (jobs side by side, threads by noisybench.threads), on the same runs.
 
-    python scripts/bench_sweep.py                                  # both workloads, 8 runs each
+    python scripts/bench_sweep.py                                  # both workloads, 8 runs each, 3 rounds
     python scripts/bench_sweep.py --runs 4 --epochs 2 --workloads mnist1d --rounds 2
 
 Each measurement is one `noisybench train -m ...` command, timed from start to exit (what a user
@@ -92,7 +92,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs per run for every workload (default: mnist1d 15, storm_spam the preset's 10)")
     p.add_argument("--workloads", default="mnist1d,storm_spam", help="comma-separated: mnist1d, storm_spam")
-    p.add_argument("--rounds", type=int, default=1, help="measurements per mode and workload (alternating order)")
+    p.add_argument("--rounds", type=int, default=3, help="measurements per mode and workload (alternating order; "
+                   "default 3: single rounds on a shared or virtual machine vary by 20 %% and more)")
     p.add_argument("--keep", action="store_true", help="keep the temporary sweeps and data (printed)")
     p.add_argument("--n-jobs", type=int, default=None, help="hydra.launcher.n_jobs of the parallel mode "
                    "(default: the preset's -1, one job per core)")
