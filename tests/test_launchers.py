@@ -150,6 +150,7 @@ def test_hparams_search_presets_compose(name, method, params, cli_env):
     assert all(v.startswith("interval(") for v in sweeper["params"].values())
 
 
+@pytest.mark.slow  # a real subprocess sweep or signal: moved out of the default suite (time)
 def test_optuna_gce_q_maximises_the_validation_objective(cli_env, tmp_path):
     sweep = tmp_path / "optuna"
     p = nb("train", "-m", f"{HPARAMS_SEARCH}=gce_q", "hydra.sweeper.n_trials=5", "experiment=smoke",

@@ -132,6 +132,7 @@ def test_216_point_grid_is_checked_quickly():
     assert time.perf_counter() - tic < 20  # generous (shared machine); scripts/bench_preflight.py measures
 
 
+@pytest.mark.slow  # a real subprocess sweep or signal: moved out of the default suite (time)
 def test_user_config_dir_by_searchpath_and_config_dir(cli_env, user_conf):
     sp = f"hydra.searchpath=[file://{user_conf}]"
     assert preflight([sp, "experiment=smoke", "method=mine"]) == (None, None)

@@ -145,6 +145,7 @@ def test_failure_leaves_only_failed_json_and_a_retry_clears_it(cli_env, tmp_path
     assert json.loads((run_dir / "attempt.json").read_text())["action"] == "retried"
 
 
+@pytest.mark.slow  # a real subprocess sweep or signal: moved out of the default suite (time)
 def test_keep_checkpoint_and_checkpoint_every(cli_env, tmp_path):
     args = ["experiment=smoke", "trainer.epochs=3"]
     assert nb("train", *args, "trainer.keep_checkpoint=true", f"hydra.run.dir={tmp_path / 'k'}",
@@ -223,7 +224,7 @@ def test_sweep_resume_by_directory(cli_env, tmp_path):
     assert (victim / "result.json").is_file()
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow)])
 def test_sweep_with_failing_jobs_exits_nonzero_and_lists_them(launcher, cli_env, tmp_path):
     sweep = tmp_path / "sweep"
     p = nb("train", "-m", f"hydra/launcher={launcher}", "experiment=smoke", "dataset.subset=100000,256",
@@ -236,6 +237,7 @@ def test_sweep_with_failing_jobs_exits_nonzero_and_lists_them(launcher, cli_env,
     assert len(list(sweep.glob("*/result.json"))) == 1 and len(list(sweep.glob("*/failed.json"))) == 1
 
 
+@pytest.mark.slow  # a real subprocess sweep or signal: moved out of the default suite (time)
 def test_a_sweep_with_a_diverging_job_counts_it_marked_and_exits_nonzero(cli_env, tmp_path):
     """Divergence is a result (a rerun skips it), marked in the table and the sweep line; exit 1."""
     sweep = tmp_path / "sweep"
@@ -270,6 +272,7 @@ sys.exit(main(["train", *sys.argv[2:], f"hydra.run.dir={run_dir}"]))
 '''
 
 
+@pytest.mark.slow  # a real subprocess sweep or signal: moved out of the default suite (time)
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")
 def test_usr2_with_a_requeue_handler_checkpoints_first_then_hands_it_on(cli_env, tmp_path):
     args = ["method=dal", "dataset.subset=1200", "trainer.epochs=4", "trainer.batch_size=8", "trainer.device=cpu",
