@@ -189,6 +189,17 @@ def _stack(label: str, width: int = 18) -> str:
     return "\n".join(ln.replace("=", "=\n", 1) if len(ln) > width else ln for ln in lines)
 
 
+def _legend_entries(axes) -> tuple[list, list]:
+    """Every labelled artist of the axes once (the first of each label), for one figure legend."""
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    return handles, labels
+
+
 def _legend(fig, handles: list, labels: list[str], most: int) -> None:
     """The figure's legend under the axes, in as many columns (at most `most`) as its labels fit."""
     if not labels:
@@ -377,12 +388,7 @@ def learning_curves(group: Group, cache: dict) -> list[Plot]:
                 ax.set_xlabel("epoch")
             ax.set_ylim(-2, 102)
             ax.xaxis.set_major_locator(_epoch_ticks())
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
+    handles, labels = _legend_entries(axes)
     _legend(fig, handles, labels, 2)
     caption = (f"{group.dataset} / {group.model}: learning curves per method (rows) and noise setting (columns): "
                f"{METRIC_TITLES.get(group.metric, group.metric).replace('test ', '', 1)} on the noisy training "
@@ -450,12 +456,7 @@ def diagnostics(group: Group, cache: dict) -> list[Plot]:
             ax.set_ylabel(ylabel)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(_epoch_ticks())
-        handles, labels = [], []
-        for ax in axes.flat:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
+        handles, labels = _legend_entries(axes)
         if any(c in columns for c in DIAG_STYLES):
             from matplotlib.lines import Line2D
 
@@ -548,12 +549,7 @@ def sample_weight_histograms(group: Group) -> list[Plot]:
                     ax.set_ylabel(f"{_stack(c)}\ndensity", fontsize=7)
                 if i == len(cols) - 1:
                     ax.set_xlabel("per-sample weight")
-        handles, labels = [], []
-        for ax in axes.flat:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
+        handles, labels = _legend_entries(axes)
         _legend(fig, handles, labels, 2)
         _suptitle(fig, f"{r}: per-sample weights ({group.dataset} / {group.model})")
         caption = (f"{group.dataset} / {group.model}, {r}: distribution of the per-sample weights of the clean and "
