@@ -86,7 +86,7 @@ def test_pass_stats_by_hand():
     losses = torch.tensor([[1.0, 2.0], [3.0, 2.0], [2.0, 2.0]], dtype=torch.float64)  # G=3, B=2
     logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 2.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]],
                           dtype=torch.float64)
-    s = pass_stats(losses, logits, torch.tensor([0, 1]))
+    s = torch.from_numpy(pass_stats(losses, logits, torch.tensor([0, 1])))
     torch.testing.assert_close(s[:, 0], torch.tensor([2.0, 2.0], dtype=torch.float64))
     torch.testing.assert_close(s[:, 1], torch.tensor([1.0, 0.0], dtype=torch.float64))
     pmax = torch.softmax(logits, 2).max(2).values
@@ -120,7 +120,7 @@ def test_nineteen_features_against_independent_loops():
     for c in range(3):
         kept += [r for r in history if r[0] == c][-4:]
     assert sorted(kept) == sorted((int(c), *map(float, r)) for c, r in zip(mem.slot, mem.stats))
-    f = mem.features(st, y)
+    f = torch.from_numpy(mem.features(st, y))
     assert f.shape == (5, 19)
     ref = _ref_features(kept, [(int(c), *map(float, r)) for c, r in zip(y, st)])
     torch.testing.assert_close(f, ref, atol=1e-9, rtol=1e-7)
@@ -129,8 +129,8 @@ def test_nineteen_features_against_independent_loops():
 def test_kl_and_overlap_closed_forms():
     mp, sp, mq, sq = (torch.tensor(v, dtype=torch.float64) for v in ([0.3, 1.0, 2.0, 0.5], [0.2, 0.0, 1.5, 0.7],
                                                                      [0.1, 1.0, -1.0, 0.5], [0.4, 0.3, 1.5, 0.7]))
-    kl = gaussian_kl(mp, sp, mq, sq)
-    ovl = gaussian_overlap(mp, sp, mq, sq)
+    kl = torch.from_numpy(gaussian_kl(mp, sp, mq, sq))
+    ovl = torch.from_numpy(gaussian_overlap(mp, sp, mq, sq))
     for i in range(4):
         assert kl[i].item() == pytest.approx(_ref_kl(*(t[i].item() for t in (mp, sp, mq, sq))))
         ref = statistics.NormalDist(mp[i].item(), max(sp[i].item(), 1e-8)).overlap(

@@ -129,7 +129,7 @@ from noisybench.config import config_files
 from noisybench.errors import ConfigError
 from noisybench.methods.base import Batch, LossMethod
 from noisybench.methods.storm_directional import Capture, directional, supported
-from noisybench.methods.storm_features import NUM_FULL, NUM_LOSS, GroupMemory, pass_stats
+from noisybench.methods.storm_features import NUM_FULL, NUM_LOSS, GroupMemory, host, pass_stats
 from noisybench.models import has_active_dropout, split_at_dropout
 from noisybench.tasks import LossTerms
 
@@ -144,19 +144,20 @@ BN_EPS = 1e-5  # torch BatchNorm1d default, as in the public code's Ω
 
 
 def _bn(x: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
-    """BatchNorm1d(affine=False) in training mode over the batch dim (-2) of [..., heads, batch,
-    features]; with `group` ([batch] ids), the statistics are those of each sample's group (the
-    public DST code calls Ω once per slot, so its batch statistics are per slot)."""
+    """BatchNorm1d(affine=False) in training mode over the rows of [batch, columns]; with `group`
+    ([batch] ids), the statistics are those of each sample's group (the public DST code calls Ω once
+    per slot, so its batch statistics are per slot). A batch (or group) of one normalises to 0."""
     if group is None:
-        var, mean = torch.var_mean(x, dim=-2, unbiased=False, keepdim=True)
-        return (x - mean) * torch.rsqrt(var + BN_EPS)
+        if len(x) <= 1:
+            return x - x  # (torch's batch_norm refuses one row; keeps the graph, gradient 0)
+        return torch.nn.functional.batch_norm(x, None, None, training=True, eps=BN_EPS)  # one fused op each way
     # group sums as a matrix product with the one-hot membership (deterministic, unlike index_add_)
     onehot = torch.nn.functional.one_hot(group, int(group.max()) + 1 if len(group) else 1).to(x.dtype)  # [B, n]
-    count = onehot.sum(0)[None, :, None]
-    mean = torch.einsum("bn,hbf->hnf", onehot, x) / count
-    centred = x - torch.einsum("bn,hnf->hbf", onehot, mean)
-    var = torch.einsum("bn,hbf->hnf", onehot, centred * centred) / count
-    return centred * torch.rsqrt(torch.einsum("bn,hnf->hbf", onehot, var) + BN_EPS)
+    count = onehot.sum(0)[:, None]
+    mean = onehot.t() @ x / count
+    centred = x - onehot @ mean
+    var = onehot.t() @ (centred * centred) / count
+    return centred * torch.rsqrt(onehot @ var + BN_EPS)
 
 
 class Rescaler(nn.Module):
@@ -178,30 +179,35 @@ class Rescaler(nn.Module):
         self.b2.zero_()
 
     def all_heads(self, f: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
-        """[..., B, F] -> [..., heads, B] weights (softmax column 1, as in the code); BN statistics
-        per `group` when given (else over each batch B). Leading dims are independent batches.
-        Always float32: autocast (bf16 runs) is off here."""
+        """[B, S, F] (S independent batches of B samples) -> [B, S, heads] weights (softmax column 1,
+        as in the code); BN statistics per batch and head, or per `group` ([B]) when given. Always
+        float32 (or float64): autocast (bf16 runs) is off here."""
         with torch.autocast(f.device.type, enabled=False):
             return self._all_heads(f if f.dtype == torch.float64 else f.float(), group)
 
     def _all_heads(self, f: torch.Tensor, group: torch.Tensor | None) -> torch.Tensor:
-        h = torch.relu(_bn(torch.matmul(f.unsqueeze(-3), self.w1.transpose(1, 2)) + self.b1[:, None], group))
-        z = _bn(torch.matmul(h, self.w2.transpose(1, 2)) + self.b2[:, None], group)
-        return torch.softmax(z, dim=-1)[..., 1]
+        # laid out [B, (batch, head, unit)] so that each BN is ONE batch_norm over rows: the first layer
+        # of every head is one matrix product, the second a product batched over heads
+        B, S, F_ = f.shape
+        H = self.w1.shape[0]
+        x = torch.addmm(self.b1.reshape(-1), f.reshape(B * S, F_), self.w1.reshape(H * F_, F_).t())
+        x = torch.relu(_bn(x.view(B, S * H * F_), group))
+        z = torch.einsum("nhf,hof->nho", x.view(B * S, H, F_), self.w2) + self.b2
+        z = _bn(z.reshape(B, S * H * 2), group).view(B, S, H, 2)
+        return torch.sigmoid(z[..., 1] - z[..., 0])  # = softmax(z)[..., 1], the code's column 1
 
     def forward(self, f: torch.Tensor, head: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
         """Sample i takes the output of Ω_{head[i]}."""
-        return self.all_heads(f, group).gather(0, head[None]).squeeze(0)
+        return self.many([(f, head, group)])[0]
 
     def many(self, batches: list[tuple]) -> list[torch.Tensor]:
         """`forward` for several (f, head, group) batches, in ONE evaluation when they have the same
-        size and pooled statistics (each keeps its own BN statistics: the same numbers as separate calls)."""
-        sizes = {len(f) for f, _, _ in batches}
-        if len(sizes) > 1 or any(g is not None for _, _, g in batches):
+        size and pooled statistics (each keeps its own BN statistics)."""
+        if len({len(f) for f, _, _ in batches}) > 1 or (len(batches) > 1 and any(g is not None for _, _, g in batches)):
             return [self(f, head, g) for f, head, g in batches]
-        out = self.all_heads(torch.stack([f for f, _, _ in batches]))  # [S, heads, B]
-        head = torch.stack([h for _, h, _ in batches])[:, None]  # [S, 1, B]
-        return list(out.gather(1, head).squeeze(1).unbind(0))
+        out = self.all_heads(torch.stack([f for f, _, _ in batches], 1), batches[0][2])  # [B, S, heads]
+        head = torch.stack([h for _, h, _ in batches], 1)  # [B, S]
+        return list(out.gather(2, head[..., None]).squeeze(2).unbind(1))
 
 
 # ---- the inner optimizer as a differentiable function of the gradient -------------------------
@@ -293,8 +299,11 @@ def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
         return x * 0.0
     n = x.numel()
     bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()  # uniform in [0, 2^31)
-    keep = (bits.view(torch.int16)[:n] & (MASK_LEVELS - 1)).view(x.shape) >= drop
-    return x * keep * (MASK_LEVELS / (MASK_LEVELS - drop))
+    # the mask as 1/(1-p) or 0 in x's dtype (a comparison written straight into a float tensor: a bool
+    # mask, and x times a bool mask, are both slower on a CPU); the same numbers as x * keep * scale
+    scaled = torch.ge(bits.view(torch.int16)[:n] & (MASK_LEVELS - 1), drop,
+                      out=torch.empty(n, dtype=x.dtype, device=x.device))
+    return x * scaled.view(x.shape).mul_(MASK_LEVELS / (MASK_LEVELS - drop))
 
 
 @torch.no_grad()
@@ -640,8 +649,6 @@ class STORM(LossMethod):
         # a loaded state (a checkpoint may come back on the CPU) onto the model's device; the pending
         # update is kept: new model and optimizer objects are how a run resumes
         device = self._params[0][1].device if self._params else self._weights.device
-        self.memory.to(device)
-        self.meta_memory.to(device)
         if self._pending is not None:
             self._pending = _Pending(*_to(tuple(self._pending), device))
             second = self._pending.second
@@ -717,15 +724,18 @@ class STORM(LossMethod):
             if self.forward_passes > 1:
                 extra_loss, extra = self._extra_terms(h, y)
                 logits, losses = torch.cat([logits, extra]), torch.cat([losses, extra_loss])
-            dtype = torch.float32 if terms.loss.device.type == "mps" else torch.float64
-            stats = pass_stats(losses.to(dtype), logits.to(dtype), terms.target)
+            # the features on the host (storm_features): one copy of the passes' losses and logits and one
+            # of the targets and memory slots (free on a CPU; the only host syncs of a STORM step)
+            passes = host(torch.cat([logits.float(), losses.float()[..., None]], dim=2))
+            slot, _ = self._keys(terms)
+            target, slot = host(torch.stack([terms.target, slot]), np.int64)
+            stats = pass_stats(passes[..., -1], passes[..., :-1], target)
             if self.features == "full":
-                slot, _ = self._keys(terms)
                 memory.update(stats, slot, self._msize)
                 f = memory.features(stats, slot)
             else:
-                f = torch.stack([losses[0], stats[:, 4]], dim=1)
-            return f.to(self.rescaler.w1.dtype)
+                f = np.stack([passes[0, :, -1], stats[:, 4]], axis=1)
+            return torch.from_numpy(f).to(terms.loss.device, self.rescaler.w1.dtype)
 
     def _scale(self, w: torch.Tensor, loss: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
         """s(w) with the rescaled sample loss s(w) Σ_m w_m ℓ_m; `loss` holds detached values.

@@ -14,76 +14,102 @@ overlap coefficient of `statistics.NormalDist`, σ floored at 1e-8); their group
 every member of the group, each compared with the group's current means. Stds over passes and over
 groups are unbiased (torch.std); a group of size <= 1 gets std 1e-8 (the code's `eps`).
 
-Everything is vectorised over classes and groups (scatter sums, no Python loop over samples or
-classes) and computed in float64 (float32 on MPS, which has no float64); features carry no gradient.
+Computed on the host with numpy in float64, whatever the model's device and precision: a few hundred
+numbers per step, for which numpy's per-operation cost (about 1 µs) is a fraction of a torch
+operation's (the ~100 operations of the features were most of STORM's fixed cost per step on a small
+model). Inputs may be numpy arrays or tensors on any device (copied to the host once); everything is
+vectorised over classes and groups (bincounts, no Python loop over samples or classes); features carry
+no gradient.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from scipy.special import erfc
 
 EPS = 1e-8  # the code's std for singleton groups and its σ floor in the overlap
 NUM_FULL = 19
 NUM_LOSS = 2  # the paper's "w/o extra features" ablation: the detached loss and CAT
 
 
-def pass_stats(losses: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """[G, B] losses and [G, B, K] logits -> [B, 5] columns (ℓ̄, ℓ̆, p̄, p̆, CAT)."""
+def host(t, dtype=np.float64) -> np.ndarray:
+    """A tensor (any device) or array as a numpy array of `dtype` on the host."""
+    if isinstance(t, torch.Tensor):
+        t = t.detach()
+        if t.device.type != "cpu" or t.dtype in (torch.bfloat16, torch.float16):
+            t = t.to("cpu", torch.float64 if t.is_floating_point() else t.dtype)
+        t = t.numpy()
+    return np.asarray(t, dtype=dtype)
+
+
+def pass_stats(losses, logits, targets) -> np.ndarray:
+    """[G, B] losses and [G, B, K] logits -> [B, 5] columns (ℓ̄, ℓ̆, p̄, p̆, CAT), float64."""
+    losses, logits, targets = host(losses), host(logits), host(targets, np.int64)
     G = losses.shape[0]
-    pmax, pred = torch.softmax(logits, dim=2).max(dim=2)
-    agree = pred == targets.unsqueeze(0)
-    votes = agree.sum(dim=0)
+    pred = logits.argmax(axis=2)
+    top = np.take_along_axis(logits, pred[..., None], axis=2)
+    pmax = 1.0 / np.exp(logits - top).sum(axis=2)  # the largest softmax probability
+    agree = pred == targets[None]
+    votes = agree.sum(axis=0)
     # majority vote over the passes; a tie (exactly G/2 agreeing passes) goes to pass 0
-    cat = torch.where(2 * votes == G, agree[0], 2 * votes > G)
-    std = (lambda t: t.std(dim=0)) if G > 1 else (lambda t: torch.zeros_like(t[0]))  # the code's nan -> 0
-    return torch.stack([losses.mean(0), std(losses), pmax.mean(0), std(pmax), cat.to(losses.dtype)], dim=1)
+    cat = np.where(2 * votes == G, agree[0], 2 * votes > G)
+    out = np.empty((losses.shape[1], 5))
+    out[:, 0], out[:, 2], out[:, 4] = losses.mean(axis=0), pmax.mean(axis=0), cat
+    if G > 1:
+        out[:, 1], out[:, 3] = losses.std(axis=0, ddof=1), pmax.std(axis=0, ddof=1)
+    else:  # the code's nan -> 0
+        out[:, 1] = out[:, 3] = 0.0
+    return out
 
 
-def gaussian_kl(mu_p: torch.Tensor, sd_p: torch.Tensor, mu_q: torch.Tensor, sd_q: torch.Tensor) -> torch.Tensor:
+def gaussian_kl(mu_p, sd_p, mu_q, sd_q) -> np.ndarray:
     """D_KL(N(mu_p, sd_p) || N(mu_q, sd_q)); 0 where either σ is 0 (the code's `gaussian_KL`)."""
+    mu_p, sd_p, mu_q, sd_q = (host(v) for v in (mu_p, sd_p, mu_q, sd_q))
     zero = (sd_p == 0) | (sd_q == 0)
-    sp, sq = torch.where(zero, 1.0, sd_p), torch.where(zero, 1.0, sd_q)
-    kl = torch.log(sq / sp) + (sp ** 2 + (mu_p - mu_q) ** 2) / (2 * sq ** 2) - 0.5
-    return torch.where(zero, torch.zeros_like(kl), kl)
+    sp, sq = np.where(zero, 1.0, sd_p), np.where(zero, 1.0, sd_q)
+    kl = np.log(sq / sp) + (sp ** 2 + (mu_p - mu_q) ** 2) / (2 * sq ** 2) - 0.5
+    return np.where(zero, 0.0, kl)
 
 
-def _cdf(x: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
-    return 0.5 * torch.erfc((mu - x) / (sd * math.sqrt(2.0)))
-
-
-def gaussian_overlap(mu_a: torch.Tensor, sd_a: torch.Tensor, mu_b: torch.Tensor, sd_b: torch.Tensor) -> torch.Tensor:
+def gaussian_overlap(mu_a, sd_a, mu_b, sd_b) -> np.ndarray:
     """Overlap coefficient of two normals, `statistics.NormalDist.overlap` vectorised (σ >= 1e-8)."""
-    sd_a, sd_b = sd_a.clamp(min=EPS), sd_b.clamp(min=EPS)
+    mu_a, sd_a, mu_b, sd_b = (host(v) for v in (mu_a, sd_a, mu_b, sd_b))
+    sd_a, sd_b = np.maximum(sd_a, EPS), np.maximum(sd_b, EPS)
     swap = sd_b < sd_a  # X gets the smaller σ, as NormalDist does, so dv >= 0
-    mx, sx = torch.where(swap, mu_b, mu_a), torch.where(swap, sd_b, sd_a)
-    my, sy = torch.where(swap, mu_a, mu_b), torch.where(swap, sd_a, sd_b)
+    mx, sx = np.where(swap, mu_b, mu_a), np.where(swap, sd_b, sd_a)
+    my, sy = np.where(swap, mu_a, mu_b), np.where(swap, sd_a, sd_b)
     vx, vy = sx ** 2, sy ** 2
-    dv, dm = vy - vx, (my - mx).abs()
+    dv, dm = vy - vx, np.abs(my - mx)
     equal = dv == 0
-    dv_safe = torch.where(equal, torch.ones_like(dv), dv)
+    dv_safe = np.where(equal, 1.0, dv)
     a = mx * vy - my * vx
-    b = sx * sy * torch.sqrt(dm ** 2 + dv * torch.log(vy / vx))
+    b = sx * sy * np.sqrt(dm ** 2 + dv * np.log(vy / vx))
     x1, x2 = (a + b) / dv_safe, (a - b) / dv_safe
-    unequal = 1.0 - ((_cdf(x1, my, sy) - _cdf(x1, mx, sx)).abs() + (_cdf(x2, my, sy) - _cdf(x2, mx, sx)).abs())
-    same_var = 2.0 * _cdf(-dm, torch.zeros_like(dm), 2.0 * sx)  # = 2 Φ(-dm / (2σ))
-    return torch.where(equal, same_var, unequal)
+    # the four normal CDFs Φ((x - μ)/σ) = erfc((μ - x)/(σ√2))/2 and the equal-σ case 2Φ(-dm/(2σ)), one erfc call
+    r2 = math.sqrt(2.0)
+    c = 0.5 * erfc(np.stack([(my - x1) / (sy * r2), (mx - x1) / (sx * r2), (my - x2) / (sy * r2),
+                             (mx - x2) / (sx * r2), dm / (2.0 * sx * r2)]))
+    unequal = 1.0 - (np.abs(c[0] - c[1]) + np.abs(c[2] - c[3]))
+    return np.where(equal, 2.0 * c[4], unequal)
 
 
-def _group_mean_std(values: torch.Tensor, group: torch.Tensor, count: torch.Tensor, num_groups: int):
+def _group_mean_std(values: np.ndarray, group: np.ndarray, count: np.ndarray, num_groups: int):
     """Per-group mean and unbiased std of the columns of `values` [N, C]; std = EPS for size <= 1."""
     C = values.shape[1]
-    sums = values.new_zeros(num_groups, C).index_add_(0, group, values)
-    n = count.to(values.dtype).unsqueeze(1)
-    mean = sums / n.clamp(min=1)
+    cell = (group[:, None] * C + np.arange(C)).ravel()  # (group, column) cells: one bincount for all columns
+    sums = np.bincount(cell, weights=values.ravel(), minlength=num_groups * C).reshape(num_groups, C)
+    n = count.astype(np.float64)[:, None]
+    mean = sums / np.maximum(n, 1)
     dev = (values - mean[group]) ** 2
-    var = values.new_zeros(num_groups, C).index_add_(0, group, dev) / (n - 1).clamp(min=1)
-    std = torch.where(n > 1, var.sqrt(), torch.full_like(var, EPS))
+    var = np.bincount(cell, weights=dev.ravel(), minlength=num_groups * C).reshape(num_groups, C) / np.maximum(n - 1, 1)
+    std = np.where(n > 1, np.sqrt(var), EPS)
     return mean, std
 
 
 class GroupMemory:
-    """The code's `Filter`: the last `size` samples per class (newest kept), grouped by CAT.
+    """The code's `Filter`: the last `size` samples per class (newest kept), grouped by CAT. Host arrays.
 
     With `separate_classes=False` all samples share one class slot (`--no_class_separation`).
     """
@@ -94,63 +120,63 @@ class GroupMemory:
         self.clear()
 
     def clear(self) -> None:
-        self.stats: torch.Tensor | None = None  # [N, 5]: ℓ̄, ℓ̆, p̄, p̆, CAT
-        self.slot: torch.Tensor | None = None  # [N] class slot
-        self.stamp: torch.Tensor | None = None  # [N] insertion order (larger = newer)
+        self.stats: np.ndarray | None = None  # [N, 5]: ℓ̄, ℓ̆, p̄, p̆, CAT
+        self.slot: np.ndarray | None = None  # [N] class slot
+        self.stamp: np.ndarray | None = None  # [N] insertion order (larger = newer)
         self.clock = 0
 
     def state_dict(self) -> dict:
-        """The window (tensors by reference) and the clock, for checkpoints."""
-        return {"stats": self.stats, "slot": self.slot, "stamp": self.stamp, "clock": self.clock}
+        """The window (as CPU tensors: checkpoints load with weights_only) and the clock."""
+        to_t = lambda a: None if a is None else torch.from_numpy(a.copy())  # noqa: E731
+        return {"stats": to_t(self.stats), "slot": to_t(self.slot), "stamp": to_t(self.stamp), "clock": self.clock}
 
     def load_state_dict(self, state: dict) -> None:
-        self.stats, self.slot, self.stamp = state["stats"], state["slot"], state["stamp"]
+        if state["stats"] is None:
+            self.stats = self.slot = self.stamp = None
+        else:
+            self.stats, self.slot, self.stamp = (host(state["stats"]), host(state["slot"], np.int64),
+                                                 host(state["stamp"], np.int64))
         self.clock = int(state["clock"])
 
-    def to(self, device: torch.device) -> "GroupMemory":
-        if self.stats is not None:
-            self.stats, self.slot, self.stamp = (t.to(device) for t in (self.stats, self.slot, self.stamp))
-        return self
-
-    def update(self, stats: torch.Tensor, targets: torch.Tensor, size: int) -> None:
+    def update(self, stats, targets, size: int) -> None:
         """Append a batch (in batch order, so later samples count as newer), keep `size` per class."""
+        stats, targets = host(stats), host(targets, np.int64)
         B = stats.shape[0]
-        slot = targets if self.separate else torch.zeros_like(targets)
-        stamp = torch.arange(self.clock, self.clock + B, device=stats.device)
+        slot = targets if self.separate else np.zeros_like(targets)
+        stamp = np.arange(self.clock, self.clock + B)
         self.clock += B
         if self.stats is not None:
-            stats, slot, stamp = (torch.cat([self.stats, stats]), torch.cat([self.slot, slot]),
-                                  torch.cat([self.stamp, stamp]))
-        # rank by recency inside each class: sort newest first, then (stably) by class
-        order = torch.argsort(stamp, descending=True)
-        order = order[torch.sort(slot[order], stable=True).indices]
-        counts = torch.bincount(slot[order], minlength=self.num_slots)
-        start = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(len(order), device=order.device) - start[slot[order]]
+            stats, slot, stamp = (np.concatenate([self.stats, stats]), np.concatenate([self.slot, slot]),
+                                  np.concatenate([self.stamp, stamp]))
+        # rank by recency inside each class: by class, newest first (stamps are unique)
+        order = np.lexsort((-stamp, slot))
+        counts = np.bincount(slot, minlength=self.num_slots)
+        start = np.cumsum(counts) - counts
+        rank = np.arange(len(order)) - start[slot[order]]
         keep = order[rank < size]
         self.stats, self.slot, self.stamp = stats[keep], slot[keep], stamp[keep]
 
-    def features(self, stats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """[B, 19] features of a batch already added with `update` (group stats include it)."""
+    def features(self, stats, targets) -> np.ndarray:
+        """[B, 19] features (float64) of a batch already added with `update` (group stats include it)."""
+        stats, targets = host(stats), host(targets, np.int64)
         G2 = 2 * self.num_slots
-        group_of = lambda slot, cat: slot * 2 + cat.long()  # noqa: E731
-        mem_group = group_of(self.slot, self.stats[:, 4])
-        count = torch.bincount(mem_group, minlength=G2)
+        mem_group = self.slot * 2 + self.stats[:, 4].astype(np.int64)
+        count = np.bincount(mem_group, minlength=G2)
         mean, std = _group_mean_std(self.stats[:, :4], mem_group, count, G2)  # [G2, 4]
-        slot = targets if self.separate else torch.zeros_like(targets)
-        g = group_of(slot, stats[:, 4])
+        slot = targets if self.separate else np.zeros_like(targets)
+        g = slot * 2 + stats[:, 4].astype(np.int64)
         # every member compared with its group's means (the code's `_update_batch_kl`), and the batch
         # with its groups' means: one evaluation for both (the memory's N rows, then the batch's B)
         N = len(mem_group)
-        both = torch.cat([mem_group, g])
-        mu, sd = torch.cat([self.stats[:, 0], stats[:, 0]]), torch.cat([self.stats[:, 1], stats[:, 1]])
+        both = np.concatenate([mem_group, g])
+        mu, sd = np.concatenate([self.stats[:, 0], stats[:, 0]]), np.concatenate([self.stats[:, 1], stats[:, 1]])
         kl_all = gaussian_kl(mu, sd, mean[both, 0], mean[both, 1])
         ovl_all = gaussian_overlap(mu, sd, mean[both, 0], mean[both, 1])
-        m_kl, m_ovl, kl, ovl = kl_all[:N], ovl_all[:N], kl_all[N:], ovl_all[N:]
-        d_mean, d_std = _group_mean_std(torch.stack([m_kl, m_ovl], 1), mem_group, count, G2)
+        d_mean, d_std = _group_mean_std(np.stack([kl_all[:N], ovl_all[:N]], 1), mem_group, count, G2)
 
-        own = torch.cat([stats[:, :4], kl[:, None], ovl[:, None]], dim=1)  # [B, 6]
-        gm = torch.cat([mean[g], d_mean[g]], dim=1)
-        gs = torch.cat([std[g], d_std[g]], dim=1)
-        triples = torch.stack([own, gm, gs], dim=2).reshape(len(g), 18)  # value, group mean, group std
-        return torch.cat([triples, stats[:, 4:5]], dim=1)
+        out = np.empty((len(g), NUM_FULL))  # (value, group mean, group std) per quantity, then CAT
+        out[:, 0:12:3], out[:, 12], out[:, 15] = stats[:, :4], kl_all[N:], ovl_all[N:]
+        out[:, 1:12:3], out[:, 13:18:3] = mean[g], d_mean[g]
+        out[:, 2:12:3], out[:, 14:18:3] = std[g], d_std[g]
+        out[:, 18] = stats[:, 4]
+        return out
