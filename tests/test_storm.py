@@ -265,20 +265,22 @@ def _meta_value(state, omega_inner, omega_meta, seeds, fixed=None, fixed_loss=No
     torch.manual_seed(seeds[0])
     out, h = method._run(x1)
     terms = task.loss_terms(method.base_loss, out, y1)
-    f = method._features(terms, h, y1, method.memory)
-    w = functional_call(method.rescaler, omega_inner, (f, method._keys(terms)[1]))
+    slot, head = method._keys(terms)
+    f = method._features(terms, h, y1, method.memory, slot)
+    w = functional_call(method.rescaler, omega_inner, (f, head))
     params = [p for _, p, _ in method._params]
-    g = torch.autograd.grad(method._batch_loss(terms, w.detach(), len(y1)), params)
+    g = torch.autograd.grad(method._batch_loss(terms, w.detach(), len(y1), head), params)
     with torch.no_grad():  # the model moves to θ*(w)
         for (_, p, k), gi in zip(method._params, g):
             p.copy_(lookahead(p.detach(), gi, opt.param_groups[k], opt.state.get(p, {}), method._kind))
     torch.manual_seed(seeds[1])
     out, h = method._run(x2)
     terms = task.loss_terms(method.base_loss, out, y2)
-    fm = method._features(terms, h, y2, method.memory)  # the meta batch is a training batch
-    wm = functional_call(method.rescaler, omega_meta, (fm if fixed is None else fixed, method._keys(terms)[1]))
+    slot, head = method._keys(terms)
+    fm = method._features(terms, h, y2, method.memory, slot)  # the meta batch is a training batch
+    wm = functional_call(method.rescaler, omega_meta, (fm if fixed is None else fixed, head))
     values = terms.loss.detach() if fixed_loss is None else fixed_loss
-    value = terms.rest.sum() / len(y2) + method._rescaled(terms.share, values, wm, len(y2), terms.loss, method._keys(terms)[1])
+    value = terms.rest.sum() / len(y2) + method._rescaled(terms.share, values, wm, len(y2), terms.loss, head)
     return float(value.detach()), fm, terms.loss.detach()
 
 

@@ -718,7 +718,9 @@ class STORM(LossMethod):
         width = self.num_classes if self.class_separation else 1
         return terms.group * width + cls, cls
 
-    def _features(self, terms: LossTerms, h: torch.Tensor, y: torch.Tensor, memory: GroupMemory) -> torch.Tensor:
+    def _features(self, terms: LossTerms, h: torch.Tensor, y: torch.Tensor, memory: GroupMemory,
+                  slot: torch.Tensor) -> torch.Tensor:
+        """[M, F] features of the samples of `terms` (pass 0) and their memory `slot`s."""
         with torch.no_grad():
             logits, losses = terms.logits.detach()[None], terms.loss.detach()[None]
             if self.forward_passes > 1:
@@ -727,7 +729,6 @@ class STORM(LossMethod):
             # the features on the host (storm_features): one copy of the passes' losses and logits and one
             # of the targets and memory slots (free on a CPU; the only host syncs of a STORM step)
             passes = host(torch.cat([logits.float(), losses.float()[..., None]], dim=2))
-            slot, _ = self._keys(terms)
             target, slot = host(torch.stack([terms.target, slot]), np.int64)
             stats = pass_stats(passes[..., -1], passes[..., :-1], target)
             if self.features == "full":
@@ -768,9 +769,9 @@ class STORM(LossMethod):
         their directional derivatives."""
         return share * (len(w) / rows) * (self._scale(w, values, head) * w * ell).sum()
 
-    def _batch_loss(self, terms: LossTerms, w: torch.Tensor, rows: int) -> torch.Tensor:
+    def _batch_loss(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor) -> torch.Tensor:
         rest = terms.rest.sum() / rows
-        return rest + self._rescaled(terms.share, terms.loss.detach(), w, rows, terms.loss, self._keys(terms)[1])
+        return rest + self._rescaled(terms.share, terms.loss.detach(), w, rows, terms.loss, head)
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
         self._setup(model, optimizer, len(batch.y))
@@ -788,8 +789,8 @@ class STORM(LossMethod):
             if rec is not None:
                 self._capture.stop()
         terms = task.loss_terms(self.base_loss, out, y)
-        f = self._features(terms, h, y, self.memory)
-        _, head = self._keys(terms)
+        slot, head = self._keys(terms)
+        f = self._features(terms, h, y, self.memory, slot)
         # this step's batch is the previous meta step's meta batch: its weights need Ω's graph then
         reuse = pending is not None and self.meta_source == "noisy_train"
         w_prev = None  # Ω on the pending step's features, for its second-order term
@@ -800,20 +801,20 @@ class STORM(LossMethod):
                 w = self.rescaler(f, head, self._bn_group(terms))
         wd = w.detach()
         params = [p for _, p, _ in self._params]
-        loss = self._batch_loss(terms, wd, B)
+        loss = self._batch_loss(terms, wd, B, head)
         if pending is not None:
             if reuse and self.meta_loss_rescaling:  # ∇θ* L_meta IS this step's gradient
                 g = v = _grad(loss, params)
-                meta_terms, w_m, rows_m = terms, w, B
+                meta_terms, w_m, rows_m, head_m = terms, w, B, head
             elif reuse:  # unweighted meta loss on this batch
                 ones = torch.ones_like(wd)
-                v = _grad(self._batch_loss(terms, ones, B), params, retain_graph=True)
+                v = _grad(self._batch_loss(terms, ones, B, head), params, retain_graph=True)
                 g = _grad(loss, params)
-                meta_terms, w_m, rows_m = terms, ones, B
+                meta_terms, w_m, rows_m, head_m = terms, ones, B, head
             else:  # clean_val: a validation batch at the current parameters (= θ*)
                 g = _grad(loss, params)
-                v, meta_terms, w_m, rows_m = self._validation_meta(params, B)
-            self._omega_step(pending, v, meta_terms, w_m, rows_m, w_prev)
+                v, meta_terms, w_m, rows_m, head_m = self._validation_meta(params, B)
+            self._omega_step(pending, v, meta_terms, w_m, rows_m, head_m, w_prev)
         else:
             g = _grad(loss, params)
         if meta:
@@ -887,22 +888,23 @@ class STORM(LossMethod):
         xm, ym = self._meta_x[idx], self._meta_y[idx]
         out, hm = self._run(xm)
         terms = self._task().loss_terms(self.base_loss, out, ym)
+        slot, head = self._keys(terms)
         if self.meta_loss_rescaling:
-            fm = self._features(terms, hm, ym, self.meta_memory)
-            w_m = self.rescaler(fm, self._keys(terms)[1], self._bn_group(terms))
+            fm = self._features(terms, hm, ym, self.meta_memory, slot)
+            w_m = self.rescaler(fm, head, self._bn_group(terms))
         else:
             w_m = torch.ones_like(terms.loss)
-        v = _grad(self._batch_loss(terms, w_m.detach(), size), params)
-        return v, terms, w_m, size
+        v = _grad(self._batch_loss(terms, w_m.detach(), size, head), params)
+        return v, terms, w_m, size, head
 
     def _omega_step(self, pending: _Pending, v, meta_terms: LossTerms, w_m: torch.Tensor, rows_m: int,
-                    w_prev: torch.Tensor | None = None) -> None:
+                    head_m: torch.Tensor, w_prev: torch.Tensor | None = None) -> None:
         """dL_meta/dω = outer term (through w′) + second-order term (through θ*), then one Adam step."""
         omega = list(self.rescaler.parameters())
         objective = None  # its ω-gradient is dL_meta/dω
         if w_m.requires_grad:  # outer: L_meta's dependence on w′, the losses at θ* held at their values
             values = meta_terms.loss.detach()
-            objective = self._rescaled(meta_terms.share, values, w_m, rows_m, values, self._keys(meta_terms)[1])
+            objective = self._rescaled(meta_terms.share, values, w_m, rows_m, values, head_m)
         if pending.second is not None:
             u = self._lookahead_vjp(pending.second, v)  # u = (∂θ*/∂g)ᵀ ∇θ* L_meta
             a = self._directional(pending.second["a"], u)  # a_i = <u, ∇ℓ_i> at step t's parameters and masks
