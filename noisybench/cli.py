@@ -56,6 +56,9 @@ def _condense_hydra_error(e: Exception) -> str:
         found = re.search(r"in (\S+)", opts.split("\n")[0])
         group = found.group(1).strip("':") if found else "the group"
         return f"{one_line(head).rstrip('.')}. Choose one of {group}: {options}"
+    deleted = _deleted_group(msg)
+    if deleted:
+        return deleted
     cause = e.__cause__
     parts = [msg.split("\n")[0]]
     if "Could not override" in msg or "not in struct" in msg or "Key" in msg:
@@ -66,6 +69,29 @@ def _condense_hydra_error(e: Exception) -> str:
     if cause is not None and str(cause).split("\n")[0] not in parts[0]:
         parts.insert(1, str(cause).split("\n")[0])
     return one_line(". ".join(p.rstrip(".") for p in parts if p))
+
+
+def _deleted_group(msg: str) -> str | None:
+    """A required group removed on the command line (`~method`) breaks the `${method}_${dataset}`
+    defaults: say which group is missing and how to choose one, instead of Hydra's interpolation error."""
+    found = re.search(r"Error resolving interpolation '\$\{(\w+)\}_\$\{(\w+)\}', possible interpolation keys: ([\w/, ]+)", msg)
+    if not found:
+        return None
+    present = {k.strip() for k in found.group(3).split(",")}
+    missing = [g for g in found.group(1, 2) if g not in present]
+    if not missing:
+        return None
+    from omegaconf import OmegaConf
+
+    from noisybench.config import CONFIG_NAME, config_files
+
+    group = missing[0]
+    choices = sorted(p.name[:-5] for p in config_files().joinpath(group).iterdir() if p.name.endswith(".yaml"))
+    defaults = OmegaConf.create(config_files().joinpath(f"{CONFIG_NAME}.yaml").read_text()).defaults
+    default = next((str(d[group]) for d in defaults if isinstance(d, dict) or OmegaConf.is_dict(d)
+                    if group in d), choices[0])
+    return (f"the config has no {group} (a `~{group}` on the command line removes it, and every run needs one); "
+            f"choose one, e.g. {group}={default} (choices: {', '.join(choices)})")
 
 
 # preflight(args) -> (error line or None, number of jobs or None): every job checked before any starts

@@ -144,6 +144,8 @@ CASES = [
          ("~trainer.epochs", "trainer.epochs=100")),
     case("delete-loader", ["~dataset.loader"], USAGE, "dataset.loader is missing from the config"),
     case("group-set-to-null", ["trainer=null"], USAGE, "a config group needs one of its choices"),
+    case("group-deleted", ["~method"], USAGE, "the config has no method", ("~method", "method=ce")),
+    case("dataset-deleted", ["~dataset"], USAGE, "choose one, e.g. dataset=mnist1d (choices: cifar10"),
     case("dst-noise-kind-weight-string", ["dataset=synthwoz", "noise.kinds.wrong=abc"], USAGE,
          "noise.kinds.wrong=abc must be a number"),
     case("sweep-and-cfg", ["-m", "seed=0,1", "--cfg", "job"], USAGE, "--cfg prints one composed config"),
