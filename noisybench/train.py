@@ -335,14 +335,18 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     train_time = spent + time.perf_counter() - t_start
     bar.close()
 
-    record = make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time, method_metrics,
-                         revision=revisions[-1])
-    record.update(fast.record())  # the effective precision, channels_last and compile
-    if len({r for r in revisions if r}) > 1:  # resumed under other code: every attempt's revision, oldest first
-        record["git_revisions"] = revisions
-    record.update(diverged=divergence, identity=rd.hash, resumed_from=resumed,
-                  checkpoint={"every": ckpt_every, **stats, "seconds": round(stats["seconds"], 4)})
-    atomic_write_json(out_dir / "result.json", record)  # the run is finished from here on
+    try:  # a failure before the trackers have the result closes them as failed (not left running)
+        record = make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time, method_metrics,
+                             revision=revisions[-1])
+        record.update(fast.record())  # the effective precision, channels_last and compile
+        if len({r for r in revisions if r}) > 1:  # resumed under other code: every attempt's revision, oldest first
+            record["git_revisions"] = revisions
+        record.update(diverged=divergence, identity=rd.hash, resumed_from=resumed,
+                      checkpoint={"every": ckpt_every, **stats, "seconds": round(stats["seconds"], 4)})
+        atomic_write_json(out_dir / "result.json", record)  # the run is finished from here on
+    except BaseException:
+        trackers.close("failed")
+        raise
     trackers.finish(record)
     epoch_log.info("finished: test_last=%.4f test_selected=%s val_selected=%s train_time=%.1fs", record["test_last"],
                    _fmt(record["test_selected"]), _fmt(record["val_selected"]), record["train_time_s"])

@@ -151,6 +151,27 @@ def test_mlflow_file_store_holds_every_epoch_the_params_and_the_result(make_cfg,
     assert r.data.params["identity"] == record["identity"] and r.data.params["data_dir"] == str(cfg.data_dir)
 
 
+def test_a_failure_after_training_closes_the_mlflow_run_as_failed_and_writes_no_result(make_cfg, tmp_path,
+                                                                                       monkeypatch):
+    """Training ends, then building the record fails: the MLflow run is FAILED (not left RUNNING) and there
+    is no result.json that a table would count."""
+    pytest.importorskip("mlflow")
+    import noisybench.train as train_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("record could not be built")
+
+    monkeypatch.setattr(train_mod, "make_record", broken)
+    out = tmp_path / "r"
+    with pytest.raises(RuntimeError, match="record could not be built"):
+        run(make_cfg("logger=mlflow", *TINY), out, progress=False)
+    assert not (out / "result.json").exists()
+    run_id = json.loads((out / "trackers.json").read_text())["mlflow"]
+    r, history, _ = _mlflow(out, run_id)
+    assert r.info.status == "FAILED"
+    assert [s for s, _ in history["train_loss"]] == [0, 1]  # the epochs it trained are there
+
+
 def test_mlflow_param_values_are_cut_to_its_limit():
     pytest.importorskip("mlflow")
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
