@@ -727,7 +727,7 @@ class STORM(LossMethod):
                 extra_loss, extra = self._extra_terms(h, y)
                 logits, losses = torch.cat([logits, extra]), torch.cat([losses, extra_loss])
             # the features on the host (storm_features): one copy of the passes' losses and logits and one
-            # of the targets and memory slots (free on a CPU; the only host syncs of a STORM step)
+            # of the targets and memory slots (free on a CPU; on a GPU a sync, where Ω must wait anyway)
             passes = host(torch.cat([logits.float(), losses.float()[..., None]], dim=2))
             target, slot = host(torch.stack([terms.target, slot]), np.int64)
             stats = pass_stats(passes[..., -1], passes[..., :-1], target)
