@@ -68,6 +68,11 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     return Path(data_dir).expanduser() if data_dir else default_data_dir()
 
 
+def code_origin() -> str:
+    """Which noisybench code this process runs: its directory and git revision (benchmarks print it)."""
+    return f"noisybench from {Path(__file__).resolve().parent} (revision {git_revision() or 'unknown'})"
+
+
 def git_revision() -> str | None:
     """Git revision of the source tree the package runs from (None for a wheel install)."""
     src = Path(__file__).resolve().parent.parent

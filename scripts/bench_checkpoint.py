@@ -23,6 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(CHECKOUT))  # this checkout's noisybench is measured, not an installed one
+
 import torch
 from hydra import compose
 
@@ -115,6 +118,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--skip-resnet", action="store_true")
     p.add_argument("--data-dir", default=None, help="dataset cache (default: a temporary directory)")
     a = p.parse_args(argv)
+    from noisybench.utils import code_origin
+
+    print(code_origin(), flush=True)
     torch.set_num_threads(a.threads)
     data_dir = a.data_dir or tempfile.mkdtemp(prefix="noisybench-bench-")
     default_job(data_dir, a.repeats, a.epochs, a.threads)

@@ -23,6 +23,10 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(CHECKOUT))  # this checkout's noisybench is measured, not an installed one
 
 import torch
 from hydra import compose
@@ -57,6 +61,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--compile", action="store_true", help="the fast setting also uses trainer.compile=true")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     a = p.parse_args(argv)
+    from noisybench.utils import code_origin
+
+    print(code_origin(), flush=True)
     if a.threads:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)

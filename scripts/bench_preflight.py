@@ -17,7 +17,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
+import sys
 import time
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(CHECKOUT))  # this checkout's noisybench is measured, not an installed one
 
 GRID = ["method=ce,gce,dal", "noise.rate=0.2,0.4,0.6", "seed=0,1,2", "optim.optimizer.lr=0.01,0.05,0.1,0.2",
         "trainer.epochs=1,2"]
@@ -66,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-hydra", action="store_true", help="skip timing Hydra's own batch check")
     p.add_argument("overrides", nargs="*", default=GRID, help="the sweep (default: a 216-point grid)")
     a = p.parse_args(argv)
+    from noisybench.utils import code_origin
+
+    print(code_origin(), flush=True)
     from hydra import compose
 
     from noisybench.config import CONFIG_NAME, hydra_context, register_resolvers, validate

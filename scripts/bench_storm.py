@@ -23,6 +23,10 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(CHECKOUT))  # this checkout's noisybench is measured, not an installed one
 
 import torch
 from hydra import compose
@@ -50,6 +54,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--breakdown", action="store_true", help="also time STORM ablations: " + ", ".join(BREAKDOWN))
     p.add_argument("overrides", nargs="*", help="config overrides shared by all settings, e.g. model=mlp")
     a = p.parse_args(argv)
+    from noisybench.utils import code_origin
+
+    print(code_origin(), flush=True)
     torch.set_num_threads(a.threads)
     data_dir = a.data_dir or tempfile.mkdtemp(prefix="noisybench-bench-")
     workloads = dict(WORKLOADS)

@@ -32,6 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(CHECKOUT))  # this checkout's noisybench is measured, not an installed one
+
 import numpy as np
 
 EPOCHS = {"mnist1d": 15, "storm_spam": None}  # None: the preset's own (10)
@@ -98,6 +101,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--n-jobs", type=int, default=None, help="hydra.launcher.n_jobs of the parallel mode "
                    "(default: the preset's -1, one job per core)")
     a = p.parse_args(argv)
+    from noisybench.utils import code_origin
+
+    print(code_origin(), flush=True)
     names = [w for w in a.workloads.split(",") if w]
     unknown = [w for w in names if w not in EPOCHS]
     if unknown or not names or a.runs < 1 or a.rounds < 1:
@@ -109,6 +115,7 @@ def main(argv: list[str]) -> int:
     from noisybench.threads import cores
 
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NOISYBENCH_JOB_THREADS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT), *filter(None, [os.environ.get("PYTHONPATH")])])  # the jobs too
     tmp = Path(tempfile.mkdtemp(prefix="noisybench-bench-sweep-"))
     env.setdefault("NOISYBENCH_DATA_DIR", str(tmp / "data"))
     env["NOISYBENCH_DOWNLOAD"] = "false"

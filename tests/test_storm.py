@@ -415,18 +415,25 @@ def test_storm_defaults_per_dataset(tmp_path):
                        "method.weight_norm=mass").method.weight_norm == "mass"
 
 
-def test_bench_script_prints_ratios(tmp_path, capsys):
-    import importlib.util
+def test_bench_script_prints_ratios_of_the_checkout_it_sits_in(tmp_path):
+    """Run as a user runs it (another working directory, no PYTHONPATH): it measures the noisybench of
+    its own checkout, says so, and prints a ratio per setting."""
+    import os
+    import subprocess
+    import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_storm.py"
+    root = Path(__file__).resolve().parents[1]
+    path = root / "scripts" / "bench_storm.py"
     if not path.is_file():
         pytest.skip("scripts/ is not shipped with an installed package")
-    spec = importlib.util.spec_from_file_location("bench_storm", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main(["--epochs", "1", "--data-dir", str(tmp_path), "--workload", "tiny=dataset.subset=256"]) == 0
-    out = capsys.readouterr().out
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([sys.executable, str(path), "--epochs", "1", "--data-dir", str(tmp_path),
+                        "--workload", "tiny=dataset.subset=256"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = p.stdout
+    assert out.splitlines()[0].startswith(f"noisybench from {root / 'noisybench'} (revision ")
     assert out.count("ratio to CE") == 3 and "[tiny]" in out and "storm fast" in out
 
 
