@@ -71,6 +71,17 @@ def _condense_hydra_error(e: Exception) -> str:
     return one_line(". ".join(p.rstrip(".") for p in parts if p))
 
 
+def _output_error(e: Exception, what: str, out) -> int:
+    """`report` / `plot` failing while reading runs (NoisybenchError) or writing `what` to `out` (OSError):
+    one error line, exit 1."""
+    if isinstance(e, OSError):
+        print(f"noisybench: error: cannot write {what} to {out} ({e.strerror or e}); give a writable "
+              "directory with -o DIR", file=sys.stderr)
+    else:
+        print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def _deleted_group(msg: str) -> str | None:
     """A required group removed on the command line (`~method`) breaks the `${method}_${dataset}`
     defaults: say which group is missing and how to choose one, instead of Hydra's interpolation error."""
@@ -369,13 +380,8 @@ def report_main(args: list[str]) -> int:
         else:
             for f in formats:
                 print(WRITERS[f][1](df, kinds, tune))
-    except NoisybenchError as e:
-        print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as e:
-        print(f"noisybench: error: cannot write the report to {a.out} ({e.strerror or e}); give a writable "
-              "directory with -o DIR", file=sys.stderr)
-        return EXIT_FAILED
+    except (NoisybenchError, OSError) as e:
+        return _output_error(e, "the report", a.out)
     print(left_out_note(left_out))
     return 0
 
@@ -444,13 +450,8 @@ def plot_main(args: list[str]) -> int:
         for plot in plots:
             paths = save(plot, out, formats, a.dpi)
             print(", ".join(str(x) for x in paths))
-    except NoisybenchError as e:
-        print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as e:
-        print(f"noisybench: error: cannot write the figures to {out} ({e.strerror or e}); give a writable "
-              "directory with -o DIR", file=sys.stderr)
-        return EXIT_FAILED
+    except (NoisybenchError, OSError) as e:
+        return _output_error(e, "the figures", out)
     diverged = df["diverged"].astype(bool).sum() if "diverged" in df else 0
     print(f"{len(plots)} figures from {len(df) - diverged} runs -> {out}"
           + (f" ({diverged} diverged runs left out of the figures)" if diverged else ""))

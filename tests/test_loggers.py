@@ -199,6 +199,19 @@ class Killed(BaseException):
     """A hard stop (like kill -9) after an epoch was logged: nothing in the runner catches it."""
 
 
+def _dies_after_epoch(monkeypatch, epoch: int):
+    """The run is killed right after its trackers logged `epoch`; returns the real log_epoch (to restore)."""
+    real = loggers.Trackers.log_epoch
+
+    def dies(self, row):
+        real(self, row)
+        if row["epoch"] == epoch:
+            raise Killed
+
+    monkeypatch.setattr(loggers.Trackers, "log_epoch", dies)
+    return real
+
+
 def test_a_resumed_run_has_each_epoch_once_in_every_tracker(make_cfg, tmp_path, monkeypatch):
     """Checkpoints every 2 epochs; the first attempt logs epochs 0-2 and dies in epoch 3, so the resume
     starts from the checkpoint after epoch 1 and trains epoch 2 again: each tracker still has 0-3 once."""
@@ -206,14 +219,7 @@ def test_a_resumed_run_has_each_epoch_once_in_every_tracker(make_cfg, tmp_path, 
     pytest.importorskip("mlflow")
     cfg = make_cfg("logger=[tensorboard,mlflow]", *TINY, "trainer.epochs=4", "trainer.checkpoint_every=2")
     out = tmp_path / "r"
-    real = loggers.Trackers.log_epoch
-
-    def dies_after_epoch_2(self, row):
-        real(self, row)
-        if row["epoch"] == 2:
-            raise Killed
-
-    monkeypatch.setattr(loggers.Trackers, "log_epoch", dies_after_epoch_2)
+    real = _dies_after_epoch(monkeypatch, 2)
     with pytest.raises(Killed):
         run(cfg, out, progress=False)
     assert (out / "checkpoint.pt").is_file() and not (out / "result.json").exists()
@@ -239,14 +245,7 @@ def test_a_resumed_wandb_run_keeps_its_id_and_its_last_offline_run_has_each_epoc
     pytest.importorskip("wandb")
     cfg = make_cfg("logger=wandb", *TINY, "trainer.epochs=3")
     out = tmp_path / "r"
-    real = loggers.Trackers.log_epoch
-
-    def dies_after_epoch_1(self, row):
-        real(self, row)
-        if row["epoch"] == 1:
-            raise Killed
-
-    monkeypatch.setattr(loggers.Trackers, "log_epoch", dies_after_epoch_1)
+    real = _dies_after_epoch(monkeypatch, 1)
     with pytest.raises(Killed):
         run(cfg, out, progress=False)
     monkeypatch.setattr(loggers.Trackers, "log_epoch", real)
