@@ -8,6 +8,7 @@ import json
 import logging
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,8 +89,20 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-def _wandb(offline_run: Path) -> tuple[str, dict, dict, dict]:
-    """(run id, history {key: [(step, value)]}, config, summary) of one offline-run directory."""
+def _wandb(offline_run: Path, settle: float = 20.0) -> tuple[str, dict, dict, dict]:
+    """(run id, history {key: [(step, value)]}, config, summary) of one offline-run directory. W&B's
+    service process may still be writing the file when `finish()` has returned (seen once on a loaded
+    machine: no run record yet): read it again until it holds the run record and the final summary, for
+    at most `settle` seconds; the assertions then see what the file holds."""
+    deadline = time.monotonic() + settle
+    while True:
+        got = _wandb_once(offline_run)
+        if (got[0] is not None and any(k.startswith("result/") for k in got[3])) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.25)
+
+
+def _wandb_once(offline_run: Path) -> tuple[str, dict, dict, dict]:
     (path,) = offline_run.glob("run-*.wandb")
     history: dict = {}
     config, summary, run_id = {}, {}, None
