@@ -196,6 +196,14 @@ class Rescaler(nn.Module):
         z = _bn(z.reshape(B, S * H * 2), group).view(B, S, H, 2)
         return torch.sigmoid(z[..., 1] - z[..., 0])  # = softmax(z)[..., 1], the code's column 1
 
+    def _picked(self, f: torch.Tensor, head: torch.Tensor, group: torch.Tensor | None) -> torch.Tensor:
+        """[B, S, F] features and [B, S] heads -> [B, S] weights, each sample's own head's output."""
+        if group is None and len(f) > 1:  # the pooled BatchNorm: Ω's forward and backward written out
+            with torch.autocast(f.device.type, enabled=False):
+                return _Omega.apply(f if f.dtype == torch.float64 else f.float(), head, self.w1, self.b1,
+                                    self.w2, self.b2)
+        return self.all_heads(f, group).gather(2, head[..., None]).squeeze(2)
+
     def forward(self, f: torch.Tensor, head: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
         """Sample i takes the output of Ω_{head[i]}."""
         return self.many([(f, head, group)])[0]
@@ -205,9 +213,54 @@ class Rescaler(nn.Module):
         size and pooled statistics (each keeps its own BN statistics)."""
         if len({len(f) for f, _, _ in batches}) > 1 or (len(batches) > 1 and any(g is not None for _, _, g in batches)):
             return [self(f, head, g) for f, head, g in batches]
-        out = self.all_heads(torch.stack([f for f, _, _ in batches], 1), batches[0][2])  # [B, S, heads]
+        f = torch.stack([f for f, _, _ in batches], 1)  # [B, S, F]
         head = torch.stack([h for _, h, _ in batches], 1)  # [B, S]
-        return list(out.gather(2, head[..., None]).squeeze(2).unbind(1))
+        return list(self._picked(f, head, batches[0][2]).unbind(1))
+
+
+class _Omega(torch.autograd.Function):
+    """`Rescaler._all_heads` with pooled BatchNorm, then each sample's own head, as one autograd node:
+    the forward and the backward written out (the same operations as autograd's, in a few large
+    kernels: Ω's backward through autograd cost more than three times its forward on a small batch).
+    tests/test_storm.py checks values and gradients against `_all_heads` under autograd. The features
+    get no gradient (they are data)."""
+
+    @staticmethod
+    def forward(ctx, f, head, w1, b1, w2, b2):
+        B, S, F_ = f.shape
+        H = w1.shape[0]
+        x = torch.addmm(b1.reshape(-1), f.reshape(B * S, F_), w1.reshape(H * F_, F_).t()).view(B, S * H * F_)
+        xn, mean1, rstd1 = torch.native_batch_norm(x, None, None, None, None, True, 0.0, BN_EPS)
+        a = torch.relu(xn).view(B * S, H, F_)
+        z = torch.bmm(a.transpose(0, 1), w2.transpose(1, 2)).transpose(0, 1) + b2  # [B*S, H, 2]
+        z = z.reshape(B, S * H * 2)
+        zn, mean2, rstd2 = torch.native_batch_norm(z, None, None, None, None, True, 0.0, BN_EPS)
+        zn = zn.view(B, S, H, 2)
+        w_all = torch.sigmoid(zn[..., 1] - zn[..., 0])  # [B, S, H]
+        w = w_all.gather(2, head[..., None]).squeeze(2)
+        ctx.save_for_backward(f, head, w1, w2, x, mean1, rstd1, a, z, mean2, rstd2, w)
+        return w
+
+    @staticmethod
+    def backward(ctx, dw):
+        f, head, w1, w2, x, mean1, rstd1, a, z, mean2, rstd2, w = ctx.saved_tensors
+        B, S, F_ = f.shape
+        H = w1.shape[0]
+        grad = lambda dy, inp, mean, rstd: torch.ops.aten.native_batch_norm_backward(  # noqa: E731
+            dy, inp, None, None, None, mean, rstd, True, BN_EPS, [True, False, False])[0]
+        s = dw * w * (1 - w)  # d sigmoid; only each sample's own head receives it
+        d1 = torch.zeros(B, S, H, dtype=w.dtype, device=w.device).scatter_(2, head[..., None], s[..., None])
+        dzn = torch.stack([-d1, d1], dim=3).view(B, S * H * 2)
+        dz = grad(dzn, z, mean2, rstd2).view(B * S, H, 2)
+        dz_h = dz.transpose(0, 1)  # [H, B*S, 2]
+        dw2 = torch.bmm(dz_h.transpose(1, 2), a.transpose(0, 1))  # [H, 2, F]
+        db2 = dz.sum(0)
+        da = torch.bmm(dz_h, w2).transpose(0, 1).reshape(B, S * H * F_)  # [B, (S, H, F)]
+        dxn = torch.ops.aten.threshold_backward(da, a.view(B, S * H * F_), 0)  # relu's backward
+        dx = grad(dxn, x, mean1, rstd1).view(B * S, H * F_)
+        dw1 = (dx.t() @ f.reshape(B * S, F_)).view(H, F_, F_)
+        db1 = dx.sum(0).view(H, F_)
+        return None, None, dw1, db1, dw2, db2
 
 
 # ---- the inner optimizer as a differentiable function of the gradient -------------------------
@@ -308,34 +361,27 @@ def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 @torch.no_grad()
 def adam_step(optimizer: torch.optim.Adam) -> None:
-    """`optimizer.step()` for Ω's Adam (no weight decay, amsgrad or maximize), without torch.optim's
-    per-call machinery (hooks, state initialisation checks, group loops), which costs more than the
-    arithmetic for Ω's four small tensors. The same foreach ops in the same order as torch's
-    `_multi_tensor_adam`, on the optimizer's own state (so `state_dict()` and checkpoints are
-    unchanged); tests/test_storm.py checks it is bit for bit `optimizer.step()`."""
+    """`optimizer.step()` for Ω's fused Adam (no weight decay, amsgrad or maximize), without torch.optim's
+    per-call machinery (hooks, state checks, grouping by device), which costs more than the arithmetic
+    for Ω's four small tensors: the two kernels of torch's `_fused_adam` (the step count, then the fused
+    update), on the optimizer's own state (so `state_dict()` and checkpoints are unchanged);
+    tests/test_storm.py checks it is bit for bit `optimizer.step()` of `torch.optim.Adam(fused=True)`."""
     group = optimizer.param_groups[0]
     params = [p for p in group["params"] if p.grad is not None]
     plain = (type(optimizer) is torch.optim.Adam and len(optimizer.param_groups) == 1 and params
-             and not any(group.get(k) for k in ("weight_decay", "amsgrad", "maximize", "capturable", "differentiable")))
-    if not plain or any(p not in optimizer.state for p in params):  # (the first step creates the state)
-        optimizer.step()
+             and group.get("fused") and not torch.is_tensor(group["lr"])
+             and not any(group.get(k) for k in ("weight_decay", "amsgrad", "maximize", "capturable", "differentiable",
+                                                "decoupled_weight_decay")))
+    states = [optimizer.state.get(p, {}) for p in params]
+    if not plain or any("step" not in st or st["step"].device != p.device for p, st in zip(params, states)):
+        optimizer.step()  # (the first step creates the state; a state loaded for another kernel stays as it is)
         return
-    states = [optimizer.state[p] for p in params]
-    grads = [p.grad for p in params]
-    exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-    steps = [s["step"] for s in states]
+    steps = [st["step"] for st in states]
     beta1, beta2 = group["betas"]
-    lr, eps = group["lr"], group["eps"]
     torch._foreach_add_(steps, 1)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    bias1 = [1 - beta1 ** float(st) for st in steps]
-    bias2_sqrt = [(1 - beta2 ** float(st)) ** 0.5 for st in steps]
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, bias2_sqrt)
-    torch._foreach_add_(denom, eps)
-    torch._foreach_addcdiv_(params, exp_avgs, denom, [(lr / bc) * -1 for bc in bias1])
+    torch._fused_adam_(params, [p.grad for p in params], [st["exp_avg"] for st in states],
+                       [st["exp_avg_sq"] for st in states], [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
+                       beta2=beta2, weight_decay=0.0, eps=group["eps"], maximize=False)
 
 
 @contextlib.contextmanager
@@ -498,8 +544,8 @@ class STORM(LossMethod):
         s_init, s_meta = np.random.SeedSequence([int(seed), 0x5709]).generate_state(2)
         self.rescaler.reset_parameters(torch.Generator().manual_seed(int(s_init)))
         self._meta_gen = torch.Generator().manual_seed(int(s_meta))
-        # foreach: the same numbers as the per-tensor loop, fewer dispatches
-        self.meta_optimizer = torch.optim.Adam(self.rescaler.parameters(), lr=self.rescaler_lr, foreach=True)
+        # fused: one kernel for the update of all four of Ω's tensors (`adam_step`)
+        self.meta_optimizer = torch.optim.Adam(self.rescaler.parameters(), lr=self.rescaler_lr, fused=True)
         # memories per (sample group, target class): DST keeps one per slot and gate class
         self._groups = int(task.sample_groups(y_train))
         slots = self._groups * (self.num_classes if self.class_separation else 1)
@@ -769,6 +815,42 @@ class STORM(LossMethod):
         their directional derivatives."""
         return share * (len(w) / rows) * (self._scale(w, values, head) * w * ell).sum()
 
+    def _rescaled_grad(self, share: float, values: torch.Tensor, w: torch.Tensor, rows: int, ell: torch.Tensor,
+                       head: torch.Tensor) -> torch.Tensor:
+        """d`_rescaled`/dw at w (all arguments values), in closed form: the few vector operations of the
+        meta-gradient's objective cost more through autograd than Ω's own backward. With c = share M/B
+        and E = Σ w ℓ (over the batch, or over the sample's Ω head class k for the class norms):
+          none: c ℓ_j / M;  weight_sum: c (ℓ_j − E/W) / W, W = Σw;
+          mass: c (Σv/M) (ℓ_j − E v_j/D) / D, D = Σ w v;  class_sum: c (M_k/M) (ℓ_j − E_k/W_k) / W_k;
+          class_mass: c (V_k/M) (ℓ_j − E_k v_j/D_k) / D_k
+        (v = the losses' values). A clamped sum (< 1e-12) is a constant, as for autograd through the
+        clamp. tests/test_storm.py checks every norm against autograd through `_rescaled`."""
+        c = share * (len(w) / rows)
+        M = len(w)
+        if self.weight_norm == "none":
+            return ell * (c / M)
+        if self.weight_norm in ("weight_sum", "mass"):
+            mass = w if self.weight_norm == "weight_sum" else w * values  # W = Σw, or D = Σ w v
+            total = mass.sum()
+            den = total.clamp(min=1e-12)
+            alive = (total >= 1e-12).to(w.dtype)
+            scale = c if self.weight_norm == "weight_sum" else c * values.sum() / M
+            dmass = torch.ones_like(w) if self.weight_norm == "weight_sum" else values
+            return scale * (ell - alive * dmass * ((w * ell).sum() / den)) / den
+        K = self.rescaler.w1.shape[0]
+        mass = w if self.weight_norm == "class_sum" else w * values
+        total = w.new_zeros(K).index_add(0, head, mass)
+        den = total.clamp(min=1e-12)
+        alive = (total >= 1e-12).to(w.dtype)
+        E = w.new_zeros(K).index_add(0, head, w * ell)
+        if self.weight_norm == "class_sum":
+            scale = c * torch.bincount(head, minlength=K).to(w.dtype) / M
+            dmass = torch.ones_like(w)
+        else:
+            scale = c * values.new_zeros(K).index_add(0, head, values) / M
+            dmass = values
+        return (scale / den)[head] * (ell - (alive * E / den)[head] * dmass)
+
     def _batch_loss(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor) -> torch.Tensor:
         rest = terms.rest.sum() / rows
         return rest + self._rescaled(terms.share, terms.loss.detach(), w, rows, terms.loss, head)
@@ -901,21 +983,25 @@ class STORM(LossMethod):
                     head_m: torch.Tensor, w_prev: torch.Tensor | None = None) -> None:
         """dL_meta/dω = outer term (through w′) + second-order term (through θ*), then one Adam step."""
         omega = list(self.rescaler.parameters())
-        objective = None  # its ω-gradient is dL_meta/dω
+        # dL_meta/dω = Σ over Ω's evaluations of (dL_meta/dw)ᵀ dw/dω: each objective's w-gradient in closed
+        # form (`_rescaled_grad`), then one backward through Ω
+        weights, grads = [], []
         if w_m.requires_grad:  # outer: L_meta's dependence on w′, the losses at θ* held at their values
             values = meta_terms.loss.detach()
-            objective = self._rescaled(meta_terms.share, values, w_m, rows_m, values, head_m)
+            weights.append(w_m)
+            grads.append(self._rescaled_grad(meta_terms.share, values, w_m.detach(), rows_m, values, head_m))
         if pending.second is not None:
             u = self._lookahead_vjp(pending.second, v)  # u = (∂θ*/∂g)ᵀ ∇θ* L_meta
             a = self._directional(pending.second["a"], u)  # a_i = <u, ∇ℓ_i> at step t's parameters and masks
             # g(w) = ∇θ L(w) and <u, g(w)> = share (M/B) s(w) Σ_m w_m a_m: its ω-gradient is the term
             if w_prev is None:  # (else evaluated together with this step's weights)
                 w_prev = self.rescaler(pending.f, pending.head, pending.group)
-            inner = self._rescaled(pending.share, pending.loss, w_prev, pending.rows, a.detach(), pending.head)
-            objective = inner if objective is None else objective + inner
-        if objective is None:
+            weights.append(w_prev)
+            grads.append(self._rescaled_grad(pending.share, pending.loss, w_prev.detach(), pending.rows, a.detach(),
+                                             pending.head))
+        if not weights:
             return
-        for p, gr in zip(omega, torch.autograd.grad(objective, omega)):
+        for p, gr in zip(omega, torch.autograd.grad(weights, omega, grads)):
             p.grad = gr
         adam_step(self.meta_optimizer)
 

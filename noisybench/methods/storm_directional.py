@@ -57,7 +57,8 @@ def _directional(layers, inputs, grads, u, coef) -> torch.Tensor:
         if h is None or d is None:
             continue
         h, d = h.to(coef.dtype), d.to(coef.dtype)  # recorded in bf16 under autocast
-        uw = u.get(id(m.weight), torch.zeros_like(m.weight))
+        uw = u.get(id(m.weight))
+        uw = torch.zeros_like(m.weight) if uw is None else uw
         ub = u.get(id(m.bias)) if m.bias is not None else None
         if isinstance(m, nn.Linear):
             y = F.linear(h, uw, ub)

@@ -49,18 +49,16 @@ def pass_stats(losses, logits, targets) -> np.ndarray:
     losses, logits, targets = host(losses), host(logits), host(targets, np.int64)
     G = losses.shape[0]
     pred = logits.argmax(axis=2)
-    top = np.take_along_axis(logits, pred[..., None], axis=2)
-    pmax = 1.0 / np.exp(logits - top).sum(axis=2)  # the largest softmax probability
+    pmax = 1.0 / np.exp(logits - logits.max(axis=2, keepdims=True)).sum(axis=2)  # the largest softmax probability
     agree = pred == targets[None]
     votes = agree.sum(axis=0)
     # majority vote over the passes; a tie (exactly G/2 agreeing passes) goes to pass 0
     cat = np.where(2 * votes == G, agree[0], 2 * votes > G)
+    both = np.stack([losses, pmax], axis=2)  # [G, B, 2]: one mean and one std for both quantities
     out = np.empty((losses.shape[1], 5))
-    out[:, 0], out[:, 2], out[:, 4] = losses.mean(axis=0), pmax.mean(axis=0), cat
-    if G > 1:
-        out[:, 1], out[:, 3] = losses.std(axis=0, ddof=1), pmax.std(axis=0, ddof=1)
-    else:  # the code's nan -> 0
-        out[:, 1] = out[:, 3] = 0.0
+    out[:, 0:4:2], out[:, 4] = both.mean(axis=0), cat
+    # (G = 1: the code's nan -> 0)
+    out[:, 1:4:2] = both.std(axis=0, ddof=1) if G > 1 else 0.0
     return out
 
 
@@ -87,12 +85,15 @@ def gaussian_overlap(mu_a, sd_a, mu_b, sd_b) -> np.ndarray:
     a = mx * vy - my * vx
     b = sx * sy * np.sqrt(dm ** 2 + dv * np.log(vy / vx))
     x1, x2 = (a + b) / dv_safe, (a - b) / dv_safe
-    # the four normal CDFs Φ((x - μ)/σ) = erfc((μ - x)/(σ√2))/2 and the equal-σ case 2Φ(-dm/(2σ)), one erfc call
+    # the four normal CDFs Φ((x - μ)/σ) = erfc((μ - x)/(σ√2))/2, one erfc call; the equal-σ case 2Φ(-dm/(2σ))
+    # only where it applies
     r2 = math.sqrt(2.0)
     c = 0.5 * erfc(np.stack([(my - x1) / (sy * r2), (mx - x1) / (sx * r2), (my - x2) / (sy * r2),
-                             (mx - x2) / (sx * r2), dm / (2.0 * sx * r2)]))
-    unequal = 1.0 - (np.abs(c[0] - c[1]) + np.abs(c[2] - c[3]))
-    return np.where(equal, 2.0 * c[4], unequal)
+                             (mx - x2) / (sx * r2)]))
+    out = 1.0 - (np.abs(c[0] - c[1]) + np.abs(c[2] - c[3]))
+    if equal.any():
+        out[equal] = 2.0 * (0.5 * erfc(dm[equal] / (2.0 * sx[equal] * r2)))
+    return out
 
 
 def _group_mean_std(values: np.ndarray, group: np.ndarray, count: np.ndarray, num_groups: int):
@@ -145,11 +146,14 @@ class GroupMemory:
         slot = targets if self.separate else np.zeros_like(targets)
         stamp = np.arange(self.clock, self.clock + B)
         self.clock += B
+        # newest first: the batch reversed, then the window, which is kept by class and newest first
+        stats, slot, stamp = stats[::-1], slot[::-1], stamp[::-1]
         if self.stats is not None:
-            stats, slot, stamp = (np.concatenate([self.stats, stats]), np.concatenate([self.slot, slot]),
-                                  np.concatenate([self.stamp, stamp]))
-        # rank by recency inside each class: by class, newest first (stamps are unique)
-        order = np.lexsort((-stamp, slot))
+            stats, slot, stamp = (np.concatenate([stats, self.stats]), np.concatenate([slot, self.slot]),
+                                  np.concatenate([stamp, self.stamp]))
+        # rank by recency inside each class: a stable sort by class keeps newest first (the order of
+        # np.lexsort((-stamp, slot)); a radix sort on small keys)
+        order = np.argsort(slot.astype(np.int16) if self.num_slots < 1 << 15 else slot, kind="stable")
         counts = np.bincount(slot, minlength=self.num_slots)
         start = np.cumsum(counts) - counts
         rank = np.arange(len(order)) - start[slot[order]]
