@@ -768,20 +768,27 @@ class STORM(LossMethod):
                   slot: torch.Tensor) -> torch.Tensor:
         """[M, F] features of the samples of `terms` (pass 0) and their memory `slot`s."""
         with torch.no_grad():
-            logits, losses = terms.logits.detach()[None], terms.loss.detach()[None]
+            logits, losses = [terms.logits.detach()[None]], [terms.loss.detach()[None]]
             if self.forward_passes > 1:
                 extra_loss, extra = self._extra_terms(h, y)
-                logits, losses = torch.cat([logits, extra]), torch.cat([losses, extra_loss])
-            # the features on the host (storm_features): one copy of the passes' losses and logits and one
-            # of the targets and memory slots (free on a CPU; on a GPU a sync, where Ω must wait anyway)
-            passes = host(torch.cat([logits.float(), losses.float()[..., None]], dim=2))
-            target, slot = host(torch.stack([terms.target, slot]), np.int64)
-            stats = pass_stats(passes[..., -1], passes[..., :-1], target)
+                logits.append(extra)
+                losses.append(extra_loss)
+            # the features on the host (storm_features). On a CPU the tensors are read in place (numpy views);
+            # on a GPU one copy of the passes' losses and logits and one of the targets and memory slots (a
+            # sync, where Ω must wait anyway)
+            if terms.loss.device.type == "cpu":
+                logits, losses = np.concatenate([host(t) for t in logits]), np.concatenate([host(t) for t in losses])
+                target, slot = host(terms.target, np.int64), host(slot, np.int64)
+            else:
+                passes = host(torch.cat([torch.cat(logits).float(), torch.cat(losses).float()[..., None]], dim=2))
+                logits, losses = passes[..., :-1], passes[..., -1]
+                target, slot = host(torch.stack([terms.target, slot]), np.int64)
+            stats = pass_stats(losses, logits, target)
             if self.features == "full":
                 memory.update(stats, slot, self._msize)
                 f = memory.features(stats, slot)
             else:
-                f = np.stack([passes[0, :, -1], stats[:, 4]], axis=1)
+                f = np.stack([losses[0], stats[:, 4]], axis=1)
             return torch.from_numpy(f).to(terms.loss.device, self.rescaler.w1.dtype)
 
     def _scale(self, w: torch.Tensor, loss: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
@@ -829,14 +836,17 @@ class STORM(LossMethod):
         M = len(w)
         if self.weight_norm == "none":
             return ell * (c / M)
-        if self.weight_norm in ("weight_sum", "mass"):
-            mass = w if self.weight_norm == "weight_sum" else w * values  # W = Σw, or D = Σ w v
+        if self.weight_norm == "weight_sum":  # (the default: its few operations)
+            total = w.sum()
+            den = total.clamp(min=1e-12)
+            mean = torch.where(total >= 1e-12, torch.dot(w, ell) / den, 0.0)
+            return (ell - mean) * (c / den)
+        if self.weight_norm == "mass":
+            mass = w * values  # D = Σ w v
             total = mass.sum()
             den = total.clamp(min=1e-12)
             alive = (total >= 1e-12).to(w.dtype)
-            scale = c if self.weight_norm == "weight_sum" else c * values.sum() / M
-            dmass = torch.ones_like(w) if self.weight_norm == "weight_sum" else values
-            return scale * (ell - alive * dmass * ((w * ell).sum() / den)) / den
+            return (c * values.sum() / M) * (ell - alive * values * ((w * ell).sum() / den)) / den
         K = self.rescaler.w1.shape[0]
         mass = w if self.weight_norm == "class_sum" else w * values
         total = w.new_zeros(K).index_add(0, head, mass)
@@ -947,13 +957,24 @@ class STORM(LossMethod):
         """u = (∂θ*/∂g)ᵀ v for step t's lookahead θ*(g), from what `_prepare` kept; a parameter that had
         no gradient at step t (it did not move) or has none now gets u = 0. ∂θ*/∂g is diagonal for
         SGD and Adam, so u is closed form (`lookahead_vjp`), no autograd graph."""
-        u = []
-        for (_, p, k), gi, vi, st, pi in zip(self._params, second["g"], v, second["state"], second["param"]):
+        u: list = [None] * len(self._params)
+        batches: dict = {}  # SGD: the parameters of a group with the same momentum scale, in one foreach op
+        for i, ((_, p, k), gi, vi, st, pi) in enumerate(zip(self._params, second["g"], v, second["state"],
+                                                             second["param"])):
             if gi is None or vi is None:
-                u.append(torch.zeros_like(p))
-                continue
+                u[i] = torch.zeros_like(p)
+            elif second["kind"] == "sgd" and not second["groups"][k]["nesterov"]:
+                batches.setdefault((k, "momentum_buffer" in st), []).append(i)
+            else:
+                u[i] = lookahead_vjp(0.0 if pi is None else pi, gi, vi, second["groups"][k], st, second["kind"])
+        for (k, has_buffer), idx in batches.items():  # `lookahead_vjp`'s SGD case, the same ops per tensor
             group = second["groups"][k]
-            u.append(lookahead_vjp(0.0 if pi is None else pi, gi, vi, group, st, second["kind"]))
+            us = torch._foreach_mul([v[i] for i in idx], -group["lr"])  # = -v * lr (the sign is exact)
+            scale = (1 - group["dampening"]) if group["momentum"] and has_buffer else 1.0
+            if scale != 1.0:
+                torch._foreach_mul_(us, scale)
+            for i, ui in zip(idx, us):
+                u[i] = ui
         return u
 
     def _directional(self, a: dict, u: list) -> torch.Tensor:

@@ -51,12 +51,13 @@ def directional(layers: list[nn.Module], inputs: dict[int, torch.Tensor], grads:
 
 
 def _directional(layers, inputs, grads, u, coef) -> torch.Tensor:
-    total = torch.zeros_like(coef)
+    parts = []
     for k, m in enumerate(layers):
         h, d = inputs.get(k), grads.get(k)
         if h is None or d is None:
             continue
-        h, d = h.to(coef.dtype), d.to(coef.dtype)  # recorded in bf16 under autocast
+        if h.dtype != coef.dtype or d.dtype != coef.dtype:  # recorded in bf16 under autocast
+            h, d = h.to(coef.dtype), d.to(coef.dtype)
         uw = u.get(id(m.weight))
         uw = torch.zeros_like(m.weight) if uw is None else uw
         ub = u.get(id(m.bias)) if m.bias is not None else None
@@ -65,8 +66,10 @@ def _directional(layers, inputs, grads, u, coef) -> torch.Tensor:
         else:
             conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
             y = conv(h, uw, ub, m.stride, m.padding, m.dilation, m.groups)
-        total = total + (y * d).reshape(len(d), -1).sum(1).to(total.dtype)
-    return total / coef
+        parts.append(torch.linalg.vecdot(y.reshape(len(d), -1), d.reshape(len(d), -1)))  # Σ over the sample's cells
+    if not parts:
+        return torch.zeros_like(coef)
+    return (torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]) / coef
 
 
 class Recording:

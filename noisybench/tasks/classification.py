@@ -29,6 +29,7 @@ class ClassificationTask(Task):
 
     def __init__(self, metric: str = "acc", extra_metrics: list[str] | None = None) -> None:
         super().__init__(metric, extra_metrics)
+        self._constant: dict = {}  # loss_terms' index tensors per batch size (STORM calls it every step)
         if self.metric not in METRICS:
             raise ConfigError(f"dataset.metric={self.metric!r} is unknown; use one of {', '.join(METRICS)}")
         unknown = [m for m in self.extra_metrics if m not in METRICS]
@@ -59,11 +60,16 @@ class ClassificationTask(Task):
                 f"{' or '.join(f'model={m}' for m in names)} for {what}")
 
     def loss_terms(self, method, outputs, targets) -> LossTerms:
-        n = len(targets)
-        rows = torch.arange(n, device=targets.device)
         loss = method(outputs, targets)  # float32 under autocast (methods.base.at_least_float32)
-        return LossTerms(loss, outputs, targets, torch.zeros_like(rows), rows, 1.0,
-                         torch.zeros(n, device=outputs.device, dtype=loss.dtype))
+        key = (len(targets), targets.device, loss.dtype)
+        if key not in self._constant:  # rows, groups and the (zero) rest of a batch size: built once, read only
+            if len(self._constant) >= 8:  # (batch sizes of a run: a few)
+                self._constant.clear()
+            n = len(targets)
+            rows = torch.arange(n, device=targets.device)
+            self._constant[key] = (rows, torch.zeros_like(rows), torch.zeros(n, device=loss.device, dtype=loss.dtype))
+        rows, group, rest = self._constant[key]
+        return LossTerms(loss, outputs, targets, group, rows, 1.0, rest)
 
     def losses(self, method, outputs, targets):
         return method(outputs, targets)  # = combine(loss_terms(...)), without the bookkeeping
