@@ -394,7 +394,7 @@ def test_layer_directional_derivatives_equal_forward_mode(name):
     out, _ = method._run(x)
     method._capture.stop()
     coef = torch.rand(len(y), dtype=torch.float64) + 0.1
-    torch.autograd.grad((coef * method.base_loss(out, y)).sum(), params)
+    rec.grad((coef * method.base_loss(out, y)).sum(), params)
     u = [torch.randn_like(p) for p in params]
     a_layers = rec.directional(dict(zip([id(p) for p in params], u)), coef)
     primals = {n: p.detach().clone() for n, p, _ in method._params}

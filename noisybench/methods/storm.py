@@ -837,6 +837,12 @@ class STORM(LossMethod):
         if self.weight_norm == "none":
             return ell * (c / M)
         if self.weight_norm == "weight_sum":  # (the default: its few operations)
+            if w.device.type == "cpu":  # on the host in numpy (a few µs per operation, a torch one costs more)
+                wn, en = w.detach().numpy(), ell.detach().numpy()
+                total = float(wn.sum(dtype=np.float64))
+                den = max(total, 1e-12)
+                mean = float(np.dot(wn.astype(np.float64), en)) / den if total >= 1e-12 else 0.0
+                return torch.from_numpy(((en - mean) * (c / den)).astype(en.dtype, copy=False))
             total = w.sum()
             den = total.clamp(min=1e-12)
             mean = torch.where(total >= 1e-12, torch.dot(w, ell) / den, 0.0)
@@ -894,21 +900,22 @@ class STORM(LossMethod):
         wd = w.detach()
         params = [p for _, p, _ in self._params]
         loss = self._batch_loss(terms, wd, B, head)
+        grad = _grad if rec is None else rec.grad  # (rec.grad also keeps each recorded layer's output gradient)
         if pending is not None:
             if reuse and self.meta_loss_rescaling:  # ∇θ* L_meta IS this step's gradient
-                g = v = _grad(loss, params)
+                g = v = grad(loss, params)
                 meta_terms, w_m, rows_m, head_m = terms, w, B, head
             elif reuse:  # unweighted meta loss on this batch
                 ones = torch.ones_like(wd)
                 v = _grad(self._batch_loss(terms, ones, B, head), params, retain_graph=True)
-                g = _grad(loss, params)
+                g = grad(loss, params)
                 meta_terms, w_m, rows_m, head_m = terms, ones, B, head
             else:  # clean_val: a validation batch at the current parameters (= θ*)
-                g = _grad(loss, params)
+                g = grad(loss, params)
                 v, meta_terms, w_m, rows_m, head_m = self._validation_meta(params, B)
             self._omega_step(pending, v, meta_terms, w_m, rows_m, head_m, w_prev)
         else:
-            g = _grad(loss, params)
+            g = grad(loss, params)
         if meta:
             self._pending = self._prepare(optimizer, x, y, g, f, head, terms, wd, B, rng0, rec)
         self._update_model(optimizer, params, g)  # step 7

@@ -80,33 +80,55 @@ class Recording:
         self.layers = layers
         self.inputs: dict[int, torch.Tensor] = {}
         self.grads: dict[int, torch.Tensor] = {}
+        self.outputs: dict[int, torch.Tensor] = {}  # the recorded layers' outputs (with their graph), until `grad`
+
+    def grad(self, loss: torch.Tensor, params: list, retain_graph: bool = False) -> list:
+        """∇ loss per parameter (None for one the loss does not use) from one backward pass that also
+        gives each recorded layer's output gradient (into `grads`): the output gradients are asked of
+        autograd with the parameters' (hooks on the outputs cost more than the layers' own backward on a
+        small model)."""
+        keys = list(self.outputs)
+        got = torch.autograd.grad(loss, [*params, *(self.outputs[k] for k in keys)], retain_graph=retain_graph,
+                                  allow_unused=True)
+        self.grads.update({k: d for k, d in zip(keys, got[len(params):]) if d is not None})
+        self.outputs = {}
+        return list(got[:len(params)])
 
     def directional(self, u: dict[int, torch.Tensor], coef: torch.Tensor) -> torch.Tensor:
         """a_i given u (id(parameter) -> direction) and the coefficients c_i (see `directional`)."""
         return directional(self.layers, self.inputs, self.grads, u, coef)
 
 
+def _recorded(rec: Recording, k: int, forward, x: torch.Tensor, *args, **kwargs):
+    out = forward(x, *args, **kwargs)
+    rec.inputs[k] = x.detach()
+    if out.requires_grad:
+        rec.outputs[k] = out
+    return out
+
+
 class Capture:
-    """`record()` ... `stop()` around a forward pass: each supported layer's input, and its output
-    gradient during the next backward, go into the returned `Recording`."""
+    """`record()` ... `stop()` around a forward pass: each supported layer's input goes into the returned
+    `Recording`, and its output gradient too when the backward runs through `Recording.grad`. The layers'
+    `forward` is wrapped for the pass (cheaper than module hooks, which send every call of the module
+    down torch's slow path)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = [m for m in model.modules() if isinstance(m, LAYERS) and any(
             p.requires_grad for p in m.parameters(recurse=False))]
-        self._handles: list = []
+        self._saved: list = []
 
     def record(self) -> Recording:
         rec = Recording(self.layers)
-
-        def hook(k, module, args, output):
-            rec.inputs[k] = args[0].detach()
-            if output.requires_grad:
-                output.register_hook(lambda g: rec.grads.__setitem__(k, g.detach()))
-
-        self._handles = [m.register_forward_hook(functools.partial(hook, k)) for k, m in enumerate(self.layers)]
+        self._saved = [m.__dict__.get("forward") for m in self.layers]
+        for k, m in enumerate(self.layers):
+            m.forward = functools.partial(_recorded, rec, k, m.forward)
         return rec
 
     def stop(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        for m, before in zip(self.layers, self._saved):
+            if before is None:
+                del m.forward
+            else:
+                m.forward = before
+        self._saved = []
