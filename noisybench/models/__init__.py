@@ -36,3 +36,13 @@ def split_at_dropout(model: nn.Module) -> tuple[Callable, Callable] | None:
     if cut == 0:
         return None
     return _compose(stages[:cut]), _compose(stages[cut:])
+
+
+def leading_dropout(model: nn.Module) -> tuple[nn.Dropout, Callable] | None:
+    """When the second part of `split_at_dropout` starts with a plain nn.Dropout layer: that layer and
+    the stages after it (so a caller can apply the dropout itself), else None."""
+    stages = list(model.stages()) if getattr(model, "stages", None) is not None else []
+    cut = next((i for i, s in enumerate(stages) if has_active_dropout(s)), len(stages))
+    if 0 < cut < len(stages) and type(stages[cut]) is nn.Dropout:
+        return stages[cut], _compose(stages[cut + 1:])
+    return None
