@@ -876,9 +876,15 @@ class STORM(LossMethod):
             dmass = values
         return (scale / den)[head] * (ell - (alive * E / den)[head] * dmass)
 
-    def _batch_loss(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor) -> torch.Tensor:
-        rest = terms.rest.sum() / rows
-        return rest + self._rescaled(terms.share, terms.loss.detach(), w, rows, terms.loss, head)
+    def _coef(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor) -> torch.Tensor:
+        """c_m = dL/dℓ_m = share (M/B) s(w) w_m for weights held constant: L(w) = mean_r rest_r + Σ_m c_m ℓ_m."""
+        return ((terms.share * (len(w) / rows)) * (self._scale(w, terms.loss.detach(), head) * w)).to(terms.loss.dtype)
+
+    def _batch_loss(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor,
+                    coef: torch.Tensor | None = None) -> torch.Tensor:
+        """L(w) for weights w held constant (the model's loss at this step; `coef` = `_coef` if known)."""
+        coef = self._coef(terms, w, rows, head) if coef is None else coef
+        return terms.rest.sum() / rows + torch.dot(coef, terms.loss)
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
         self._setup(model, optimizer, len(batch.y))
@@ -908,7 +914,8 @@ class STORM(LossMethod):
                 w = self.rescaler(f, head, self._bn_group(terms))
         wd = w.detach()
         params = [p for _, p, _ in self._params]
-        loss = self._batch_loss(terms, wd, B, head)
+        coef = self._coef(terms, wd, B, head)
+        loss = self._batch_loss(terms, wd, B, head, coef)
         grad = _grad if rec is None else rec.grad  # (rec.grad also keeps each recorded layer's output gradient)
         if pending is not None:
             if reuse and self.meta_loss_rescaling:  # ∇θ* L_meta IS this step's gradient
@@ -926,12 +933,12 @@ class STORM(LossMethod):
         else:
             g = grad(loss, params)
         if meta:
-            self._pending = self._prepare(optimizer, x, y, g, f, head, terms, wd, B, rng0, rec)
+            self._pending = self._prepare(optimizer, x, y, g, f, head, terms, coef, B, rng0, rec)
         self._update_model(optimizer, params, g)  # step 7
         self._weights[batch.index[terms.row] * self._groups + terms.group] = wd.to(self._weights.dtype)
         return ((terms.rest.sum() + terms.share * terms.loss.sum()) / B).detach()  # unweighted mean row loss
 
-    def _prepare(self, optimizer, x, y, g, f, head, terms: LossTerms, wd, B: int, rng0, rec) -> _Pending:
+    def _prepare(self, optimizer, x, y, g, f, head, terms: LossTerms, coef, B: int, rng0, rec) -> _Pending:
         """Before the model update: what the next step needs to finish this step's meta-gradient.
 
         The second-order term needs u = (∂θ*/∂g)ᵀ v with v known only at step t+1, and a_i = <u, ∇ℓ_i>
@@ -947,7 +954,6 @@ class STORM(LossMethod):
         if self.first_order:
             return _Pending(f, head, terms.loss.detach(), terms.share, B, None, self._bn_group(terms))
         if rec is not None:  # from this step's recorded layers: c_i = dL/dℓ_i of the backward above
-            coef = terms.share * (len(wd) / B) * self._scale(wd, terms.loss.detach(), head) * wd
             primals = None
             a = {"inputs": rec.inputs, "grads": rec.grads, "coef": coef}
         else:  # forward mode at this step's parameters, replaying pass 0's dropout masks
