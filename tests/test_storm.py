@@ -52,6 +52,48 @@ def test_rescaler_shapes_and_range_match_per_class_modules():
         torch.testing.assert_close(w[head == c], ref(f)[:, 1][head == c], atol=1e-5, rtol=1e-5)
 
 
+
+@pytest.mark.parametrize("batches", [1, 2])
+def test_omega_node_equals_autograd_through_the_layers(batches):
+    """Ω's written-out forward and backward (one autograd node) give the values and ω-gradients of
+    autograd through `_all_heads` (float64; every head's BN over the whole batch)."""
+    torch.manual_seed(0)
+    r = Rescaler(19, heads=4).double()
+    r.reset_parameters(torch.Generator().manual_seed(1))
+    with torch.no_grad():  # away from the init, so every term of the gradient matters
+        for p in r.parameters():
+            p.add_(torch.randn(p.shape, dtype=torch.float64) * 0.3)
+    f, head = torch.randn(24, batches, 19, dtype=torch.float64) * 3, torch.randint(4, (24, batches))
+    c = torch.randn(24, batches, dtype=torch.float64)
+    w = r._picked(f, head, None)
+    assert w.grad_fn is not None and "Omega" in type(w.grad_fn).__name__
+    w_ref = r.all_heads(f).gather(2, head[..., None]).squeeze(2)
+    torch.testing.assert_close(w, w_ref, rtol=1e-12, atol=1e-14)
+    objective = lambda w: (w * c).sum() + (w ** 2).sum() / w.sum()  # noqa: E731
+    got = torch.autograd.grad(objective(w), [r.w1, r.w2])
+    want = torch.autograd.grad(objective(w_ref), [r.w1, r.w2])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        assert b.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("weight_norm", ["none", "weight_sum", "mass", "class_sum", "class_mass"])
+def test_closed_form_objective_gradient_equals_autograd(weight_norm):
+    """`_rescaled_grad` is d`_rescaled`/dw, also where a class's weights sum to 0 (clamped: a constant)."""
+    method = STORM(num_classes=4, weight_norm=weight_norm)
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(4):
+        w = torch.rand(40, dtype=torch.float64, generator=gen)
+        head = torch.randint(4, (40,), generator=gen)
+        head[:4] = torch.arange(4)
+        if trial == 3:
+            w[head == 2] = 0.0
+        values, ell = torch.rand(40, dtype=torch.float64, generator=gen), torch.randn(40, dtype=torch.float64, generator=gen)
+        leaf = w.clone().requires_grad_()
+        want, = torch.autograd.grad(method._rescaled(0.8, values, leaf, 50, ell, head), leaf)
+        got = method._rescaled_grad(0.8, values, w, 50, ell, head)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * float(want.abs().max()))
+
 # ---- features -------------------------------------------------------------------------------------
 
 def _ref_kl(mp, sp, mq, sq):
@@ -234,6 +276,11 @@ def test_fast_dropout_rate_scale_and_replay():
     assert torch.all(kept == kept[0]) and float(kept[0]) == pytest.approx(32768 / (32768 - 3277))
     torch.manual_seed(0)
     assert torch.equal(fast_dropout(x, 0.1), y)
+    small = torch.randn(6, 5)
+    torch.manual_seed(1)
+    copied = fast_dropout(small.repeat(3, 1), 0.1)
+    torch.manual_seed(1)
+    assert torch.equal(fast_dropout(small, 0.1, repeat=3), copied)  # `repeat` = the masks of the repeated batch
     assert torch.equal(fast_dropout(x[:7], 0.0), x[:7]) and not fast_dropout(x[:5], 1.0).any()
     torch.manual_seed(0)
     model = MLP((6,), 3, hidden=(8,), dropout=0.3)

@@ -199,9 +199,11 @@ class Rescaler(nn.Module):
     def _picked(self, f: torch.Tensor, head: torch.Tensor, group: torch.Tensor | None) -> torch.Tensor:
         """[B, S, F] features and [B, S] heads -> [B, S] weights, each sample's own head's output."""
         if group is None and len(f) > 1:  # the pooled BatchNorm: Ω's forward and backward written out
+            f = f if f.dtype == torch.float64 else f.float()
+            if not torch.is_autocast_enabled(f.device.type):
+                return _Omega.apply(f, head, self.w1, self.b1, self.w2, self.b2)
             with torch.autocast(f.device.type, enabled=False):
-                return _Omega.apply(f if f.dtype == torch.float64 else f.float(), head, self.w1, self.b1,
-                                    self.w2, self.b2)
+                return _Omega.apply(f, head, self.w1, self.b1, self.w2, self.b2)
         return self.all_heads(f, group).gather(2, head[..., None]).squeeze(2)
 
     def forward(self, f: torch.Tensor, head: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
@@ -231,19 +233,22 @@ class _Omega(torch.autograd.Function):
         H = w1.shape[0]
         x = torch.addmm(b1.reshape(-1), f.reshape(B * S, F_), w1.reshape(H * F_, F_).t()).view(B, S * H * F_)
         xn, mean1, rstd1 = torch.native_batch_norm(x, None, None, None, None, True, 0.0, BN_EPS)
-        a = torch.relu(xn).view(B * S, H, F_)
-        z = torch.bmm(a.transpose(0, 1), w2.transpose(1, 2)).transpose(0, 1) + b2  # [B*S, H, 2]
-        z = z.reshape(B, S * H * 2)
+        a = torch.relu(xn)  # [B, (S, H, F)]
+        # the second layers of all heads as ONE product with a block-diagonal [(H, F), (H, 2)] matrix (a few
+        # more multiplications by zero than a batched product, and no transposed copies either way)
+        eye = torch.eye(H, dtype=w2.dtype, device=w2.device)
+        w2bd = (w2.transpose(1, 2)[:, :, None, :] * eye[:, None, :, None]).reshape(H * F_, H * 2)
+        z = torch.addmm(b2.reshape(-1), a.view(B * S, H * F_), w2bd).view(B, S * H * 2)
         zn, mean2, rstd2 = torch.native_batch_norm(z, None, None, None, None, True, 0.0, BN_EPS)
         zn = zn.view(B, S, H, 2)
         w_all = torch.sigmoid(zn[..., 1] - zn[..., 0])  # [B, S, H]
         w = w_all.gather(2, head[..., None]).squeeze(2)
-        ctx.save_for_backward(f, head, w1, w2, x, mean1, rstd1, a, z, mean2, rstd2, w)
+        ctx.save_for_backward(f, head, w1, w2bd, x, mean1, rstd1, a, z, mean2, rstd2, w)
         return w
 
     @staticmethod
     def backward(ctx, dw):
-        f, head, w1, w2, x, mean1, rstd1, a, z, mean2, rstd2, w = ctx.saved_tensors
+        f, head, w1, w2bd, x, mean1, rstd1, a, z, mean2, rstd2, w = ctx.saved_tensors
         B, S, F_ = f.shape
         H = w1.shape[0]
         grad = lambda dy, inp, mean, rstd: torch.ops.aten.native_batch_norm_backward(  # noqa: E731
@@ -251,12 +256,13 @@ class _Omega(torch.autograd.Function):
         s = dw * w * (1 - w)  # d sigmoid; only each sample's own head receives it
         d1 = torch.zeros(B, S, H, dtype=w.dtype, device=w.device).scatter_(2, head[..., None], s[..., None])
         dzn = torch.stack([-d1, d1], dim=3).view(B, S * H * 2)
-        dz = grad(dzn, z, mean2, rstd2).view(B * S, H, 2)
-        dz_h = dz.transpose(0, 1)  # [H, B*S, 2]
-        dw2 = torch.bmm(dz_h.transpose(1, 2), a.transpose(0, 1))  # [H, 2, F]
-        db2 = dz.sum(0)
-        da = torch.bmm(dz_h, w2).transpose(0, 1).reshape(B, S * H * F_)  # [B, (S, H, F)]
-        dxn = torch.ops.aten.threshold_backward(da, a.view(B, S * H * F_), 0)  # relu's backward
+        dz = grad(dzn, z, mean2, rstd2).view(B * S, H * 2)
+        a2 = a.view(B * S, H * F_)
+        # the block-diagonal product's weight gradient, of which the diagonal blocks are w2's
+        dw2 = (a2.t() @ dz).view(H, F_, H, 2).diagonal(dim1=0, dim2=2).permute(2, 1, 0).contiguous()  # [H, 2, F]
+        db2 = dz.sum(0).view(H, 2)
+        da = (dz @ w2bd.t()).view(B, S * H * F_)
+        dxn = torch.ops.aten.threshold_backward(da, a, 0)  # relu's backward
         dx = grad(dxn, x, mean1, rstd1).view(B * S, H * F_)
         dw1 = (dx.t() @ f.reshape(B * S, F_)).view(H, F_, F_)
         db1 = dx.sum(0).view(H, F_)
@@ -846,12 +852,6 @@ class STORM(LossMethod):
         if self.weight_norm == "none":
             return ell * (c / M)
         if self.weight_norm == "weight_sum":  # (the default: its few operations)
-            if w.device.type == "cpu":  # on the host in numpy (a few µs per operation, a torch one costs more)
-                wn, en = w.detach().numpy(), ell.detach().numpy()
-                total = float(wn.sum(dtype=np.float64))
-                den = max(total, 1e-12)
-                mean = float(np.dot(wn.astype(np.float64), en)) / den if total >= 1e-12 else 0.0
-                return torch.from_numpy(((en - mean) * (c / den)).astype(en.dtype, copy=False))
             total = w.sum()
             den = total.clamp(min=1e-12)
             mean = torch.where(total >= 1e-12, torch.dot(w, ell) / den, 0.0)
