@@ -222,10 +222,9 @@ class Rescaler(nn.Module):
 
 class _Omega(torch.autograd.Function):
     """`Rescaler._all_heads` with pooled BatchNorm, then each sample's own head, as one autograd node:
-    the forward and the backward written out (the same operations as autograd's, in a few large
-    kernels: Ω's backward through autograd cost more than three times its forward on a small batch).
-    tests/test_storm.py checks values and gradients against `_all_heads` under autograd. The features
-    get no gradient (they are data)."""
+    the forward and the backward written out in a few large kernels (Ω's backward through autograd, op
+    by op, cost more than three times its forward on a small batch). tests/test_storm.py checks values
+    and gradients against `_all_heads` under autograd. The features get no gradient (they are data)."""
 
     @staticmethod
     def forward(ctx, f, head, w1, b1, w2, b2):

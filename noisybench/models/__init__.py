@@ -25,15 +25,17 @@ def _compose(fns: list) -> Callable:
     return run
 
 
+def _stages_and_cut(model: nn.Module) -> tuple[list, int]:
+    """The model's `stages()` (empty if it declares none) and the index of the first with active dropout."""
+    stages = list(model.stages()) if getattr(model, "stages", None) is not None else []
+    return stages, next((i for i, s in enumerate(stages) if has_active_dropout(s)), len(stages))
+
+
 def split_at_dropout(model: nn.Module) -> tuple[Callable, Callable] | None:
     """(trunk, head) with model(x) == head(trunk(x)) and no active dropout in trunk, or None when
     the model does not declare `stages()` or its first stage is already stochastic."""
-    stages = getattr(model, "stages", None)
-    if stages is None:
-        return None
-    stages = list(stages())
-    cut = next((i for i, s in enumerate(stages) if has_active_dropout(s)), len(stages))
-    if cut == 0:
+    stages, cut = _stages_and_cut(model)
+    if not stages or cut == 0:
         return None
     return _compose(stages[:cut]), _compose(stages[cut:])
 
@@ -41,8 +43,7 @@ def split_at_dropout(model: nn.Module) -> tuple[Callable, Callable] | None:
 def leading_dropout(model: nn.Module) -> tuple[nn.Dropout, Callable] | None:
     """When the second part of `split_at_dropout` starts with a plain nn.Dropout layer: that layer and
     the stages after it (so a caller can apply the dropout itself), else None."""
-    stages = list(model.stages()) if getattr(model, "stages", None) is not None else []
-    cut = next((i for i, s in enumerate(stages) if has_active_dropout(s)), len(stages))
+    stages, cut = _stages_and_cut(model)
     if 0 < cut < len(stages) and type(stages[cut]) is nn.Dropout:
         return stages[cut], _compose(stages[cut + 1:])
     return None
