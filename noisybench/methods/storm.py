@@ -759,7 +759,7 @@ class STORM(LossMethod):
         with torch.no_grad(), self._fast_masks():
             if self._batched:  # one call on the batch repeated n times: the same distribution of masks
                 rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731
-                if self._lead is not None:  # the repeated part starts with a dropout layer: no copy of h
+                if self._lead is not None and self._lead[0].training:  # it starts with a dropout layer: no copy of h
                     drop, rest = self._lead
                     t = task.loss_terms(self.base_loss, rest(fast_dropout(h, drop.p, repeat=n)), rep(y))
                 else:
