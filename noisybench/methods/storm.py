@@ -311,6 +311,19 @@ def lookahead(p: torch.Tensor, g: torch.Tensor, group: dict, state: dict, kind: 
     return p - (lr / (1 - beta1 ** step)) * m / denom
 
 
+def sgd_lookahead_vjp(vs: list, group: dict, has_buffer: bool) -> list:
+    """`lookahead_vjp` for SGD on several tensors of one parameter group whose state has (or lacks) a
+    momentum buffer alike, in foreach operations: u = -lr v, times the momentum terms' derivative."""
+    us = torch._foreach_mul(vs, -group["lr"])  # d(p - lr d)/dd; = -v * lr exactly (the sign is exact)
+    if group["momentum"]:
+        scale = (1 - group["dampening"]) if has_buffer else 1.0  # buf = mu buf + (1-damp) d, or d
+        if group["nesterov"]:  # d + mu buf
+            us = torch._foreach_add(us, torch._foreach_mul(torch._foreach_mul(us, group["momentum"]), scale))
+        elif scale != 1.0:
+            torch._foreach_mul_(us, scale)
+    return us
+
+
 def lookahead_vjp(p, g: torch.Tensor, v: torch.Tensor, group: dict, state: dict, kind: str) -> torch.Tensor:
     """(∂θ*/∂g)ᵀ v for θ* = `lookahead`(p, g, ...): the derivative is elementwise, so this is
     v ⊙ ∂θ*/∂g in closed form (same numbers as autograd through `lookahead` up to rounding; for
@@ -318,14 +331,7 @@ def lookahead_vjp(p, g: torch.Tensor, v: torch.Tensor, group: dict, state: dict,
     weight decay (g + wd p); decoupled decay does not involve g."""
     lr = group["lr"]
     if kind == "sgd":
-        u = -v * lr  # d(p - lr d)/dd, as autograd: neg, then times lr
-        if group["momentum"]:
-            scale = (1 - group["dampening"]) if "momentum_buffer" in state else 1.0  # buf = mu buf + (1-damp) d, or d
-            if group["nesterov"]:  # d + mu buf
-                u = u + (u * group["momentum"]) * scale
-            elif scale != 1.0:
-                u = u * scale
-        return u
+        return sgd_lookahead_vjp([v], group, "momentum_buffer" in state)[0]
     beta1, beta2 = group["betas"]
     if group["weight_decay"] and not group.get("decoupled", False):
         g = g + group["weight_decay"] * p
@@ -979,22 +985,17 @@ class STORM(LossMethod):
         no gradient at step t (it did not move) or has none now gets u = 0. ∂θ*/∂g is diagonal for
         SGD and Adam, so u is closed form (`lookahead_vjp`), no autograd graph."""
         u: list = [None] * len(self._params)
-        batches: dict = {}  # SGD: the parameters of a group with the same momentum scale, in one foreach op
+        batches: dict = {}  # SGD: the parameters of a group with the same momentum state, in one foreach op
         for i, ((_, p, k), gi, vi, st, pi) in enumerate(zip(self._params, second["g"], v, second["state"],
                                                              second["param"])):
             if gi is None or vi is None:
                 u[i] = torch.zeros_like(p)
-            elif second["kind"] == "sgd" and not second["groups"][k]["nesterov"]:
+            elif second["kind"] == "sgd":
                 batches.setdefault((k, "momentum_buffer" in st), []).append(i)
             else:
                 u[i] = lookahead_vjp(0.0 if pi is None else pi, gi, vi, second["groups"][k], st, second["kind"])
-        for (k, has_buffer), idx in batches.items():  # `lookahead_vjp`'s SGD case, the same ops per tensor
-            group = second["groups"][k]
-            us = torch._foreach_mul([v[i] for i in idx], -group["lr"])  # = -v * lr (the sign is exact)
-            scale = (1 - group["dampening"]) if group["momentum"] and has_buffer else 1.0
-            if scale != 1.0:
-                torch._foreach_mul_(us, scale)
-            for i, ui in zip(idx, us):
+        for (k, has_buffer), idx in batches.items():
+            for i, ui in zip(idx, sgd_lookahead_vjp([v[i] for i in idx], second["groups"][k], has_buffer)):
                 u[i] = ui
         return u
 
