@@ -121,6 +121,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from numba import njit
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import functional_call, jvp
@@ -350,28 +351,81 @@ def lookahead_vjp(p, g: torch.Tensor, v: torch.Tensor, group: dict, state: dict,
 
 
 MASK_LEVELS = 1 << 15  # dropout keep/drop decisions from 15 random bits: p is rounded to a multiple of 1/32768
+_U = np.uint64
+_GOLDEN, _MIX1, _MIX2 = _U(0x9E3779B97F4A7C15), _U(0xBF58476D1CE4E5B9), _U(0x94D049BB133111EB)
+
+
+@njit(cache=True, nogil=True)
+def _splitmix64(seed, j):
+    """The j-th output of SplitMix64 (Steele et al., 2014) started at `seed`: 64 random bits."""
+    z = seed + (_U(j) + _U(1)) * _GOLDEN
+    z = (z ^ (z >> _U(30))) * _MIX1
+    z = (z ^ (z >> _U(27))) * _MIX2
+    return z ^ (z >> _U(31))
+
+
+@njit(cache=True, nogil=True)
+def _dropout_cpu(x, out, seed, drop, scale, mask_only):
+    """out[r·m + i] = x[i]·scale (or scale alone with `mask_only`) where element r·m + i is kept, else 0,
+    for r < len(out) / m (m = len(x)). Element e is kept when bits 16(e mod 4) .. +15 of SplitMix64
+    output e // 4 are >= `drop`: four elements per 64-bit output."""
+    m, idx, z = len(x), 0, _U(0)
+    for _ in range(len(out) // m):
+        for i in range(m):
+            if idx & 3 == 0:
+                z = _splitmix64(seed, idx >> 2)
+            else:
+                z >>= _U(16)
+            if z & _U(MASK_LEVELS - 1) >= drop:
+                out[idx] = scale if mask_only else x[i] * scale
+            else:
+                out[idx] = 0
+            idx += 1
+
+
+def _in_transform() -> bool:
+    """Inside a torch.func transform (jvp, vmap, grad), whose tensors have no storage numpy can read."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is None or peek() is not None
 
 
 def fast_dropout(x: torch.Tensor, p: float, repeat: int = 1) -> torch.Tensor:
-    """Inverted dropout like F.dropout, with cheaper masks: one 31-bit random integer per TWO elements
-    (each takes 15 of its bits) instead of a Bernoulli draw per element, 4-6x faster on a CPU. The rate
-    is p rounded to a multiple of 1/32768 (0.1 -> 0.100006); kept values are scaled by the exact 1/(1-p)
-    of that rate, so expectations are unchanged. Draws from torch's default generator of x's device
-    (so `replay_rng` replays the masks). `repeat=n` gives `fast_dropout(x.repeat(n, 1, ...))` (the same
-    masks and numbers) without the copy of x."""
+    """Inverted dropout like F.dropout, with cheaper masks: 15 random bits per element instead of a
+    Bernoulli draw. The rate is p rounded to a multiple of 1/32768 (0.1 -> 0.100006); kept values are
+    scaled by the exact 1/(1-p) of that rate (in x's dtype), so expectations are unchanged. `repeat=n`
+    gives `fast_dropout(x.repeat(n, 1, ...))` (the same masks and numbers) without the copy of x.
+
+    On a CPU: one compiled pass (`_dropout_cpu`, SplitMix64 from a 63-bit seed drawn from torch's CPU
+    generator; without gradients it writes the output directly, with them it writes the mask that
+    autograd multiplies by). Elsewhere: torch's generator of x's device, one 31-bit integer per two
+    elements. Either way the masks follow torch's default generator, so `replay_rng` replays them."""
     drop = round(float(p) * MASK_LEVELS)
     if drop >= MASK_LEVELS:
         return (x * 0.0).repeat(repeat, *([1] * (x.dim() - 1))) if repeat > 1 else x * 0.0
     n = x.numel() * repeat
-    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()  # uniform in [0, 2^31)
-    # the mask as 1/(1-p) or 0 in x's dtype (a comparison written straight into a float tensor: a bool
-    # mask, and x times a bool mask, are both slower on a CPU); the same numbers as x * keep * scale
-    scaled = torch.ge(bits.view(torch.int16)[:n] & (MASK_LEVELS - 1), drop,
-                      out=torch.empty(n, dtype=x.dtype, device=x.device))
-    scaled = scaled.mul_(MASK_LEVELS / (MASK_LEVELS - drop))
+    shape = (repeat * x.shape[0], *x.shape[1:]) if x.dim() else x.shape
+    if x.device.type == "cpu":
+        seed = _U(int(torch.empty((), dtype=torch.int64).random_()))
+        dtype = np.float64 if x.dtype == torch.float64 else np.float32
+        scale = dtype(torch.tensor(MASK_LEVELS / (MASK_LEVELS - drop), dtype=x.dtype).item())  # (x's precision)
+        out = np.empty(n, dtype)  # (numpy-allocated: usable inside torch.func transforms too)
+        if x.dtype in (torch.float32, torch.float64) and x.is_contiguous() and not _in_transform() \
+                and not (torch.is_grad_enabled() and x.requires_grad):
+            _dropout_cpu(x.detach().view(-1).numpy(), out, seed, _U(drop), scale, False)
+            return torch.from_numpy(out).view(shape)
+        _dropout_cpu(out[:max(1, x.numel())], out, seed, _U(drop), scale, True)
+        scaled = torch.from_numpy(out)
+        scaled = scaled if scaled.dtype == x.dtype else scaled.to(x.dtype)
+    else:
+        bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()  # uniform in [0, 2^31)
+        # the mask as 1/(1-p) or 0 in x's dtype (a comparison written straight into a float tensor: a bool
+        # mask, and x times a bool mask, are both slower)
+        scaled = torch.ge(bits.view(torch.int16)[:n] & (MASK_LEVELS - 1), drop,
+                          out=torch.empty(n, dtype=x.dtype, device=x.device))
+        scaled = scaled.mul_(MASK_LEVELS / (MASK_LEVELS - drop))
     if repeat == 1:
         return x * scaled.view(x.shape)
-    return (x * scaled.view(repeat, *x.shape)).view(repeat * x.shape[0], *x.shape[1:])
+    return (x * scaled.view(repeat, *x.shape)).view(shape)
 
 
 @torch.no_grad()
