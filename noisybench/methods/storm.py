@@ -365,22 +365,38 @@ def _splitmix64(seed, j):
 
 
 @njit(cache=True, nogil=True)
+def _random_bits(bits, seed):
+    for j in range(len(bits)):
+        bits[j] = _splitmix64(seed, j)
+
+
+@njit(cache=True, nogil=True)
+def _keep_scaled(x, r, out, drop, scale):
+    for i in range(len(out)):  # (written so that the compiler vectorises it)
+        out[i] = x[i] * scale if r[i] & np.uint16(MASK_LEVELS - 1) >= drop else 0
+
+
+@njit(cache=True, nogil=True)
+def _keep_mask(r, out, drop, scale):
+    for i in range(len(out)):
+        out[i] = scale if r[i] & np.uint16(MASK_LEVELS - 1) >= drop else 0
+
+
+@njit(cache=True, nogil=True)
 def _dropout_cpu(x, out, seed, drop, scale, mask_only):
     """out[r·m + i] = x[i]·scale (or scale alone with `mask_only`) where element r·m + i is kept, else 0,
-    for r < len(out) / m (m = len(x)). Element e is kept when bits 16(e mod 4) .. +15 of SplitMix64
-    output e // 4 are >= `drop`: four elements per 64-bit output."""
-    m, idx, z = len(x), 0, _U(0)
-    for _ in range(len(out) // m):
-        for i in range(m):
-            if idx & 3 == 0:
-                z = _splitmix64(seed, idx >> 2)
-            else:
-                z >>= _U(16)
-            if z & _U(MASK_LEVELS - 1) >= drop:
-                out[idx] = scale if mask_only else x[i] * scale
-            else:
-                out[idx] = 0
-            idx += 1
+    for r < len(out) / m (m = len(x)). Element e is kept when bits 16(e mod 4) .. +14 of SplitMix64
+    output e // 4 (little-endian 16-bit words) are >= `drop`: four elements per 64-bit output."""
+    n, m = len(out), len(x)
+    bits = np.empty((n + 3) // 4, np.uint64)
+    _random_bits(bits, seed)
+    r = bits.view(np.uint16)
+    d = np.uint16(drop)
+    for b in range(0, n, m):
+        if mask_only:
+            _keep_mask(r[b:b + m], out[b:b + m], d, scale)
+        else:
+            _keep_scaled(x, r[b:b + m], out[b:b + m], d, scale)
 
 
 def _in_transform() -> bool:
