@@ -53,10 +53,15 @@ def test_rescaler_shapes_and_range_match_per_class_modules():
 
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["host-loops", "tensor-kernels"])
 @pytest.mark.parametrize("batches", [1, 2])
-def test_omega_node_equals_autograd_through_the_layers(batches):
-    """Ω's written-out forward and backward (one autograd node) give the values and ω-gradients of
-    autograd through `_all_heads` (float64; every head's BN over the whole batch)."""
+def test_omega_node_equals_autograd_through_the_layers(batches, compiled, monkeypatch):
+    """Ω's written-out forward and backward (one autograd node; the compiled host loops a CPU runs, and
+    the tensor kernels other devices run) give the values and ω-gradients of autograd through
+    `_all_heads` (float64; every head's BN over the whole batch)."""
+    from noisybench.methods.storm import _Omega
+
+    monkeypatch.setattr(_Omega, "compiled", compiled)
     torch.manual_seed(0)
     r = Rescaler(19, heads=4).double()
     r.reset_parameters(torch.Generator().manual_seed(1))

@@ -221,14 +221,145 @@ class Rescaler(nn.Module):
         return list(self._picked(f, head, batches[0][2]).unbind(1))
 
 
+@njit(cache=True, nogil=True)
+def _bn_stats(v, mean, rstd, eps):
+    """Batch statistics of the columns of v [B, C] (training-mode BatchNorm: biased variance)."""
+    B, C = v.shape
+    mean[:] = 0.0
+    var = np.zeros(C)
+    for b in range(B):
+        for c in range(C):
+            mean[c] += v[b, c]
+    for c in range(C):
+        mean[c] /= B
+    for b in range(B):
+        for c in range(C):
+            var[c] += (v[b, c] - mean[c]) ** 2
+    for c in range(C):
+        rstd[c] = 1.0 / math.sqrt(var[c] / B + eps)
+
+
+@njit(cache=True, nogil=True)
+def _bn_backward(dy, v, mean, rstd):
+    """In place: dy [B, C] -> the gradient at the BatchNorm's input v, (dy - mean(dy) - x̂ mean(dy x̂)) rstd."""
+    B, C = dy.shape
+    m1, m2 = np.zeros(C), np.zeros(C)
+    for b in range(B):
+        for c in range(C):
+            m1[c] += dy[b, c]
+            m2[c] += dy[b, c] * (v[b, c] - mean[c]) * rstd[c]
+    for b in range(B):
+        for c in range(C):
+            dy[b, c] = (dy[b, c] - m1[c] / B - (v[b, c] - mean[c]) * rstd[c] * m2[c] / B) * rstd[c]
+
+
+@njit(cache=True, nogil=True)
+def _omega_forward(f, head, w1, b1, w2, b2, eps, x, mean1, rstd1, a, z, mean2, rstd2, w):
+    """`_Omega.forward` on the host, in float64: f [B, S, F] (cast to w1's dtype, as the module does),
+    head [B, S]; writes x, a [B, S·H·F], the BN statistics, z [B, S·H·2] and w [B, S]."""
+    B, S, F = f.shape
+    H = w1.shape[0]
+    HF = H * F
+    wt = np.empty((F, HF))  # wt[k, (h, j)] = w1[h, j, k]: the inner loops run over contiguous (h, j)
+    for h in range(H):
+        for j in range(F):
+            for k in range(F):
+                wt[k, h * F + j] = w1[h, j, k]
+    for b in range(B):
+        for s in range(S):
+            row = x[b, s * HF:(s + 1) * HF]
+            for h in range(H):
+                for j in range(F):
+                    row[h * F + j] = b1[h, j]
+            for k in range(F):
+                fk = np.float64(w1.dtype.type(f[b, s, k]))
+                for c in range(HF):
+                    row[c] += fk * wt[k, c]
+    _bn_stats(x, mean1, rstd1, eps)
+    for b in range(B):
+        for c in range(S * HF):
+            a[b, c] = max((x[b, c] - mean1[c]) * rstd1[c], 0.0)
+    for b in range(B):
+        for s in range(S):
+            for h in range(H):
+                base = s * HF + h * F
+                for o in range(2):
+                    t = np.float64(b2[h, o])
+                    for j in range(F):
+                        t += a[b, base + j] * w2[h, o, j]
+                    z[b, (s * H + h) * 2 + o] = t
+    _bn_stats(z, mean2, rstd2, eps)
+    for b in range(B):
+        for s in range(S):
+            c = (s * H + head[b, s]) * 2
+            d = (z[b, c + 1] - mean2[c + 1]) * rstd2[c + 1] - (z[b, c] - mean2[c]) * rstd2[c]
+            w[b, s] = 1.0 / (1.0 + math.exp(-d))  # softmax(z)[1]
+
+
+@njit(cache=True, nogil=True)
+def _omega_backward(dw, f, head, w2, x, mean1, rstd1, a, z, mean2, rstd2, w, dw1, db1, dw2, db2):
+    """`_Omega.backward` on the host (float64 accumulation): the ω-gradients of Σ dw·w."""
+    B, S, F = f.shape
+    H = w2.shape[0]
+    HF = H * F
+    dz = np.zeros((B, S * H * 2))
+    for b in range(B):
+        for s in range(S):
+            c = (s * H + head[b, s]) * 2
+            g = dw[b, s] * w[b, s] * (1.0 - w[b, s])  # d sigmoid; only each sample's own head receives it
+            dz[b, c], dz[b, c + 1] = -g, g
+    _bn_backward(dz, z, mean2, rstd2)
+    g2, gb2 = np.zeros((H, 2, F)), np.zeros((H, 2))
+    dx = np.empty((B, S * HF))
+    for b in range(B):
+        for s in range(S):
+            for h in range(H):
+                base = s * HF + h * F
+                c = (s * H + h) * 2
+                for o in range(2):
+                    gb2[h, o] += dz[b, c + o]
+                    for j in range(F):
+                        g2[h, o, j] += dz[b, c + o] * a[b, base + j]
+                for j in range(F):
+                    da = dz[b, c] * w2[h, 0, j] + dz[b, c + 1] * w2[h, 1, j]
+                    dx[b, base + j] = da if a[b, base + j] > 0 else 0.0  # relu's backward
+    _bn_backward(dx, x, mean1, rstd1)
+    g1t, gb1 = np.zeros((F, HF)), np.zeros(HF)  # g1t[k, (h, j)] = dw1[h, j, k]
+    for b in range(B):
+        for s in range(S):
+            row = dx[b, s * HF:(s + 1) * HF]
+            for c in range(HF):
+                gb1[c] += row[c]
+            for k in range(F):
+                fk = np.float64(dw1.dtype.type(f[b, s, k]))
+                for c in range(HF):
+                    g1t[k, c] += fk * row[c]
+    for h in range(H):
+        for j in range(F):
+            db1[h, j] = gb1[h * F + j]
+            for k in range(F):
+                dw1[h, j, k] = g1t[k, h * F + j]
+    for h in range(H):
+        for o in range(2):
+            db2[h, o] = gb2[h, o]
+            for j in range(F):
+                dw2[h, o, j] = g2[h, o, j]
+
+
 class _Omega(torch.autograd.Function):
     """`Rescaler._all_heads` with pooled BatchNorm, then each sample's own head, as one autograd node:
-    the forward and the backward written out in a few large kernels (Ω's backward through autograd, op
-    by op, cost more than three times its forward on a small batch). tests/test_storm.py checks values
-    and gradients against `_all_heads` under autograd. The features get no gradient (they are data)."""
+    the forward and the backward written out (Ω's backward through autograd, op by op, cost more than
+    three times its forward on a small batch). On a CPU both run as compiled loops in float64
+    (`_omega_forward`, `_omega_backward`; one call each: Ω's ~20 small tensor operations were a large
+    share of STORM's fixed cost per step); elsewhere as a few large tensor kernels. tests/test_storm.py
+    checks both against autograd through `_all_heads`. The features get no gradient (they are data)."""
+
+    compiled = True  # the host loops on a CPU (tests switch them off to check the tensor kernels there)
 
     @staticmethod
     def forward(ctx, f, head, w1, b1, w2, b2):
+        if f.device.type == "cpu" and _Omega.compiled and not _in_transform():
+            return _Omega._forward_host(ctx, f, head, w1, b1, w2, b2)
         B, S, F_ = f.shape
         H = w1.shape[0]
         x = torch.addmm(b1.reshape(-1), f.reshape(B * S, F_), w1.reshape(H * F_, F_).t()).view(B, S * H * F_)
@@ -243,11 +374,34 @@ class _Omega(torch.autograd.Function):
         zn = zn.view(B, S, H, 2)
         w_all = torch.sigmoid(zn[..., 1] - zn[..., 0])  # [B, S, H]
         w = w_all.gather(2, head[..., None]).squeeze(2)
+        ctx.host = None
         ctx.save_for_backward(f, head, w1, w2bd, x, mean1, rstd1, a, z, mean2, rstd2, w)
         return w
 
     @staticmethod
+    def _forward_host(ctx, f, head, w1, b1, w2, b2):
+        B, S, F_ = f.shape
+        H = w1.shape[0]
+        n = S * H * F_
+        x, a, z = np.empty((B, n)), np.empty((B, n)), np.empty((B, S * H * 2))
+        mean1, rstd1, mean2, rstd2 = np.empty(n), np.empty(n), np.empty(S * H * 2), np.empty(S * H * 2)
+        w = np.empty((B, S))
+        ours = [t.detach().contiguous().numpy() for t in (f, head, w1, b1, w2, b2)]
+        _omega_forward(*ours, BN_EPS, x, mean1, rstd1, a, z, mean2, rstd2, w)
+        # (the values backward needs, w2 as it is now: Ω's optimizer updates it in place later)
+        ctx.host = (ours[0], ours[1], ours[4].copy(), x, mean1, rstd1, a, z, mean2, rstd2, w)
+        ctx.dtypes = (w1.dtype, b1.dtype, w2.dtype, b2.dtype)
+        return torch.from_numpy(w).to(w1.dtype)
+
+    @staticmethod
     def backward(ctx, dw):
+        if ctx.host is not None:
+            f, _, w2 = ctx.host[:3]
+            H, F_ = w2.shape[0], f.shape[2]
+            grads = [torch.empty(shape, dtype=dt) for shape, dt in zip(((H, F_, F_), (H, F_), (H, 2, F_), (H, 2)),
+                                                                         ctx.dtypes)]
+            _omega_backward(dw.detach().contiguous().numpy(), *ctx.host, *(g.numpy() for g in grads))
+            return (None, None, *grads)
         f, head, w1, w2bd, x, mean1, rstd1, a, z, mean2, rstd2, w = ctx.saved_tensors
         B, S, F_ = f.shape
         H = w1.shape[0]
