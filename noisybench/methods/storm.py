@@ -201,6 +201,8 @@ class Rescaler(nn.Module):
         """[B, S, F] features and [B, S] heads -> [B, S] weights, each sample's own head's output."""
         if group is None and len(f) > 1:  # the pooled BatchNorm: Ω's forward and backward written out
             f = f if f.dtype == torch.float64 else f.float()
+            if f.device.type == "cpu" and _Omega.compiled and not torch.is_grad_enabled() and not _in_transform():
+                return _Omega._forward_host(None, f, head, self.w1, self.b1, self.w2, self.b2)  # (no graph)
             if not torch.is_autocast_enabled(f.device.type):
                 return _Omega.apply(f, head, self.w1, self.b1, self.w2, self.b2)
             with torch.autocast(f.device.type, enabled=False):
@@ -216,6 +218,9 @@ class Rescaler(nn.Module):
         size and pooled statistics (each keeps its own BN statistics)."""
         if len({len(f) for f, _, _ in batches}) > 1 or (len(batches) > 1 and any(g is not None for _, _, g in batches)):
             return [self(f, head, g) for f, head, g in batches]
+        if len(batches) == 1:  # (views, no copies)
+            f, head, group = batches[0]
+            return [self._picked(f[:, None], head[:, None], group)[:, 0]]
         f = torch.stack([f for f, _, _ in batches], 1)  # [B, S, F]
         head = torch.stack([h for _, h, _ in batches], 1)  # [B, S]
         return list(self._picked(f, head, batches[0][2]).unbind(1))
@@ -254,54 +259,72 @@ def _bn_backward(dy, v, mean, rstd):
 
 
 @njit(cache=True, nogil=True)
-def _omega_forward(f, head, w1, b1, w2, b2, eps, x, mean1, rstd1, a, z, mean2, rstd2, w):
-    """`_Omega.forward` on the host, in float64: f [B, S, F] (cast to w1's dtype, as the module does),
-    head [B, S]; writes x, a [B, S·H·F], the BN statistics, z [B, S·H·2] and w [B, S]."""
+def _omega_layers(f, w1, w2):
+    """f [B, S, F] as float64 rows [B·S, F] (cast to w1's dtype first, as the module does); w1 as
+    [F, (h, j)] (w1[h, j, k] at [k, (h, j)]); the second layers as one block-diagonal [(h, j), (h, o)]."""
     B, S, F = f.shape
     H = w1.shape[0]
-    HF = H * F
-    wt = np.empty((F, HF))  # wt[k, (h, j)] = w1[h, j, k]: the inner loops run over contiguous (h, j)
+    fc = np.empty((B * S, F))
+    for b in range(B):
+        for s in range(S):
+            for k in range(F):
+                fc[b * S + s, k] = np.float64(w1.dtype.type(f[b, s, k]))
+    wt = np.empty((F, H * F))
+    w2bd = np.zeros((H * F, H * 2))
     for h in range(H):
         for j in range(F):
             for k in range(F):
                 wt[k, h * F + j] = w1[h, j, k]
-    for b in range(B):
-        for s in range(S):
-            row = x[b, s * HF:(s + 1) * HF]
-            for h in range(H):
-                for j in range(F):
-                    row[h * F + j] = b1[h, j]
-            for k in range(F):
-                fk = np.float64(w1.dtype.type(f[b, s, k]))
-                for c in range(HF):
-                    row[c] += fk * wt[k, c]
+            for o in range(2):
+                w2bd[h * F + j, h * 2 + o] = w2[h, o, j]
+    return fc, wt, w2bd
+
+
+@njit(cache=True, nogil=True)
+def _omega_forward(f, head, w1, b1, w2, b2, eps):
+    """`_Omega.forward` on the host, in float64: f [B, S, F], head [B, S] -> w [B, S] (in w1's dtype) and
+    what the backward needs: x, a [B, S·H·F], z [B, S·H·2], the BN statistics, w in float64 (the
+    products in BLAS, as the tensor kernels)."""
+    B, S, F = f.shape
+    H = w1.shape[0]
+    n = S * H * F
+    mean1, rstd1, mean2, rstd2 = np.empty(n), np.empty(n), np.empty(S * H * 2), np.empty(S * H * 2)
+    a, w, out = np.empty((B, n)), np.empty((B, S)), np.empty((B, S), w1.dtype)
+    fc, wt, w2bd = _omega_layers(f, w1, w2)
+    xs = fc @ wt
+    x = xs.reshape(B, n)
+    for r in range(B * S):
+        for h in range(H):
+            for j in range(F):
+                xs[r, h * F + j] += b1[h, j]
     _bn_stats(x, mean1, rstd1, eps)
     for b in range(B):
-        for c in range(S * HF):
+        for c in range(x.shape[1]):
             a[b, c] = max((x[b, c] - mean1[c]) * rstd1[c], 0.0)
-    for b in range(B):
-        for s in range(S):
-            for h in range(H):
-                base = s * HF + h * F
-                for o in range(2):
-                    t = np.float64(b2[h, o])
-                    for j in range(F):
-                        t += a[b, base + j] * w2[h, o, j]
-                    z[b, (s * H + h) * 2 + o] = t
+    zs = a.reshape(B * S, H * F) @ w2bd
+    z = zs.reshape(B, S * H * 2)
+    for r in range(B * S):
+        for h in range(H):
+            for o in range(2):
+                zs[r, h * 2 + o] += b2[h, o]
     _bn_stats(z, mean2, rstd2, eps)
     for b in range(B):
         for s in range(S):
             c = (s * H + head[b, s]) * 2
             d = (z[b, c + 1] - mean2[c + 1]) * rstd2[c + 1] - (z[b, c] - mean2[c]) * rstd2[c]
             w[b, s] = 1.0 / (1.0 + math.exp(-d))  # softmax(z)[1]
+            out[b, s] = w[b, s]
+    return out, (x, mean1, rstd1, a, z, mean2, rstd2, w)
 
 
 @njit(cache=True, nogil=True)
-def _omega_backward(dw, f, head, w2, x, mean1, rstd1, a, z, mean2, rstd2, w, dw1, db1, dw2, db2):
-    """`_Omega.backward` on the host (float64 accumulation): the ω-gradients of Σ dw·w."""
+def _omega_backward(dw, f, head, w1, w2, x, mean1, rstd1, a, z, mean2, rstd2, w):
+    """`_Omega.backward` on the host (float64): the ω-gradients of Σ dw·w (in the weights' dtypes)."""
     B, S, F = f.shape
     H = w2.shape[0]
-    HF = H * F
+    dw1, db1 = np.empty((H, F, F), w1.dtype), np.empty((H, F), w1.dtype)
+    dw2, db2 = np.empty((H, 2, F), w2.dtype), np.empty((H, 2), w2.dtype)
+    fc, _, w2bd = _omega_layers(f, w1, w2)
     dz = np.zeros((B, S * H * 2))
     for b in range(B):
         for s in range(S):
@@ -309,41 +332,32 @@ def _omega_backward(dw, f, head, w2, x, mean1, rstd1, a, z, mean2, rstd2, w, dw1
             g = dw[b, s] * w[b, s] * (1.0 - w[b, s])  # d sigmoid; only each sample's own head receives it
             dz[b, c], dz[b, c + 1] = -g, g
     _bn_backward(dz, z, mean2, rstd2)
-    g2, gb2 = np.zeros((H, 2, F)), np.zeros((H, 2))
-    dx = np.empty((B, S * HF))
+    dzs, as_ = dz.reshape(B * S, H * 2), a.reshape(B * S, H * F)
+    g2 = as_.T @ dzs  # [(h, j), (h', o)]: the diagonal blocks h = h' are w2's gradient
+    dx = (dzs @ w2bd.T).reshape(B, S * H * F)
     for b in range(B):
-        for s in range(S):
-            for h in range(H):
-                base = s * HF + h * F
-                c = (s * H + h) * 2
-                for o in range(2):
-                    gb2[h, o] += dz[b, c + o]
-                    for j in range(F):
-                        g2[h, o, j] += dz[b, c + o] * a[b, base + j]
-                for j in range(F):
-                    da = dz[b, c] * w2[h, 0, j] + dz[b, c + 1] * w2[h, 1, j]
-                    dx[b, base + j] = da if a[b, base + j] > 0 else 0.0  # relu's backward
+        for c in range(dx.shape[1]):
+            if a[b, c] <= 0:  # relu's backward
+                dx[b, c] = 0.0
     _bn_backward(dx, x, mean1, rstd1)
-    g1t, gb1 = np.zeros((F, HF)), np.zeros(HF)  # g1t[k, (h, j)] = dw1[h, j, k]
-    for b in range(B):
-        for s in range(S):
-            row = dx[b, s * HF:(s + 1) * HF]
-            for c in range(HF):
-                gb1[c] += row[c]
-            for k in range(F):
-                fk = np.float64(dw1.dtype.type(f[b, s, k]))
-                for c in range(HF):
-                    g1t[k, c] += fk * row[c]
-    for h in range(H):
-        for j in range(F):
-            db1[h, j] = gb1[h * F + j]
-            for k in range(F):
-                dw1[h, j, k] = g1t[k, h * F + j]
+    dxs = dx.reshape(B * S, H * F)
+    g1t = fc.T @ dxs  # [k, (h, j)]
     for h in range(H):
         for o in range(2):
-            db2[h, o] = gb2[h, o]
+            t = 0.0
+            for r in range(B * S):
+                t += dzs[r, h * 2 + o]
+            db2[h, o] = t
             for j in range(F):
-                dw2[h, o, j] = g2[h, o, j]
+                dw2[h, o, j] = g2[h * F + j, h * 2 + o]
+        for j in range(F):
+            t = 0.0
+            for r in range(B * S):
+                t += dxs[r, h * F + j]
+            db1[h, j] = t
+            for k in range(F):
+                dw1[h, j, k] = g1t[k, h * F + j]
+    return dw1, db1, dw2, db2
 
 
 class _Omega(torch.autograd.Function):
@@ -358,6 +372,7 @@ class _Omega(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, f, head, w1, b1, w2, b2):
+        ctx.host = None
         if f.device.type == "cpu" and _Omega.compiled and not _in_transform():
             return _Omega._forward_host(ctx, f, head, w1, b1, w2, b2)
         B, S, F_ = f.shape
@@ -374,34 +389,23 @@ class _Omega(torch.autograd.Function):
         zn = zn.view(B, S, H, 2)
         w_all = torch.sigmoid(zn[..., 1] - zn[..., 0])  # [B, S, H]
         w = w_all.gather(2, head[..., None]).squeeze(2)
-        ctx.host = None
         ctx.save_for_backward(f, head, w1, w2bd, x, mean1, rstd1, a, z, mean2, rstd2, w)
         return w
 
     @staticmethod
     def _forward_host(ctx, f, head, w1, b1, w2, b2):
-        B, S, F_ = f.shape
-        H = w1.shape[0]
-        n = S * H * F_
-        x, a, z = np.empty((B, n)), np.empty((B, n)), np.empty((B, S * H * 2))
-        mean1, rstd1, mean2, rstd2 = np.empty(n), np.empty(n), np.empty(S * H * 2), np.empty(S * H * 2)
-        w = np.empty((B, S))
         ours = [t.detach().contiguous().numpy() for t in (f, head, w1, b1, w2, b2)]
-        _omega_forward(*ours, BN_EPS, x, mean1, rstd1, a, z, mean2, rstd2, w)
-        # (the values backward needs, w2 as it is now: Ω's optimizer updates it in place later)
-        ctx.host = (ours[0], ours[1], ours[4].copy(), x, mean1, rstd1, a, z, mean2, rstd2, w)
-        ctx.dtypes = (w1.dtype, b1.dtype, w2.dtype, b2.dtype)
-        return torch.from_numpy(w).to(w1.dtype)
+        w, saved = _omega_forward(*ours, BN_EPS)
+        if ctx is not None:  # (the values backward needs, Ω's weights as they are now: its optimizer updates
+            # them in place later)
+            ctx.host = (ours[0], ours[1], ours[2].copy(), ours[4].copy(), *saved)
+        return torch.from_numpy(w)
 
     @staticmethod
     def backward(ctx, dw):
         if ctx.host is not None:
-            f, _, w2 = ctx.host[:3]
-            H, F_ = w2.shape[0], f.shape[2]
-            grads = [torch.empty(shape, dtype=dt) for shape, dt in zip(((H, F_, F_), (H, F_), (H, 2, F_), (H, 2)),
-                                                                         ctx.dtypes)]
-            _omega_backward(dw.detach().contiguous().numpy(), *ctx.host, *(g.numpy() for g in grads))
-            return (None, None, *grads)
+            grads = _omega_backward(dw.detach().contiguous().numpy(), *ctx.host)
+            return (None, None, *(torch.from_numpy(g) for g in grads))
         f, head, w1, w2bd, x, mean1, rstd1, a, z, mean2, rstd2, w = ctx.saved_tensors
         B, S, F_ = f.shape
         H = w1.shape[0]
@@ -553,6 +557,13 @@ def _dropout_cpu(x, out, seed, drop, scale, mask_only):
             _keep_scaled(x, r[b:b + m], out[b:b + m], d, scale)
 
 
+@functools.lru_cache(maxsize=None)
+def _mask_scale(drop: int, dtype: torch.dtype):
+    """1/(1-p) of the rounded rate, rounded to `dtype` (as a float32 or float64 numpy scalar)."""
+    value = torch.tensor(MASK_LEVELS / (MASK_LEVELS - drop), dtype=dtype).item()
+    return np.float64(value) if dtype == torch.float64 else np.float32(value)
+
+
 def _in_transform() -> bool:
     """Inside a torch.func transform (jvp, vmap, grad), whose tensors have no storage numpy can read."""
     peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
@@ -577,7 +588,7 @@ def fast_dropout(x: torch.Tensor, p: float, repeat: int = 1) -> torch.Tensor:
     if x.device.type == "cpu":
         seed = _U(int(torch.empty((), dtype=torch.int64).random_()))
         dtype = np.float64 if x.dtype == torch.float64 else np.float32
-        scale = dtype(torch.tensor(MASK_LEVELS / (MASK_LEVELS - drop), dtype=x.dtype).item())  # (x's precision)
+        scale = _mask_scale(drop, x.dtype)
         out = np.empty(n, dtype)  # (numpy-allocated: usable inside torch.func transforms too)
         if x.dtype in (torch.float32, torch.float64) and x.is_contiguous() and not _in_transform() \
                 and not (torch.is_grad_enabled() and x.requires_grad):
@@ -1012,27 +1023,24 @@ class STORM(LossMethod):
                   slot: torch.Tensor) -> torch.Tensor:
         """[M, F] features of the samples of `terms` (pass 0) and their memory `slot`s."""
         with torch.no_grad():
-            logits, losses = [terms.logits.detach()[None]], [terms.loss.detach()[None]]
-            if self.forward_passes > 1:
-                extra_loss, extra = self._extra_terms(h, y)
-                logits.append(extra)
-                losses.append(extra_loss)
+            first = (terms.loss.detach()[None], terms.logits.detach()[None])
+            more = self._extra_terms(h, y) if self.forward_passes > 1 else ()
             # the features on the host (storm_features). On a CPU the tensors are read in place (numpy views);
             # on a GPU one copy of the passes' losses and logits and one of the targets and memory slots (a
             # sync, where Ω must wait anyway)
             if terms.loss.device.type == "cpu":
-                logits, losses = np.concatenate([host(t) for t in logits]), np.concatenate([host(t) for t in losses])
                 target, slot = host(terms.target, np.int64), host(slot, np.int64)
+                stats = pass_stats(*first, target, *more)
             else:
-                passes = host(torch.cat([torch.cat(logits).float(), torch.cat(losses).float()[..., None]], dim=2))
-                logits, losses = passes[..., :-1], passes[..., -1]
+                logits, losses = torch.cat([first[1], *more[1:]]), torch.cat([first[0], *more[:1]])
+                passes = host(torch.cat([logits.float(), losses.float()[..., None]], dim=2))
                 target, slot = host(torch.stack([terms.target, slot]), np.int64)
-            stats = pass_stats(losses, logits, target)
+                stats = pass_stats(passes[..., -1], passes[..., :-1], target)
             if self.features == "full":
                 memory.update(stats, slot, self._msize)
                 f = memory.features(stats, slot)
             else:
-                f = np.stack([losses[0], stats[:, 4]], axis=1)
+                f = np.stack([host(first[0][0]), stats[:, 4]], axis=1)
             return torch.from_numpy(f).to(terms.loss.device, self.rescaler.w1.dtype)
 
     def _scale(self, w: torch.Tensor, loss: torch.Tensor, head: torch.Tensor) -> torch.Tensor:

@@ -53,32 +53,32 @@ def _floats(t) -> np.ndarray:
 
 
 @njit(**_JIT)
-def _pass_stats(losses, logits, target, out):
-    G, B, K = logits.shape
-    pm = np.empty(G)
+def _pass_stats(losses, logits, more_losses, more_logits, target, out):
+    G0, B, K = logits.shape
+    G = G0 + more_logits.shape[0]
+    pm, loss = np.empty(G), np.empty(G)
     for b in range(B):
         votes, agree0 = 0, 0
-        lsum, psum = 0.0, 0.0
         for g in range(G):
-            best, arg = np.float64(logits[g, b, 0]), 0
+            row = logits[g, b] if g < G0 else more_logits[g - G0, b]
+            loss[g] = losses[g, b] if g < G0 else more_losses[g - G0, b]
+            best, arg = np.float64(row[0]), 0
             for k in range(1, K):
-                v = np.float64(logits[g, b, k])
+                v = np.float64(row[k])
                 if v > best:  # the first largest logit, as argmax
                     best, arg = v, k
             z = 0.0
             for k in range(K):
-                z += math.exp(np.float64(logits[g, b, k]) - best)
+                z += math.exp(np.float64(row[k]) - best)
             pm[g] = 1.0 / z  # the largest softmax probability
             agree = 1 if arg == target[b] else 0
             votes += agree
             if g == 0:
                 agree0 = agree
-            lsum += np.float64(losses[g, b])
-            psum += pm[g]
-        lmean, pmean = lsum / G, psum / G
+        lmean, pmean = loss.sum() / G, pm.sum() / G
         lvar, pvar = 0.0, 0.0
         for g in range(G):
-            lvar += (np.float64(losses[g, b]) - lmean) ** 2
+            lvar += (loss[g] - lmean) ** 2
             pvar += (pm[g] - pmean) ** 2
         out[b, 0], out[b, 2] = lmean, pmean
         out[b, 1] = math.sqrt(lvar / (G - 1)) if G > 1 else 0.0  # (G = 1: the code's nan -> 0)
@@ -87,12 +87,16 @@ def _pass_stats(losses, logits, target, out):
         out[b, 4] = agree0 if 2 * votes == G else (1.0 if 2 * votes > G else 0.0)
 
 
-def pass_stats(losses, logits, targets) -> np.ndarray:
-    """[G, B] losses and [G, B, K] logits -> [B, 5] columns (ℓ̄, ℓ̆, p̄, p̆, CAT), float64."""
+def pass_stats(losses, logits, targets, more_losses=None, more_logits=None) -> np.ndarray:
+    """[G, B] losses and [G, B, K] logits -> [B, 5] columns (ℓ̄, ℓ̆, p̄, p̆, CAT), float64. More passes
+    may come as separate arrays (`more_losses` [G', B], `more_logits` [G', B, K]: passes G..G+G'-1)."""
     losses, logits = _floats(losses), _floats(logits)
-    targets = host(targets, np.int64)
+    if more_losses is None:
+        more_losses, more_logits = losses[:0], logits[:0]
+    more_losses, more_logits = _floats(more_losses), _floats(more_logits)
     out = np.empty((logits.shape[1], 5))
-    _pass_stats(np.ascontiguousarray(losses), np.ascontiguousarray(logits), np.ascontiguousarray(targets), out)
+    _pass_stats(*(np.ascontiguousarray(a) for a in (losses, logits, more_losses, more_logits)),
+                np.ascontiguousarray(host(targets, np.int64)), out)
     return out
 
 
