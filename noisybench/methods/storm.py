@@ -184,7 +184,7 @@ class Rescaler(nn.Module):
         as in the code); BN statistics per batch and head, or per `group` ([B]) when given. Always
         float32 (or float64): autocast (bf16 runs) is off here."""
         with torch.autocast(f.device.type, enabled=False):
-            return self._all_heads(f if f.dtype == torch.float64 else f.float(), group)
+            return self._all_heads(f if f.dtype == self.w1.dtype else f.to(self.w1.dtype), group)
 
     def _all_heads(self, f: torch.Tensor, group: torch.Tensor | None) -> torch.Tensor:
         # laid out [B, (batch, head, unit)] so that each BN is ONE batch_norm over rows: the first layer
@@ -200,7 +200,6 @@ class Rescaler(nn.Module):
     def _picked(self, f: torch.Tensor, head: torch.Tensor, group: torch.Tensor | None) -> torch.Tensor:
         """[B, S, F] features and [B, S] heads -> [B, S] weights, each sample's own head's output."""
         if group is None and len(f) > 1:  # the pooled BatchNorm: Ω's forward and backward written out
-            f = f if f.dtype == torch.float64 else f.float()
             if f.device.type == "cpu" and _Omega.compiled and not torch.is_grad_enabled() and not _in_transform():
                 return _Omega._forward_host(None, f, head, self.w1, self.b1, self.w2, self.b2)  # (no graph)
             if not torch.is_autocast_enabled(f.device.type):
@@ -375,6 +374,7 @@ class _Omega(torch.autograd.Function):
         ctx.host = None
         if f.device.type == "cpu" and _Omega.compiled and not _in_transform():
             return _Omega._forward_host(ctx, f, head, w1, b1, w2, b2)
+        f = f.to(w1.dtype)  # (features in float64 from the host: Ω's dtype)
         B, S, F_ = f.shape
         H = w1.shape[0]
         x = torch.addmm(b1.reshape(-1), f.reshape(B * S, F_), w1.reshape(H * F_, F_).t()).view(B, S * H * F_)
@@ -1016,6 +1016,8 @@ class STORM(LossMethod):
     def _keys(self, terms: LossTerms) -> tuple[torch.Tensor, torch.Tensor]:
         """(memory slot, Ω head) of every sample: memories per (group, class), Ω per class."""
         cls = terms.target if self.class_separation else torch.zeros_like(terms.target)
+        if self._groups == 1:  # (every sample in group 0)
+            return cls, cls
         width = self.num_classes if self.class_separation else 1
         return terms.group * width + cls, cls
 
@@ -1041,6 +1043,8 @@ class STORM(LossMethod):
                 f = memory.features(stats, slot)
             else:
                 f = np.stack([host(first[0][0]), stats[:, 4]], axis=1)
+            if terms.loss.device.type == "cpu":  # (float64: Ω rounds them to its dtype as it reads them)
+                return torch.from_numpy(f)
             return torch.from_numpy(f).to(terms.loss.device, self.rescaler.w1.dtype)
 
     def _scale(self, w: torch.Tensor, loss: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
@@ -1172,7 +1176,8 @@ class STORM(LossMethod):
         if meta:
             self._pending = self._prepare(optimizer, x, y, g, f, head, terms, coef, B, rng0, rec)
         self._update_model(optimizer, params, g)  # step 7
-        self._weights[batch.index[terms.row] * self._groups + terms.group] = wd.to(self._weights.dtype)
+        idx = batch.index[terms.row]
+        self._weights[idx if self._groups == 1 else idx * self._groups + terms.group] = wd.to(self._weights.dtype)
         return ((terms.rest.sum() + terms.share * terms.loss.sum()) / B).detach()  # unweighted mean row loss
 
     def _prepare(self, optimizer, x, y, g, f, head, terms: LossTerms, coef, B: int, rng0, rec) -> _Pending:
