@@ -323,10 +323,10 @@ def _meta_value(state, omega_inner, omega_meta, seeds, fixed=None, fixed_loss=No
     method._setup(model, opt, len(y1))
     task = method._task()
     torch.manual_seed(seeds[0])
-    out, h = method._run(x1)
+    out, h, dropped = method._run(x1)
     terms = task.loss_terms(method.base_loss, out, y1)
     slot, head = method._keys(terms)
-    f = method._features(terms, h, y1, method.memory, slot)
+    f = method._features(terms, h, y1, method.memory, slot, dropped)
     w = functional_call(method.rescaler, omega_inner, (f, head))
     params = [p for _, p, _ in method._params]
     g = torch.autograd.grad(method._batch_loss(terms, w.detach(), len(y1), head), params)
@@ -334,10 +334,10 @@ def _meta_value(state, omega_inner, omega_meta, seeds, fixed=None, fixed_loss=No
         for (_, p, k), gi in zip(method._params, g):
             p.copy_(lookahead(p.detach(), gi, opt.param_groups[k], opt.state.get(p, {}), method._kind))
     torch.manual_seed(seeds[1])
-    out, h = method._run(x2)
+    out, h, dropped = method._run(x2)
     terms = task.loss_terms(method.base_loss, out, y2)
     slot, head = method._keys(terms)
-    fm = method._features(terms, h, y2, method.memory, slot)  # the meta batch is a training batch
+    fm = method._features(terms, h, y2, method.memory, slot, dropped)  # the meta batch is a training batch
     wm = functional_call(method.rescaler, omega_meta, (fm if fixed is None else fixed, head))
     values = terms.loss.detach() if fixed_loss is None else fixed_loss
     value = terms.rest.sum() / len(y2) + method._rescaled(terms.share, values, wm, len(y2), terms.loss, head)
@@ -443,7 +443,7 @@ def test_layer_directional_derivatives_equal_forward_mode(name):
     params = [p for _, p, _ in method._params]
     rng0 = rng_state(x.device)
     rec = method._capture.record()
-    out, _ = method._run(x)
+    out = method._run(x)[0]
     method._capture.stop()
     coef = torch.rand(len(y), dtype=torch.float64) + 0.1
     rec.grad((coef * method.base_loss(out, y)).sum(), params)

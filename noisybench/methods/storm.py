@@ -557,6 +557,35 @@ def _dropout_cpu(x, out, seed, drop, scale, mask_only):
             _keep_scaled(x, r[b:b + m], out[b:b + m], d, scale)
 
 
+@njit(cache=True, nogil=True)
+def _dropout_passes_cpu(x, mask, rest, seed, drop, scale):
+    """`_dropout_cpu` of x repeated 1 + len(rest)/len(x) times: the first block as a mask, the others
+    applied (out[r·m + i] with r >= 1 into rest[(r-1)·m + i])."""
+    m = len(x)
+    bits = np.empty((m + len(rest) + 3) // 4, np.uint64)
+    _random_bits(bits, seed)
+    r = bits.view(np.uint16)
+    d = np.uint16(drop)
+    _keep_mask(r[:m], mask, d, scale)
+    for b in range(0, len(rest), m):
+        _keep_scaled(x, r[m + b:m + b + m], rest[b:b + m], d, scale)
+
+
+def dropout_passes(x: torch.Tensor, p: float, passes: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`fast_dropout(x, p, repeat=passes)` split into the first pass, x times its mask (with x's graph), and
+    the other passes' outputs [(passes-1)·len(x), ...] (without gradients): the same masks and numbers,
+    one seed and one compiled call. On a CPU, outside torch.func transforms, for float32/64 x; else None."""
+    drop = round(float(p) * MASK_LEVELS)
+    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not x.dim() or drop >= MASK_LEVELS
+            or _in_transform()):
+        return None
+    seed = _U(int(torch.empty((), dtype=torch.int64).random_()))
+    dtype = np.float64 if x.dtype == torch.float64 else np.float32
+    mask, rest = np.empty(x.numel(), dtype), np.empty(x.numel() * (passes - 1), dtype)
+    _dropout_passes_cpu(x.detach().contiguous().view(-1).numpy(), mask, rest, seed, _U(drop), _mask_scale(drop, x.dtype))
+    return x * torch.from_numpy(mask).view(x.shape), torch.from_numpy(rest).view(-1, *x.shape[1:])
+
+
 @functools.lru_cache(maxsize=None)
 def _mask_scale(drop: int, dtype: torch.dtype):
     """1/(1-p) of the rounded rate, rounded to `dtype` (as a float32 or float64 numpy scalar)."""
@@ -984,23 +1013,33 @@ class STORM(LossMethod):
                 m.train(True)
 
     def _run(self, x: torch.Tensor):
-        """Pass 0 (with the graph): the model's outputs and the input of the repeated part."""
+        """Pass 0 (with the graph): the model's outputs, the input of the repeated part and, when the
+        extra passes start with the same dropout layer as pass 0, their inputs after that layer
+        (`dropout_passes`: all passes' masks of that layer in one call), else None."""
         with self._trained_pass():
             if self._split is None:
-                return self._model(x), x
+                return self._model(x), x, None
             trunk, head = self._split
             h = trunk(x)
-            return head(h), h
+            if self._lead is not None and self._lead[0].training and self.trained_pass_dropout and self._batched:
+                both = dropout_passes(h, self._lead[0].p, self.forward_passes)
+                if both is not None:
+                    return self._lead[1](both[0]), h, both[1]
+            return head(h), h, None
 
-    def _extra_terms(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[G-1, M] losses and [G-1, M, K] logits of the extra dropout passes, without gradients."""
+    def _extra_terms(self, h: torch.Tensor, y: torch.Tensor, dropped: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[G-1, M] losses and [G-1, M, K] logits of the extra dropout passes, without gradients (`dropped`:
+        their inputs after the leading dropout layer, from `_run`)."""
         n, task = self.forward_passes - 1, self._task()
         fn = self._model if self._split is None else self._split[1]
         h = h.detach()
         with torch.no_grad(), self._fast_masks():
             if self._batched:  # one call on the batch repeated n times: the same distribution of masks
                 rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731
-                if self._lead is not None and self._lead[0].training:  # it starts with a dropout layer: no copy of h
+                if dropped is not None:
+                    t = task.loss_terms(self.base_loss, self._lead[1](dropped), rep(y))
+                elif self._lead is not None and self._lead[0].training:  # it starts with a dropout layer: no copy of h
                     drop, rest = self._lead
                     t = task.loss_terms(self.base_loss, rest(fast_dropout(h, drop.p, repeat=n)), rep(y))
                 else:
@@ -1022,11 +1061,11 @@ class STORM(LossMethod):
         return terms.group * width + cls, cls
 
     def _features(self, terms: LossTerms, h: torch.Tensor, y: torch.Tensor, memory: GroupMemory,
-                  slot: torch.Tensor) -> torch.Tensor:
-        """[M, F] features of the samples of `terms` (pass 0) and their memory `slot`s."""
+                  slot: torch.Tensor, dropped: torch.Tensor | None = None) -> torch.Tensor:
+        """[M, F] features of the samples of `terms` (pass 0) and their memory `slot`s (`dropped`: see `_run`)."""
         with torch.no_grad():
             first = (terms.loss.detach()[None], terms.logits.detach()[None])
-            more = self._extra_terms(h, y) if self.forward_passes > 1 else ()
+            more = self._extra_terms(h, y, dropped) if self.forward_passes > 1 else ()
             # the features on the host (storm_features). On a CPU the tensors are read in place (numpy views);
             # on a GPU one copy of the passes' losses and logits and one of the targets and memory slots (a
             # sync, where Ω must wait anyway)
@@ -1138,13 +1177,13 @@ class STORM(LossMethod):
         rng0 = rng_state(x.device) if second else None  # pass 0's dropout masks, replayed by the JVP
         rec = self._capture.record() if second and self._capture is not None else None
         try:
-            out, h = self._run(x)  # pass 0: the graph that trains
+            out, h, dropped = self._run(x)  # pass 0: the graph that trains
         finally:
             if rec is not None:
                 self._capture.stop()
         terms = task.loss_terms(self.base_loss, out, y)
         slot, head = self._keys(terms)
-        f = self._features(terms, h, y, self.memory, slot)
+        f = self._features(terms, h, y, self.memory, slot, dropped)
         # this step's batch is the previous meta step's meta batch: its weights need Ω's graph then
         reuse = pending is not None and self.meta_source == "noisy_train"
         w_prev = None  # Ω on the pending step's features, for its second-order term
@@ -1248,11 +1287,11 @@ class STORM(LossMethod):
         """meta_source=clean_val: v = ∇θ L_meta on a batch of the validation split with CLEAN labels."""
         idx = torch.randint(len(self._meta_y), (size,), generator=self._meta_gen).to(self._meta_y.device)
         xm, ym = self._meta_x[idx], self._meta_y[idx]
-        out, hm = self._run(xm)
+        out, hm, dropped = self._run(xm)
         terms = self._task().loss_terms(self.base_loss, out, ym)
         slot, head = self._keys(terms)
         if self.meta_loss_rescaling:
-            fm = self._features(terms, hm, ym, self.meta_memory, slot)
+            fm = self._features(terms, hm, ym, self.meta_memory, slot, dropped)
             w_m = self.rescaler(fm, head, self._bn_group(terms))
         else:
             w_m = torch.ones_like(terms.loss)
