@@ -394,7 +394,8 @@ class _Omega(torch.autograd.Function):
 
     @staticmethod
     def _forward_host(ctx, f, head, w1, b1, w2, b2):
-        ours = [t.detach().contiguous().numpy() for t in (f, head, w1, b1, w2, b2)]
+        ours = [f.detach().contiguous().numpy(), head.detach().contiguous().numpy(),
+                *(t.detach().numpy() for t in (w1, b1, w2, b2))]  # (parameters: contiguous)
         w, saved = _omega_forward(*ours, BN_EPS)
         if ctx is not None:  # (the values backward needs, Ω's weights as they are now: its optimizer updates
             # them in place later)
@@ -1158,7 +1159,12 @@ class STORM(LossMethod):
 
     def _coef(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor) -> torch.Tensor:
         """c_m = dL/dℓ_m = share (M/B) s(w) w_m for weights held constant: L(w) = mean_r rest_r + Σ_m c_m ℓ_m."""
-        return ((terms.share * (len(w) / rows)) * (self._scale(w, terms.loss.detach(), head) * w)).to(terms.loss.dtype)
+        c = terms.share * (len(w) / rows)
+        if w.device.type == "cpu" and self.weight_norm in ("none", "weight_sum"):  # s(w) a number: on a CPU, read
+            # it (no device to wait for) and scale once
+            s = 1.0 / len(w) if self.weight_norm == "none" else 1.0 / max(float(w.sum()), 1e-12)
+            return (w * (c * s)).to(terms.loss.dtype)
+        return (c * (self._scale(w, terms.loss.detach(), head) * w)).to(terms.loss.dtype)
 
     def _batch_loss(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor,
                     coef: torch.Tensor | None = None) -> torch.Tensor:
