@@ -7,6 +7,7 @@ import json
 import math
 import statistics
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose
@@ -295,6 +296,77 @@ def test_fast_dropout_rate_scale_and_replay():
     method.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), Batch(xs, ys, torch.arange(16)))
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert drops and all("forward" not in vars(m) for m in drops)
+
+
+def _splitmix64(seed, j):
+    """Output j of SplitMix64 (Steele, Lea and Flood 2014) started at `seed`, in Python integers."""
+    m = (1 << 64) - 1
+    z = (seed + (j + 1) * 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def test_cpu_dropout_masks_are_splitmix64_bits_and_one_stream_for_all_passes():
+    """On a CPU, element e is kept iff bits 16(e mod 4) .. +14 of SplitMix64 output e // 4 are >= round(p·32768),
+    the generator seeded by one 63-bit draw from torch's; with gradients the same mask multiplies; and
+    `dropout_passes` is `fast_dropout(repeat=G)` split into pass 0 (with the graph) and the others, so a
+    replay of pass 0 alone (the JVP's) draws pass 0's mask."""
+    from noisybench.methods.storm import _random_bits, dropout_passes
+
+    bits = np.empty(3, np.uint64)
+    _random_bits(bits, np.uint64(1234567))  # the published first outputs of SplitMix64 seeded 1234567
+    assert bits.tolist() == [6457827717110365317, 3203168211198807973, 9817491932198370423]
+    assert [_splitmix64(1234567, j) for j in range(3)] == bits.tolist()
+    x = torch.randn(5, 7)  # 35 elements: the last 64-bit output only partly used
+    torch.manual_seed(3)
+    seed = int(torch.empty((), dtype=torch.int64).random_())
+    drop = round(0.3 * 32768)
+    keep = torch.tensor([((_splitmix64(seed, e // 4) >> (16 * (e % 4))) & 0x7FFF) >= drop for e in range(35)])
+    scale = torch.tensor(32768 / (32768 - drop), dtype=torch.float32)
+    want = torch.where(keep.view(5, 7), x * scale, torch.zeros(()))
+    torch.manual_seed(3)
+    assert torch.equal(fast_dropout(x, 0.3), want)
+    xg = x.clone().requires_grad_()
+    torch.manual_seed(3)
+    yg = fast_dropout(xg, 0.3)
+    assert torch.equal(yg.detach(), want)
+    grad, = torch.autograd.grad(yg.sum(), xg)
+    assert torch.equal(grad, torch.where(keep.view(5, 7), scale, torch.zeros(())))
+    torch.manual_seed(4)
+    ref = fast_dropout(x, 0.3, repeat=3)
+    torch.manual_seed(4)
+    first, rest = dropout_passes(xg, 0.3, 3)
+    assert first.requires_grad and not rest.requires_grad
+    assert torch.equal(first.detach(), ref[:5]) and torch.equal(rest, ref[5:])
+    torch.manual_seed(4)
+    assert torch.equal(fast_dropout(x, 0.3), ref[:5])
+
+
+def test_pass_stats_of_separate_pass_arrays_and_memory_slot_range():
+    g = torch.Generator().manual_seed(0)
+    losses, logits, y = torch.rand(3, 9, generator=g), torch.randn(3, 9, 4, generator=g), torch.randint(4, (9,))
+    assert np.array_equal(pass_stats(losses, logits, y), pass_stats(losses[:1], logits[:1], y, losses[1:], logits[1:]))
+    with pytest.raises(ValueError, match="memory slot outside 0..2"):
+        GroupMemory(num_classes=3).update(np.zeros((2, 5)), np.array([0, 3]), size=4)
+
+
+@pytest.mark.parametrize("weight_norm", ["none", "weight_sum", "mass", "class_sum", "class_mass"])
+def test_loss_coefficients_are_share_times_scale_times_weight(weight_norm):
+    """c_m = share (M/B) s(w) w_m, whichever way it is computed (a CPU reads the scale of none/weight_sum
+    on the host)."""
+    from noisybench.tasks import LossTerms
+
+    gen = torch.Generator().manual_seed(0)
+    method = STORM(num_classes=3, weight_norm=weight_norm)
+    M, B = 12, 10
+    loss = torch.rand(M, generator=gen)
+    head = torch.randint(3, (M,), generator=gen)
+    terms = LossTerms(loss, torch.randn(M, 3, generator=gen), head, torch.zeros(M, dtype=torch.long),
+                      torch.arange(M) % B, 0.8, torch.zeros(B))
+    w = torch.rand(M, generator=gen)
+    want = 0.8 * (M / B) * method._scale(w, loss, head) * w
+    torch.testing.assert_close(method._coef(terms, w, B, head), want, rtol=1e-6, atol=0)
 
 
 # ---- the meta-gradient is exact -------------------------------------------------------------------
