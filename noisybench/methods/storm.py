@@ -85,11 +85,17 @@ Deliberate departures from the paper and the public code:
   `uses_clean_labels: true`.
 - Ω's BN over a batch of one gives w = 0.5 instead of an error.
 - Dropout masks during STORM's passes (pass 0, the extra passes, the JVP's replay of pass 0) come from
-  `fast_dropout`: 15 random bits per element, two elements per 31-bit draw, instead of a Bernoulli
-  draw per element (torch's CPU Bernoulli sampling was the largest single overhead of a small model's
-  step). The rate is p rounded to a multiple of 1/32768 (0.1 -> 0.100006) with the exact matching
-  scale; evaluation and the other methods use torch's dropout. Results differ from the version with
-  torch's masks as two dropout seeds do.
+  `fast_dropout`: 15 random bits per element instead of a Bernoulli draw per element (torch's CPU
+  Bernoulli sampling was the largest single overhead of a small model's step). On a CPU the bits are
+  SplitMix64's, seeded by one draw from torch's generator per call, and one compiled call makes the
+  leading dropout layer's masks of all G passes; on other devices torch's generator of the device.
+  The rate is p rounded to a multiple of 1/32768 (0.1 -> 0.100006) with the exact matching scale;
+  evaluation and the other methods use torch's dropout. Results differ from the version with torch's
+  masks as two dropout seeds do.
+- On a CPU the per-step host work runs as compiled loops (numba, cached on disk after a run's first
+  steps compile them, about 10 s once): the features and their memory (`storm_features`), the
+  dropout masks, and Ω's forward and backward in float64 (`_Omega`). Other devices run Ω as tensor
+  kernels; tests/test_storm.py checks both against autograd through `Rescaler._all_heads`.
 - `bn_scope=batch` (default): Ω's BatchNorm statistics are over all weighted samples of the batch (DST:
   all B·S (turn, slot) gate cells). The public DST code calls Ω once per slot, so its statistics are per
   slot: `bn_scope=group`.
