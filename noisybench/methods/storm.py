@@ -1176,7 +1176,8 @@ class STORM(LossMethod):
                     coef: torch.Tensor | None = None) -> torch.Tensor:
         """L(w) for weights w held constant (the model's loss at this step; `coef` = `_coef` if known)."""
         coef = self._coef(terms, w, rows, head) if coef is None else coef
-        return terms.rest.sum() / rows + torch.dot(coef, terms.loss)
+        weighted = torch.dot(coef, terms.loss)
+        return weighted if terms.plain else terms.rest.sum() / rows + weighted
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
         self._setup(model, optimizer, len(batch.y))
@@ -1227,9 +1228,11 @@ class STORM(LossMethod):
         if meta:
             self._pending = self._prepare(optimizer, x, y, g, f, head, terms, coef, B, rng0, rec)
         self._update_model(optimizer, params, g)  # step 7
-        idx = batch.index[terms.row]
+        idx = batch.index if terms.plain else batch.index[terms.row]
         self._weights[idx if self._groups == 1 else idx * self._groups + terms.group] = wd.to(self._weights.dtype)
-        return ((terms.rest.sum() + terms.share * terms.loss.sum()) / B).detach()  # unweighted mean row loss
+        if terms.plain:
+            return terms.loss.detach().mean()  # unweighted mean row loss
+        return ((terms.rest.sum() + terms.share * terms.loss.sum()) / B).detach()
 
     def _prepare(self, optimizer, x, y, g, f, head, terms: LossTerms, coef, B: int, rng0, rec) -> _Pending:
         """Before the model update: what the next step needs to finish this step's meta-gradient.

@@ -34,6 +34,7 @@ class LossTerms(NamedTuple):
     row: torch.Tensor  # [M] batch row of each sample
     share: float  # weight of the sample losses in the row loss (DST gate: alpha = 0.8)
     rest: torch.Tensor  # [B] the rest of each row's loss, not reweighted
+    plain: bool = False  # one sample per batch row, in row order, and rest == 0 (classification)
 
 
 def combine(terms: LossTerms, weight: torch.Tensor | None = None) -> torch.Tensor:

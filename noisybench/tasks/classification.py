@@ -69,7 +69,7 @@ class ClassificationTask(Task):
             rows = torch.arange(n, device=targets.device)
             self._constant[key] = (rows, torch.zeros_like(rows), torch.zeros(n, device=loss.device, dtype=loss.dtype))
         rows, group, rest = self._constant[key]
-        return LossTerms(loss, outputs, targets, group, rows, 1.0, rest)
+        return LossTerms(loss, outputs, targets, group, rows, 1.0, rest, plain=True)
 
     def losses(self, method, outputs, targets):
         return method(outputs, targets)  # = combine(loss_terms(...)), without the bookkeeping
