@@ -548,34 +548,29 @@ def _keep_mask(r, out, drop, scale):
 
 
 @njit(cache=True, nogil=True)
-def _dropout_cpu(x, out, seed, drop, scale, mask_only):
-    """out[r·m + i] = x[i]·scale (or scale alone with `mask_only`) where element r·m + i is kept, else 0,
-    for r < len(out) / m (m = len(x)). Element e is kept when bits 16(e mod 4) .. +14 of SplitMix64
-    output e // 4 (little-endian 16-bit words) are >= `drop`: four elements per 64-bit output."""
+def _dropout_cpu(x, out, seed, drop, scale, masked):
+    """out[r·m + i] = x[i]·scale where element r·m + i is kept, else 0, for r < len(out) / m (m = len(x));
+    the first `masked` elements (whole blocks of m) get the mask itself (scale or 0) instead. Element e
+    is kept when bits 16(e mod 4) .. +14 of SplitMix64 output e // 4 (little-endian 16-bit words) are
+    >= `drop`: four elements per 64-bit output."""
     n, m = len(out), len(x)
     bits = np.empty((n + 3) // 4, np.uint64)
     _random_bits(bits, seed)
     r = bits.view(np.uint16)
     d = np.uint16(drop)
     for b in range(0, n, m):
-        if mask_only:
+        if b < masked:
             _keep_mask(r[b:b + m], out[b:b + m], d, scale)
         else:
             _keep_scaled(x, r[b:b + m], out[b:b + m], d, scale)
 
 
-@njit(cache=True, nogil=True)
-def _dropout_passes_cpu(x, mask, rest, seed, drop, scale):
-    """`_dropout_cpu` of x repeated 1 + len(rest)/len(x) times: the first block as a mask, the others
-    applied (out[r·m + i] with r >= 1 into rest[(r-1)·m + i])."""
-    m = len(x)
-    bits = np.empty((m + len(rest) + 3) // 4, np.uint64)
-    _random_bits(bits, seed)
-    r = bits.view(np.uint16)
-    d = np.uint16(drop)
-    _keep_mask(r[:m], mask, d, scale)
-    for b in range(0, len(rest), m):
-        _keep_scaled(x, r[m + b:m + b + m], rest[b:b + m], d, scale)
+def _cpu_masks(x: torch.Tensor, drop: int, n: int) -> tuple:
+    """What `_dropout_cpu` takes besides x: an output buffer of n elements (numpy-allocated: usable inside
+    torch.func transforms too), the seed (one draw from torch's CPU generator) and the scale."""
+    dtype = np.float64 if x.dtype == torch.float64 else np.float32
+    seed = _U(int(torch.empty((), dtype=torch.int64).random_()))
+    return np.empty(n, dtype), seed, _U(drop), _mask_scale(drop, x.dtype)
 
 
 def dropout_passes(x: torch.Tensor, p: float, passes: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -586,11 +581,11 @@ def dropout_passes(x: torch.Tensor, p: float, passes: int) -> tuple[torch.Tensor
     if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not x.dim() or drop >= MASK_LEVELS
             or _in_transform()):
         return None
-    seed = _U(int(torch.empty((), dtype=torch.int64).random_()))
-    dtype = np.float64 if x.dtype == torch.float64 else np.float32
-    mask, rest = np.empty(x.numel(), dtype), np.empty(x.numel() * (passes - 1), dtype)
-    _dropout_passes_cpu(x.detach().contiguous().view(-1).numpy(), mask, rest, seed, _U(drop), _mask_scale(drop, x.dtype))
-    return x * torch.from_numpy(mask).view(x.shape), torch.from_numpy(rest).view(-1, *x.shape[1:])
+    m = x.numel()
+    out, *args = _cpu_masks(x, drop, m * passes)
+    _dropout_cpu(x.detach().contiguous().view(-1).numpy(), out, *args, m)
+    out = torch.from_numpy(out)
+    return x * out[:m].view(x.shape), out[m:].view(-1, *x.shape[1:])
 
 
 @functools.lru_cache(maxsize=None)
@@ -622,15 +617,12 @@ def fast_dropout(x: torch.Tensor, p: float, repeat: int = 1) -> torch.Tensor:
     n = x.numel() * repeat
     shape = (repeat * x.shape[0], *x.shape[1:]) if x.dim() else x.shape
     if x.device.type == "cpu":
-        seed = _U(int(torch.empty((), dtype=torch.int64).random_()))
-        dtype = np.float64 if x.dtype == torch.float64 else np.float32
-        scale = _mask_scale(drop, x.dtype)
-        out = np.empty(n, dtype)  # (numpy-allocated: usable inside torch.func transforms too)
+        out, *args = _cpu_masks(x, drop, n)
         if x.dtype in (torch.float32, torch.float64) and x.is_contiguous() and not _in_transform() \
                 and not (torch.is_grad_enabled() and x.requires_grad):
-            _dropout_cpu(x.detach().view(-1).numpy(), out, seed, _U(drop), scale, False)
+            _dropout_cpu(x.detach().view(-1).numpy(), out, *args, 0)
             return torch.from_numpy(out).view(shape)
-        _dropout_cpu(out[:max(1, x.numel())], out, seed, _U(drop), scale, True)
+        _dropout_cpu(out[:max(1, x.numel())], out, *args, n)  # (the mask only: x is not read)
         scaled = torch.from_numpy(out)
         scaled = scaled if scaled.dtype == x.dtype else scaled.to(x.dtype)
     else:
