@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from noisybench.errors import ConfigError
 from noisybench.methods.base import LossMethod, at_least_float32
 
 Q_MIN = 1e-4  # the one-hot clamp: log(Q_MIN) is the paper's A = -4 (log base 10), -9.21 here (base e)
@@ -26,7 +27,8 @@ class SymmetricCrossEntropy(LossMethod):
     def __init__(self, num_classes: int, alpha: float = 0.1, beta: float = 1.0) -> None:
         super().__init__(num_classes)
         if alpha < 0 or beta < 0 or alpha + beta == 0:
-            raise ValueError(f"method.alpha={alpha}, method.beta={beta}: both >= 0, not both 0")
+            # ConfigError: one `noisybench: error:` line before anything is written (exit 2)
+            raise ConfigError(f"method.alpha={alpha}, method.beta={beta}: both must be >= 0, not both 0")
         self.alpha, self.beta = float(alpha), float(beta)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
