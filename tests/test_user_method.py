@@ -1,6 +1,6 @@
 """The worked example of docs/development.md: a method in the user's own module and config folder
 (examples/user_method/), trained in a small sweep over one of its hyperparameters and reported, as a
-user runs it (a subprocess with PYTHONPATH and --config-dir; about 10 s)."""
+user runs it (a subprocess with PYTHONPATH and --config-dir)."""
 from __future__ import annotations
 
 import math
