@@ -1,7 +1,8 @@
 """Every `noisybench ...` command in a code block of README.md and docs/**/*.md is one the program
 accepts: `train` (and `noise`) lines are expanded and checked by the real preflight (every job of a
 sweep composed and validated, nothing trained); `report`, `plot`, `completion` and `--help` lines
-go through the real argument parsers, with placeholder paths (SWEEP_DIR, DIR, ...) that do not exist.
+go through the real argument parsers, with placeholder paths (SWEEP_DIR, DIR, ...) that do not
+exist.
 A doc line with an unknown key, a bad value, an unknown choice or an unknown flag fails here."""
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from noisybench.preflight import preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-EXAMPLE = ROOT / "examples" / "user_method"  # the docs' user method: on PYTHONPATH in their commands
+EXAMPLE = ROOT / "examples" / "user_method"  # the docs' user method (on PYTHONPATH there)
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}
 FENCE = re.compile(r"^```([\w-]*)\s*$")
 # Hydra flags that print instead of running; dropped, and the rest of the line is checked
@@ -45,7 +46,8 @@ def shell_lines(text: str):
 
 def noisybench_commands(line: str) -> list[list[str]]:
     """The argument lists (after `noisybench`) of the noisybench commands on one shell line."""
-    found = [shlex.split(m) for m in re.findall(r"\$\(noisybench ([^)]*)\)", line)]  # eval "$(...)"
+    # eval "$(noisybench completion bash)"
+    found = [shlex.split(m) for m in re.findall(r"\$\(noisybench ([^)]*)\)", line)]
     try:
         tokens = shlex.split(line, comments=True)
     except ValueError:
@@ -57,7 +59,7 @@ def noisybench_commands(line: str) -> list[list[str]]:
                 command.pop(0)
             if command[:1] == ["noisybench"]:
                 found.append(command[1:])
-            elif command[:3] == ["python", "-m", "noisybench"] or command[:3] == ["python3", "-m", "noisybench"]:
+            elif command[:1] in (["python"], ["python3"]) and command[1:3] == ["-m", "noisybench"]:
                 found.append(command[3:])
             command = []
         else:
@@ -86,18 +88,33 @@ def _drop_flag(args: list[str], flags: set[str], with_value: bool) -> list[str]:
     return out
 
 
-def check_train(args: list[str]) -> str | None:
-    args = _drop_flag(args, {"--resume"}, with_value=True)  # the rest must be outside the identity
+def train_overrides(args: list[str]) -> list[str]:
+    """What preflight checks of a `train` line: the flags that print instead of training and
+    `--resume DIR` dropped (its extra overrides stay and are checked)."""
+    args = _drop_flag(args, {"--resume"}, with_value=True)
     args = _drop_flag(args, _PRINT_WITH_VALUE, with_value=True)
-    args = _drop_flag(args, _PRINT_ONLY, with_value=False)
-    err, _ = preflight(args)
+    return _drop_flag(args, _PRINT_ONLY, with_value=False)
+
+
+def normalised(args: list[str]) -> list[str]:
+    """The command as it is checked: `noise` lines as the train config they compose (without -o)."""
+    if args[:1] == ["train"]:
+        return ["train", *train_overrides(args[1:])]
+    if args[:1] == ["noise"]:
+        return ["train", *train_overrides(_drop_flag(args[1:], {"-o", "--out"}, with_value=True))]
+    return args
+
+
+def check_train(args: list[str]) -> str | None:
+    err, _ = preflight(train_overrides(args))
     return err
 
 
 def check_parser(args: list[str], capsys) -> str | None:
-    """report / plot / completion / --help through the CLI's own parsers; paths are placeholders."""
+    """report / plot / completion / --help through the CLI's own parsers (placeholder paths)."""
     if args[0] in ("report", "plot"):
-        args = [a for a in args if not re.match(r"^\[|\]$", a)]  # "[more dirs]": optional in the synopsis
+        # "[more dirs]": an optional part of the synopsis
+        args = [a for a in args if not re.search(r"^\[|\]$", a)]
     try:
         code = main(args)
     except SystemExit as e:  # argparse: an unknown flag or a bad flag value
@@ -111,10 +128,8 @@ def check_parser(args: list[str], capsys) -> str | None:
 def check(args: list[str], capsys) -> str | None:
     if not args:
         return "no subcommand"
-    if args[0] == "train":
-        return check_train(args[1:])
-    if args[0] == "noise":
-        return check_train(_drop_flag(args[1:], {"-o", "--out"}, with_value=True))
+    if args[0] in ("train", "noise"):
+        return check_train(normalised(args)[1:])
     if args[0] in ("report", "plot", "completion", "--help", "-h", "--version", "-V"):
         return check_parser(args, capsys)
     return f"unknown subcommand {args[0]!r}"
@@ -123,7 +138,8 @@ def check(args: list[str], capsys) -> str | None:
 @pytest.fixture
 def docs_env(monkeypatch, tmp_path):
     """The docs' commands run from the repository root (relative -cd paths), with the example's
-    module importable; report/plot placeholders (SWEEP_DIR, DIR) resolve under an empty tmp_path."""
+    module importable; report/plot placeholders (SWEEP_DIR, DIR) resolve under an empty tmp_path.
+    """
     monkeypatch.chdir(ROOT)
     monkeypatch.syspath_prepend(str(EXAMPLE))
     monkeypatch.setenv("NOISYBENCH_DATA_DIR", str(tmp_path / "data"))
@@ -135,14 +151,15 @@ def docs_env(monkeypatch, tmp_path):
 def test_docs_have_commands_to_check():
     found = doc_commands()
     kinds = {args[0] for _, args in found if args}
-    assert len(found) >= 40 and {"train", "report", "plot", "noise", "completion", "--help"} <= kinds, kinds
+    assert len(found) >= 40, found
+    assert {"train", "report", "plot", "noise", "completion", "--help"} <= kinds, kinds
 
 
 def unique_commands() -> dict[tuple[str, ...], list[str]]:
     """Each distinct command once (several pages repeat a command), with where it appears."""
     seen: dict[tuple[str, ...], list[str]] = {}
     for where, args in doc_commands():
-        seen.setdefault(tuple(args), []).append(where)
+        seen.setdefault(tuple(normalised(args)), []).append(where)
     return seen
 
 
@@ -187,8 +204,10 @@ def test_a_broken_line_fails(docs_env, capsys, monkeypatch):
 
 
 def test_extraction():
-    text = 'x\n```bash\nA=1 noisybench train a=1 \\\n  b=2   # note\neval "$(noisybench completion bash)"\n' \
-           'pip install . && noisybench train c=3\ntensorboard --logdir outputs\n```\n`noisybench no`\n'
+    text = ('x\n```bash\nA=1 noisybench train a=1 \\\n  b=2   # note\n'
+            'eval "$(noisybench completion bash)"\n'
+            'pip install . && noisybench train c=3\ntensorboard --logdir outputs\n```\n'
+            '`noisybench no`\n')
     cmds = [args for _, line in shell_lines(text) for args in noisybench_commands(line)]
     assert cmds == [["train", "a=1", "b=2"], ["completion", "bash"], ["train", "c=3"]]
 

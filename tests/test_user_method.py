@@ -1,6 +1,6 @@
-"""The worked example of docs/development.md: a method in the user's own module and config folder
-(examples/user_method/), trained in a small sweep over one of its hyperparameters and reported, as a
-user runs it (a subprocess with PYTHONPATH and --config-dir)."""
+"""The worked example of docs/development.md: a method in the user's own module and config
+folder (examples/user_method/), trained in a small sweep over one of its hyperparameters and
+reported, as a user runs it (a subprocess with PYTHONPATH and --config-dir)."""
 from __future__ import annotations
 
 import math
@@ -33,7 +33,8 @@ def test_sce_is_alpha_ce_plus_beta_rce(mymethods):
     expected = 0.1 * -p_y.log() + 1.0 * -math.log(1e-4) * (1 - p_y)
     loss = mymethods.SymmetricCrossEntropy(3)(logits, y)
     assert torch.allclose(loss, expected)
-    assert mymethods.SymmetricCrossEntropy(3, alpha=0.2, beta=0.5).hparams() == {"alpha": 0.2, "beta": 0.5}
+    sce = mymethods.SymmetricCrossEntropy(3, alpha=0.2, beta=0.5)
+    assert sce.hparams() == {"alpha": 0.2, "beta": 0.5}
 
 
 def check_report(out: str) -> None:
@@ -42,7 +43,8 @@ def check_report(out: str) -> None:
 
 
 def test_user_method_as_a_user_runs_it(cli_env, tmp_path):
-    env = dict(cli_env, PYTHONPATH=os.pathsep.join([str(EXAMPLE), cli_env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    path = [str(EXAMPLE), *filter(None, [cli_env.get("PYTHONPATH")])]
+    env = dict(cli_env, PYTHONPATH=os.pathsep.join(path))
     sweep = tmp_path / "sweep"
 
     def nb(*args: str) -> subprocess.CompletedProcess:

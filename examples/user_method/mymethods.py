@@ -3,7 +3,7 @@ Entropy for Robust Learning with Noisy Labels", ICCV 2019), as a `LossMethod` su
 
     SCE = alpha * CE + beta * RCE,   RCE = -sum_k p_k log q_k = -log(1e-4) * (1 - p_y)
 
-where q is the one-hot label clamped to [1e-4, 1] (the paper's A = log 1e-4, as its code) and p the
+where q is the one-hot label clamped to [1e-4, 1] (as the paper's code) and p the
 softmax clamped to [1e-7, 1]. The paper's CIFAR-10 setting is alpha = 0.1, beta = 1.0.
 
 Used from the user's config directory (conf/method/sce.yaml) with
@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from noisybench.errors import ConfigError
 from noisybench.methods.base import LossMethod, at_least_float32
 
-Q_MIN = 1e-4  # the one-hot clamp: log(Q_MIN) is the paper's A = -4 (log base 10), -9.21 here (base e)
+# the one-hot clamp: log(Q_MIN) stands in for log 0. The paper quotes A = -4; its code clamps
+# at 1e-4 and takes the natural log (-9.21), as here.
+Q_MIN = 1e-4
 P_MIN = 1e-7  # the softmax clamp of the reference code
 
 
@@ -28,7 +30,8 @@ class SymmetricCrossEntropy(LossMethod):
         super().__init__(num_classes)
         if alpha < 0 or beta < 0 or alpha + beta == 0:
             # ConfigError: one `noisybench: error:` line before anything is written (exit 2)
-            raise ConfigError(f"method.alpha={alpha}, method.beta={beta}: both must be >= 0, not both 0")
+            raise ConfigError(f"method.alpha={alpha}, method.beta={beta}: "
+                              "both must be >= 0, not both 0")
         self.alpha, self.beta = float(alpha), float(beta)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
