@@ -237,7 +237,8 @@ def test_links_between_pages_resolve():
                     bad.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
                 continue
             if anchor and dest.suffix == ".md":
-                heads = [slug(h) for h in re.findall(r"^#+ (.*)$", dest.read_text(), re.M)]
+                text = dest.read_text()
+                heads = [slug(h) for h in re.findall(r"^#+ (.*)$", text, re.MULTILINE)]
                 if anchor not in heads:
                     bad.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
     assert not bad, "\n".join(bad)
