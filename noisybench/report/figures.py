@@ -1,7 +1,7 @@
 """Figures from run and sweep directories (`noisybench plot`, and the figures of `report -f html`).
 
-Runs are found, loaded and grouped exactly as `noisybench report` does (`noisybench.report.records`, `.layout`): one set of
-figures per (dataset, model, metric); a line is a row of the report's tables (a method with the
+Runs are found, loaded and grouped exactly as `noisybench report` does (`records`, `layout`): one
+set of figures per (dataset, model, metric); a line is a row of the report's tables (a method with the
 hyperparameters that vary), an x position or a panel is one of its noise columns. Failed and unfinished
 runs are never found; diverged runs are left out of every figure and named in its caption.
 
@@ -36,8 +36,9 @@ import numpy as np
 import pandas as pd
 
 from noisybench.noise.report import draw_heatmap
-from noisybench.report.draw import (COLUMN_WIDTH, LINESTYLES, MARKERS, METHOD_COLORS, PALETTE, STYLE, TEXT_WIDTH,
-                                    epoch_ticks, legend, legend_entries, new_figure, noise_colors, stack, suptitle)
+from noisybench.report.draw import (COLUMN_WIDTH, LINESTYLES, MARKERS, METHOD_COLORS, PALETTE, STYLE,
+                                    TEXT_WIDTH, epoch_ticks, legend, legend_entries, new_figure, noise_colors,
+                                    stack, suptitle)
 from noisybench.report.layout import METRIC_TITLES, check_replicates, table_layout
 from noisybench.utils import atomic_output, atomic_write_bytes
 
@@ -93,7 +94,8 @@ def _rate(v) -> float | None:
 
 
 def groups(df: pd.DataFrame) -> list[Group]:
-    """The report's table sets of `df` (from `records.load_runs`), with row/column labels per run."""
+    """The report's table sets of `df` (from `records.load_runs`), with row/column labels per
+    run."""
     out = []
     pairs = df.groupby(["dataset", "model"])["metric"].nunique()
     for (dataset, model, metric), group in df.groupby(["dataset", "model", "metric"]):
@@ -528,7 +530,8 @@ def transition_matrices(group: Group) -> list[Plot]:
 
 # ---- all figures --------------------------------------------------------------------------------
 def figures(df: pd.DataFrame) -> list[Plot]:
-    """Every figure of the runs in `df` (a `records.load_runs` table), one table set after another."""
+    """Every figure of the runs in `df` (a `records.load_runs` table), one table set after
+    another."""
     from matplotlib import rc_context
 
     cache: dict = {}

@@ -150,8 +150,8 @@ TUNE_SCORE = {"last": "val_last", "selected": "val_selected", "best": "test_best
 
 
 def tuned_choice(cell: pd.DataFrame) -> tuple:
-    """The `choice` (values of the tuned keys) with the best mean `score` over the runs of one cell;
-    ties go to the smallest values."""
+    """The `choice` (values of the tuned keys) with the best mean `score` over the runs of one
+    cell; ties go to the smallest values."""
     means = cell.groupby("choice", sort=False)["score"].apply(lambda v: v.astype(float).mean())
     return max(sorted(means.index, key=lambda t: [sort_value(x) for x in t]),
                key=lambda t: (-math.inf if pd.isna(means[t]) else means[t]))

@@ -11,8 +11,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from noisybench.report.layout import (CONFIG_COL, METRIC_TITLES, TUNE_SCORE, check_replicates, config_value,
-                                      display_key, fmt_value, table_layout, tuned_choice)
+from noisybench.report.layout import (CONFIG_COL, METRIC_TITLES, TUNE_SCORE, check_replicates,
+                                      config_value, display_key, fmt_value, table_layout, tuned_choice)
 
 KINDS = {
     "last": ("test_last", "last epoch"),
