@@ -177,7 +177,7 @@ def train_main(args: list[str]) -> int:
     import hydra
 
     from noisybench.config import CONFIG_NAME, config_path, register_resolvers
-    from noisybench.results import SweepTablesCallback
+    from noisybench.report.callback import SweepTablesCallback
     from noisybench.rundir import Interrupted
     from noisybench.threads import ThreadsCallback
 
@@ -331,8 +331,10 @@ def _write_noise(out: Path, cfg, pool, report) -> None:
 
 
 def report_main(args: list[str]) -> int:
-    from noisybench.results import (CONFIG_COL, DEFAULT_KINDS, KINDS, WRITERS, left_out_note, load_runs, varied_keys,
-                                    write_report)
+    from noisybench.report.layout import CONFIG_COL, varied_keys
+    from noisybench.report.records import left_out_note, load_runs
+    from noisybench.report.tables import DEFAULT_KINDS, KINDS
+    from noisybench.report.writers import WRITERS, write_report
 
     p = argparse.ArgumentParser(prog="noisybench report",
                                 description="Tables (mean ± std over seeds) from run or sweep directories.")
@@ -387,7 +389,7 @@ def report_main(args: list[str]) -> int:
 
 
 def plot_main(args: list[str]) -> int:
-    from noisybench.plots import FORMATS
+    from noisybench.report.figures import FORMATS
 
     p = argparse.ArgumentParser(prog="noisybench plot",
                                 description="Figures from run or sweep directories, grouped as `noisybench report` "
@@ -424,7 +426,7 @@ def plot_main(args: list[str]) -> int:
     if out.exists() and not out.is_dir():
         print(f"noisybench: error: -o {out} is a file; give a directory for the figures", file=sys.stderr)
         return EXIT_USAGE
-    from noisybench.results import find_runs, left_out_note, load_runs
+    from noisybench.report.records import find_runs, left_out_note, load_runs
 
     for path in a.paths:  # every PATH must hold a finished run (a typo'd sweep dir is not silently empty)
         found = find_runs([path])
@@ -439,7 +441,7 @@ def plot_main(args: list[str]) -> int:
     if df.empty:
         print("noisybench: error: no finished run under the given paths; " + left_out_note(left_out), file=sys.stderr)
         return EXIT_FAILED
-    from noisybench.plots import figures, save
+    from noisybench.report.figures import figures, save
 
     try:
         plots = figures(df)

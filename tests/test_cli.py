@@ -113,7 +113,7 @@ def test_report_on_empty_dir_fails(tmp_path, capsys):
 
 
 def test_table_column_labels_name_the_noise():
-    from noisybench.results import _noise_label
+    from noisybench.report.records import _noise_label
 
     assert _noise_label({"type": "real", "label_set": "worse", "seed": 0}) == "real worse"
     assert _noise_label({"type": "dst_real"}) == "dst_real"

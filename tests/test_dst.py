@@ -224,7 +224,7 @@ def test_every_method_trains_on_tiny_synthwoz(make_cfg, tmp_path, method, noise)
 
 
 def test_dst_jga_table_header(tmp_path):
-    from noisybench.results import METRIC_TITLES
+    from noisybench.report.layout import METRIC_TITLES
 
     assert "JGA" in METRIC_TITLES["jga"]
 

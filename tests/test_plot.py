@@ -133,8 +133,8 @@ def test_plot_defaults_to_the_sweep_dir_and_takes_formats(sweep, capsys):
 
 
 def test_figures_group_like_the_report_and_leave_diverged_runs_out(sweep, tmp_path, capsys):
-    from noisybench.plots import figures, groups
-    from noisybench.results import load_runs
+    from noisybench.report.figures import figures, groups
+    from noisybench.report.records import load_runs
 
     bad = write_run(sweep, "ce", 0.4, 7, diverged=True)
     (tmp_path / "failed").mkdir()
@@ -161,8 +161,9 @@ def test_the_learning_curves_show_ce_memorising(sweep):
     DAL's does not (the synthetic runs are made so; the panel must draw exactly those numbers)."""
     from matplotlib import rc_context
 
-    from noisybench.plots import STYLE, groups, learning_curves
-    from noisybench.results import load_runs
+    from noisybench.report.draw import STYLE
+    from noisybench.report.figures import groups, learning_curves
+    from noisybench.report.records import load_runs
 
     with rc_context(STYLE):
         ((_, _, fig),) = learning_curves(groups(load_runs([sweep])[0])[0], {})
@@ -185,8 +186,9 @@ def test_settings_without_a_rate_are_points_beside_the_clean_level(tmp_path):
     noise=none runs as `clean`; a run without a selected epoch (no validation split) is no point."""
     from matplotlib import rc_context
 
-    from noisybench.plots import STYLE, accuracy_vs_noise, groups
-    from noisybench.results import load_runs
+    from noisybench.report.draw import STYLE
+    from noisybench.report.figures import accuracy_vs_noise, groups
+    from noisybench.report.records import load_runs
 
     for seed in (0, 1):
         for noise in ({"type": "none"}, {"type": "real", "label_set": "worse"}, {"type": "real", "label_set": "aggre"}):
@@ -256,7 +258,7 @@ def test_html_report_renders_in_headless_chromium(sweep, tmp_path):
 def test_weight_auc_is_the_rank_statistic():
     from sklearn.metrics import roc_auc_score
 
-    from noisybench.plots import auc
+    from noisybench.report.figures import auc
 
     rng = np.random.default_rng(0)
     clean, bad = rng.random(300).round(2), (rng.random(200) * 0.8).round(2)  # many ties

@@ -76,7 +76,7 @@ def test_planned_is_the_number_of_jobs_and_reaches_the_sweep_callback(cli_env, m
     assert preflight(["-m", "experiment=smoke", "method=ce,gce", "seed=0,1,2"]) == (None, 6)
     assert preflight(["experiment=smoke"]) == (None, None)  # a single run
     from noisybench import cli
-    from noisybench.results import SweepTablesCallback
+    from noisybench.report.callback import SweepTablesCallback
 
     for k, v in cli_env.items():
         monkeypatch.setenv(k, v)

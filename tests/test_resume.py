@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from noisybench.results import load_runs
+from noisybench.report.records import load_runs
 
 from cli_helpers import nb, start
 

@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 
 from noisybench.cli import main
-from noisybench.results import ReportError, load_runs, tables, to_markdown, write_report
+from noisybench.report.layout import ReportError
+from noisybench.report.records import load_runs
+from noisybench.report.tables import tables, to_markdown
+from noisybench.report.writers import write_report
 
 BASE = {
     "seed": 0, "data_dir": None,

@@ -18,7 +18,8 @@ from noisybench import metrics
 from noisybench.data import sms_spam, youtube_spam
 from noisybench.data.text import load_split_dir, stratified_split
 from noisybench.errors import DataError
-from noisybench.results import load_summary, to_markdown
+from noisybench.report.records import load_summary
+from noisybench.report.tables import to_markdown
 from noisybench.train import build_data, run
 
 WORDS = {"pos": ["great", "fine", "lovely", "good"], "neg": ["awful", "bad", "poor", "ugly"]}

@@ -1,7 +1,7 @@
 """Figures from run and sweep directories (`noisybench plot`, and the figures of `report -f html`).
 
-Runs are found, loaded and grouped exactly as `noisybench report` does (`noisybench.results`): one set of
-figures per (dataset, model, metric); a line is a row of the report's tables (a method with the
+Runs are found, loaded and grouped exactly as `noisybench report` does (`records`, `layout`): one
+set of figures per (dataset, model, metric); a line is a row of the report's tables (a method with the
 hyperparameters that vary), an x position or a panel is one of its noise columns. Failed and unfinished
 runs are never found; diverged runs are left out of every figure and named in its caption.
 
@@ -18,11 +18,14 @@ runs are never found; diverged runs are left out of every figure and named in it
   epochs saved in sample_weights.npz (`trainer.save_weights_at`).
 - transition_matrices: the realised transition matrix of each noise column (noise.json).
 
-Style: sized for print (3.4 in column / 7 in text width, 7-8 pt text), the Okabe-Ito colour-blind-safe
-palette, axes labelled with units. Built with matplotlib's object API (no global pyplot state).
+Style (`noisybench.report.draw`): sized for print, the Okabe-Ito colour-blind-safe palette, axes
+labelled with units; matplotlib's object API (no global pyplot state). matplotlib and PIL are
+imported inside the functions that draw: they are slow to import, and only `noisybench plot` and
+`noisybench report -f html` draw.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -32,25 +35,16 @@ from typing import Iterable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from noisybench.results import METRIC_TITLES, _check_replicates, _layout
+from noisybench.noise.report import draw_heatmap
+from noisybench.report.draw import (COLUMN_WIDTH, LINESTYLES, MARKERS, METHOD_COLORS, PALETTE, STYLE,
+                                    TEXT_WIDTH, epoch_ticks, legend, legend_entries, new_figure, noise_colors,
+                                    stack, suptitle)
+from noisybench.report.layout import METRIC_TITLES, check_replicates, table_layout
+from noisybench.utils import atomic_output, atomic_write_bytes
 
-# Okabe & Ito (2008): distinguishable with every common colour-vision deficiency (yellow last: weak on white)
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
-LINESTYLES = ("-", "--", "-.", ":")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-COLUMN_WIDTH, TEXT_WIDTH = 3.4, 7.0  # inches: one column / the full text width of a two-column paper
-STYLE = {
-    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
-    "ytick.labelsize": 7, "figure.titlesize": 8, "lines.linewidth": 1.2, "lines.markersize": 3.5,
-    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
-    "grid.linewidth": 0.5, "legend.frameon": False, "pdf.fonttype": 42, "ps.fonttype": 42,
-    "svg.fonttype": "none", "savefig.dpi": 150,
-}
 FORMATS = ("png", "pdf")
 # metrics.csv columns every classification/DST run writes; anything else is a method's own diagnostic
 STANDARD = {"epoch", "train_loss", "lr", "val", "test", "train_noisy", "memorized_noisy_frac", "memorized_clean_frac"}
-# a method keeps its colour in every figure (CE, the baseline, black); others take the rest in turn
-METHOD_COLORS = {"ce": PALETTE[6], "gce": PALETTE[0], "dal": PALETTE[1], "storm": PALETTE[2]}
 # learning-curve lines: (metrics.csv column, label, colour, line style)
 CURVES = (("train_noisy", "train (noisy labels)", PALETTE[1], "-"),
           ("val", "validation (noisy labels)", PALETTE[4], "-"),
@@ -100,12 +94,13 @@ def _rate(v) -> float | None:
 
 
 def groups(df: pd.DataFrame) -> list[Group]:
-    """The report's table sets of `df` (from `results.load_runs`), with row/column labels per run."""
+    """The report's table sets of `df` (from `records.load_runs`), with row/column labels per
+    run."""
     out = []
     pairs = df.groupby(["dataset", "model"])["metric"].nunique()
     for (dataset, model, metric), group in df.groupby(["dataset", "model", "metric"]):
-        rows, cols, row_order, col_order, *_ = _layout(group)
-        _check_replicates(group, rows, cols)  # the report refuses to average such runs; so do the figures
+        rows, cols, row_order, col_order, *_ = table_layout(group)
+        check_replicates(group, rows, cols)  # the report refuses to average such runs; so do the figures
         g = group.copy()
         g["row"], g["col"] = rows, cols
         fam, rates, clean = [], [], []
@@ -125,15 +120,6 @@ def groups(df: pd.DataFrame) -> list[Group]:
 
 
 # ---- drawing helpers ----------------------------------------------------------------------------
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _row_styles(group: Group) -> dict[str, dict]:
     """Colour per method (fixed for the known ones), line style and marker per variant of that method
     (e.g. its lr values)."""
@@ -152,61 +138,6 @@ def _row_styles(group: Group) -> dict[str, dict]:
                      "marker": MARKERS[(k + i) % len(MARKERS)]}
     return styles
 
-
-def _noise_colors(cols: list[str]) -> dict[str, tuple]:
-    """Noise settings in table order on plasma (perceptually ordered, colour-blind safe: dark blue to
-    orange; its pale yellow end left out)."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["plasma"]
-    n = len(cols)
-    return {c: cmap(0.8 * i / max(1, n - 1)) for i, c in enumerate(cols)}
-
-
-def _epoch_ticks():  # whole epochs, at 1-2-2.5-5 steps
-    from matplotlib.ticker import MaxNLocator
-
-    return MaxNLocator(nbins=5, integer=True, steps=[1, 2, 2.5, 5, 10])
-
-
-def _chars(fig, fontsize: float) -> int:
-    """About how many characters of text at `fontsize` fit across the figure."""
-    return max(12, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
-
-
-def _suptitle(fig, text: str) -> None:
-    import textwrap
-
-    fig.suptitle("\n".join(textwrap.wrap(text, _chars(fig, STYLE["figure.titlesize"]))))
-
-
-def _stack(label: str, width: int = 18) -> str:
-    """A long row label (`storm (bn_scope=batch, weight_norm=class_mass)`) on several lines, for a
-    y-axis label: broken after the method name, at its commas and, in a still long part, after `=`."""
-    if len(label) <= width:
-        return label
-    lines = label.replace(" (", "\n(", 1).replace(", ", ",\n").split("\n")
-    return "\n".join(ln.replace("=", "=\n", 1) if len(ln) > width else ln for ln in lines)
-
-
-def _legend_entries(axes) -> tuple[list, list]:
-    """Every labelled artist of the axes once (the first of each label), for one figure legend."""
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    return handles, labels
-
-
-def _legend(fig, handles: list, labels: list[str], most: int) -> None:
-    """The figure's legend under the axes, in as many columns (at most `most`) as its labels fit."""
-    if not labels:
-        return
-    longest = max(len(lab) for lab in labels) + 5  # the handle and the gap
-    fit = max(1, _chars(fig, STYLE["legend.fontsize"]) // longest)
-    fig.legend(handles, labels, loc="outside lower center", ncol=max(1, min(most, fit, len(labels))))
 
 
 def _scale(metric: str) -> float:
@@ -258,7 +189,7 @@ def accuracy_vs_noise(group: Group) -> list[Plot]:
     if not categorical.empty:
         panels.append((None, categorical))
     for family, sub in panels:
-        fig = _figure(COLUMN_WIDTH * 2 if len(group.rows_present) > 6 else COLUMN_WIDTH + 0.6, 2.9)
+        fig = new_figure(COLUMN_WIDTH * 2 if len(group.rows_present) > 6 else COLUMN_WIDTH + 0.6, 2.9)
         axes = fig.subplots(1, 2, sharey=True)
         if family is not None:
             xs = sorted(set(sub["rate"]) | ({0.0} if runs["clean"].any() else set()))
@@ -301,7 +232,7 @@ def accuracy_vs_noise(group: Group) -> list[Plot]:
             ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks],
                           rotation=0 if family is not None else 30, ha="center" if family is not None else "right")
             ax.set_xlabel(xlabel)
-        _suptitle(fig, f"{group.dataset} / {group.model}: " + (f"{family} label noise, nominal rate" if family else
+        suptitle(fig, f"{group.dataset} / {group.model}: " + (f"{family} label noise, nominal rate" if family else
                                                                 "label noise settings"))
         axes[0].set_ylabel(_ylabel(group.metric))
         handles, labels = axes[0].get_legend_handles_labels()
@@ -310,7 +241,7 @@ def accuracy_vs_noise(group: Group) -> list[Plot]:
 
             handles.append(Line2D([], [], color="0.3", linestyle=":", linewidth=0.8))
             labels.append("clean (noise 0) level")
-        _legend(fig, handles, labels, 3)
+        legend(fig, handles, labels, 3)
         suffix = "" if len(panels) == 1 else "_" + (_slug(family) if family else "other")
         what = f"nominal {family} noise rate" if family else "noise setting"
         bars = "band" if family else "error bars"
@@ -357,7 +288,7 @@ def learning_curves(group: Group, cache: dict) -> list[Plot]:
     cols = [c for c in group.cols if (have["col"] == c).any()]
     scale = _scale(group.metric)
     width = max(5.0, min(TEXT_WIDTH, 1.0 + 1.75 * len(cols)))  # at least the legend's width
-    fig = _figure(width, 0.9 + 1.35 * len(rows))
+    fig = new_figure(width, 0.9 + 1.35 * len(rows))
     axes = np.atleast_2d(fig.subplots(len(rows), len(cols), sharex=True, sharey=True, squeeze=False))
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
@@ -383,13 +314,13 @@ def learning_curves(group: Group, cache: dict) -> list[Plot]:
             if i == 0:
                 ax.set_title(c)
             if j == 0:
-                ax.set_ylabel(f"{_stack(r)}\n(%)", fontsize=7)
+                ax.set_ylabel(f"{stack(r)}\n(%)", fontsize=7)
             if i == len(rows) - 1:
                 ax.set_xlabel("epoch")
             ax.set_ylim(-2, 102)
-            ax.xaxis.set_major_locator(_epoch_ticks())
-    handles, labels = _legend_entries(axes)
-    _legend(fig, handles, labels, 2)
+            ax.xaxis.set_major_locator(epoch_ticks())
+    handles, labels = legend_entries(axes)
+    legend(fig, handles, labels, 2)
     caption = (f"{group.dataset} / {group.model}: learning curves per method (rows) and noise setting (columns): "
                f"{METRIC_TITLES.get(group.metric, group.metric).replace('test ', '', 1)} on the noisy training "
                "labels, the noisy validation split and the clean test set; dashed, over the corrupted training "
@@ -413,7 +344,7 @@ def _diag_columns(frames: list[pd.DataFrame]) -> list[str]:
 def diagnostics(group: Group, cache: dict) -> list[Plot]:
     runs = group.runs
     plots = []
-    noise_colors = _noise_colors(group.cols)
+    setting_colors = noise_colors(group.cols)
     for r in group.rows_present:
         sub = runs[runs["row"] == r]
         frames = {d: _metrics(d, cache) for d in sub["run_dir"]}
@@ -432,7 +363,7 @@ def diagnostics(group: Group, cache: dict) -> list[Plot]:
         panels += [([c], c, "value", None) for c in columns if c not in known]
         ncol = min(len(panels), 4)
         nrow = -(-len(panels) // ncol)
-        fig = _figure(COLUMN_WIDTH if ncol == 1 else min(TEXT_WIDTH, 0.4 + 1.8 * ncol), 0.8 + 1.7 * nrow)
+        fig = new_figure(COLUMN_WIDTH if ncol == 1 else min(TEXT_WIDTH, 0.4 + 1.8 * ncol), 0.8 + 1.7 * nrow)
         axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True)
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
@@ -447,7 +378,7 @@ def diagnostics(group: Group, cache: dict) -> list[Plot]:
                     bands = {SAME: first}  # e.g. a schedule: one line, not several drawn on top of each other
                 ls = DIAG_STYLES.get(column, ("-", ""))[0]
                 for c, (x, m, s) in bands.items():
-                    color = "0.25" if c == SAME else noise_colors[c]
+                    color = "0.25" if c == SAME else setting_colors[c]
                     ax.plot(x, m, color=color, linestyle=ls, linewidth=1.0, label=c)
                     ax.fill_between(x, m - s, m + s, color=color, alpha=0.15, linewidth=0)
             if ref is not None:
@@ -455,16 +386,16 @@ def diagnostics(group: Group, cache: dict) -> list[Plot]:
             ax.set_title(title)
             ax.set_ylabel(ylabel)
             ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(_epoch_ticks())
-        handles, labels = _legend_entries(axes)
+            ax.xaxis.set_major_locator(epoch_ticks())
+        handles, labels = legend_entries(axes)
         if any(c in columns for c in DIAG_STYLES):
             from matplotlib.lines import Line2D
 
             for column, (ls, lab) in DIAG_STYLES.items():
                 handles.append(Line2D([], [], color="0.3", linestyle=ls, linewidth=1.0))
                 labels.append(lab)
-        _legend(fig, handles, labels, 3)
-        _suptitle(fig, f"{r}: method diagnostics ({group.dataset} / {group.model})")
+        legend(fig, handles, labels, 3)
+        suptitle(fig, f"{r}: method diagnostics ({group.dataset} / {group.model})")
         caption = (f"{group.dataset} / {group.model}, {r}: the method's own per-epoch values from metrics.csv "
                    f"({', '.join(c for p, *_ in panels for c in p)}), one line per noise setting; {_over(group)} "
                    "(band: ± std). weight AUC: the probability that a clean sample's weight exceeds a corrupted "
@@ -512,7 +443,7 @@ def sample_weight_histograms(group: Group) -> list[Plot]:
             continue
         cols = [c for c in group.cols if any(d in saved for d in sub.loc[sub["col"] == c, "run_dir"])]
         epochs = _spread(sorted({int(e) for ep, _, _ in saved.values() for e in ep}))
-        fig = _figure(min(TEXT_WIDTH, 0.6 + 1.35 * len(epochs)), 0.9 + 1.1 * len(cols))
+        fig = new_figure(min(TEXT_WIDTH, 0.6 + 1.35 * len(epochs)), 0.9 + 1.1 * len(cols))
         axes = fig.subplots(len(cols), len(epochs), squeeze=False, sharex=True)
         for i, c in enumerate(cols):
             for j, e in enumerate(epochs):
@@ -546,12 +477,12 @@ def sample_weight_histograms(group: Group) -> list[Plot]:
                 if i == 0:
                     ax.set_title(f"after epoch {e + 1}")
                 if j == 0:
-                    ax.set_ylabel(f"{_stack(c)}\ndensity", fontsize=7)
+                    ax.set_ylabel(f"{stack(c)}\ndensity", fontsize=7)
                 if i == len(cols) - 1:
                     ax.set_xlabel("per-sample weight")
-        handles, labels = _legend_entries(axes)
-        _legend(fig, handles, labels, 2)
-        _suptitle(fig, f"{r}: per-sample weights ({group.dataset} / {group.model})")
+        handles, labels = legend_entries(axes)
+        legend(fig, handles, labels, 2)
+        suptitle(fig, f"{r}: per-sample weights ({group.dataset} / {group.model})")
         caption = (f"{group.dataset} / {group.model}, {r}: distribution of the per-sample weights of the clean and "
                    "the corrupted training samples (each sample's last weight in that epoch; seeds pooled; "
                    "sample_weights.npz), rows: noise setting, columns: epoch. AUC: the probability that a clean "
@@ -563,8 +494,6 @@ def sample_weight_histograms(group: Group) -> list[Plot]:
 
 # ---- realised transition matrices ---------------------------------------------------------------
 def transition_matrices(group: Group) -> list[Plot]:
-    from noisybench.noise.report import draw_heatmap
-
     runs = group.runs
     mats = []
     for c in group.cols:
@@ -582,7 +511,7 @@ def transition_matrices(group: Group) -> list[Plot]:
     ncol = min(3, len(mats))
     nrow = -(-len(mats) // ncol)
     side = 2.25 if ncol > 1 else COLUMN_WIDTH - 0.4
-    fig = _figure(min(TEXT_WIDTH, side * ncol + 0.5), side * nrow + 0.3)
+    fig = new_figure(min(TEXT_WIDTH, side * ncol + 0.5), side * nrow + 0.3)
     axes = fig.subplots(nrow, ncol, squeeze=False)
     im = None
     for ax, (c, T, names, realised) in zip(axes.flat, mats):
@@ -601,7 +530,8 @@ def transition_matrices(group: Group) -> list[Plot]:
 
 # ---- all figures --------------------------------------------------------------------------------
 def figures(df: pd.DataFrame) -> list[Plot]:
-    """Every figure of the runs in `df` (a `results.load_runs` table), one table set after another."""
+    """Every figure of the runs in `df` (a `records.load_runs` table), one table set after
+    another."""
     from matplotlib import rc_context
 
     cache: dict = {}
@@ -620,8 +550,6 @@ def save(plot: Plot, out_dir: Path, formats: Iterable[str] = FORMATS, dpi: int |
     """Write `plot` as each format into `out_dir` (atomically); returns the paths."""
     from matplotlib import rc_context
 
-    from noisybench.utils import atomic_output, atomic_write_bytes
-
     paths = []
     for fmt in formats:
         path = Path(out_dir) / f"{plot.name}.{fmt}"
@@ -638,8 +566,6 @@ def save(plot: Plot, out_dir: Path, formats: Iterable[str] = FORMATS, dpi: int |
 def png_bytes(plot: Plot, dpi: int = 150) -> bytes:
     """The figure as a PNG of 256 colours (no dithering): a third of the size of the full-colour file,
     the same to the eye (flat colours and anti-aliased lines)."""
-    import io
-
     from matplotlib import rc_context
     from PIL import Image  # matplotlib's own dependency
 

@@ -1,0 +1,137 @@
+"""Finding run directories and loading their records: one row per finished run, each run identity
+counted once, and the runs left out of the tables (failed, unfinished, duplicate, unreadable)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from noisybench.errors import one_line
+from noisybench.report.layout import (CONFIG_COL, config_value, flat_config, method_labels,
+                                      varied_keys)
+from noisybench.rundir import CHECKPOINT, FAILED, IDENTITY, RESULT, identity_config, identity_hash
+
+
+def find_records(paths: Iterable[Path | str]) -> list[Path]:
+    """The result.json files of finished runs under `paths` (run dirs, sweep dirs or result.json files)."""
+    return [d / RESULT for d, state in find_runs(paths) if state == "finished"]
+
+
+def find_runs(paths: Iterable[Path | str]) -> list[tuple[Path, str]]:
+    """Every run directory under `paths` with its state: finished (result.json), failed
+    (failed.json) or unfinished (started: identity.json or a checkpoint, but no outcome yet)."""
+    dirs: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            dirs.append(p.parent)
+        elif p.is_dir():
+            for name in (RESULT, FAILED, CHECKPOINT, IDENTITY):
+                dirs.extend(f.parent for f in p.rglob(name))
+    out = []
+    for d in sorted(dict.fromkeys(dirs)):
+        state = "finished" if (d / RESULT).is_file() else "failed" if (d / FAILED).is_file() else "unfinished"
+        out.append((d, state))
+    return out
+
+
+def _identity_of(record: dict, run_dir: Path) -> str:
+    if record.get("identity"):
+        return str(record["identity"])
+    if isinstance(record.get("config"), dict):  # records written before identities existed
+        return identity_hash(identity_config(record["config"]))
+    return str(run_dir)
+
+
+def _noise_label(noise: dict) -> str:
+    if noise.get("type") in (None, "none"):
+        return "none"
+    if noise.get("label_set") is not None:  # real noise (CIFAR-N): the annotators' label set, no rate
+        label = f"{noise['type']} {noise['label_set']}"
+    elif noise.get("rate") is None:  # e.g. dst_real: the dataset's own noise
+        label = str(noise["type"])
+    else:
+        label = f"{noise['type']} {noise['rate']:g}"
+    if noise.get("include_true_class") is False:
+        label += " excl"
+    if noise.get("sampling") == "exact":
+        label += " exact"
+    if noise.get("apply_to_val") is False:
+        label += " (clean val)"
+    return label
+
+
+def load_summary(paths: Iterable[Path | str]) -> pd.DataFrame:
+    """One row per finished run (each configuration counted once; see `load_runs`)."""
+    return load_runs(paths)[0]
+
+
+def load_runs(paths: Iterable[Path | str]) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """(finished runs, one row each, each identity once; {"failed": [...], "unfinished": [...],
+    "duplicate": [...], "unreadable": [...]}: run dirs that are NOT in the table)."""
+    rows = []
+    left_out: dict[str, list[str]] = {"failed": [], "unfinished": [], "duplicate": [], "unreadable": []}
+    seen: dict[str, str] = {}
+    for run_dir, state in find_runs(paths):
+        if state != "finished":
+            left_out[state].append(str(run_dir))
+            continue
+        path = run_dir / RESULT
+        try:
+            r = json.loads(path.read_text())
+            method = dict(r["method"])
+            ident = _identity_of(r, run_dir)
+            row = {
+                "run_dir": str(path.parent), "identity": ident, "dataset": r["dataset"], "model": r["model"],
+                "method": method.pop("name"), "method_hparams": json.dumps(method, sort_keys=True),
+                "noise": _noise_label(r["noise"]), "noise_type": r["noise"].get("type"),
+                "noise_rate": r["noise"].get("rate"), "realized_noise_rate": r["realized_noise_rate"],
+                "seed": r["seed"], "noise_seed": r["noise_seed"], "epochs": r["epochs"], "metric": r["metric"],
+                "val_last": r.get("val_last"), "val_selected": r.get("val_selected"),
+                "test_last": r["test_last"], "test_selected": r["test_selected"],
+                "selected_epoch": r["selected_epoch"], "test_best": r["test_best"], "best_epoch": r.get("best_epoch"),
+                "memorized_noisy_frac": r.get("memorized_noisy_frac"), "train_time_s": r.get("train_time_s"),
+                "device": r.get("device"), "uses_clean_labels": r.get("uses_clean_labels", False),
+                # method diagnostics of the last epoch (e.g. STORM's weight_auc)
+                **{f"method_{k}": v for k, v in (r.get("method_metrics") or {}).items()},
+                "diverged": bool(r.get("diverged")),
+                CONFIG_COL: json.dumps(flat_config(identity_config(r["config"])) if isinstance(r.get("config"), dict) else {},
+                                       sort_keys=True, default=str),
+            }
+            for k in ("test_last", "test_best", "test_selected", "val_last", "val_selected", "realized_noise_rate"):
+                if row[k] is not None and (isinstance(row[k], bool) or not isinstance(row[k], (int, float))):
+                    raise ValueError(f"{k} is {row[k]!r}, not a number")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+                AttributeError) as e:
+            why = f"no key {e}" if isinstance(e, KeyError) else one_line(e)[:120]
+            left_out["unreadable"].append(f"{run_dir} ({why})")
+            continue
+        if ident in seen:  # the same configuration and seed twice: count it once
+            left_out["duplicate"].append(f"{run_dir} (= {seen[ident]})")
+            continue
+        seen[ident] = str(run_dir)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df["method_label"] = method_labels(df)
+        df = df.sort_values(["dataset", "model", "method_label", "noise_type", "noise_rate", "seed"],
+                            kind="stable").reset_index(drop=True)
+        for key in varied_keys(df):  # summary.csv: one column per key that varies across the runs
+            df[key] = [config_value(c.get(key)) for c in df[CONFIG_COL].map(json.loads)]
+    return df, left_out
+
+
+def left_out_note(left_out: dict[str, list[str]], limit: int = 3) -> str:
+    """One line under the tables: the runs that are not in them, and why."""
+    what = {"failed": "failed (failed.json)", "unfinished": "unfinished (running, interrupted or crashed; "
+            "no result.json)", "duplicate": "skipped as duplicates of a counted run (same config and seed)",
+            "unreadable": "skipped (unreadable result.json)"}
+    parts = []
+    for key, label in what.items():
+        dirs = left_out.get(key) or []
+        if dirs:
+            shown = ", ".join(dirs[:limit]) + (", ..." if len(dirs) > limit else "")
+            parts.append(f"{len(dirs)} {label}: {shown}")
+    return ("Not in the tables: " + "; ".join(parts) + ".") if parts else "Every run found is in the tables."
+

@@ -1,0 +1,120 @@
+"""Paper-style tables: mean ± std (n) over seeds, as Markdown, CSV and LaTeX.
+
+Rows are methods (with the hyperparameters that vary inside the table), columns are noise
+settings, one table per (dataset, model, metric) and per accuracy kind: last epoch, selected by
+the noisy validation split, and the oracle best test epoch (labelled as such).
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+import pandas as pd
+
+from noisybench.report.layout import (CONFIG_COL, METRIC_TITLES, TUNE_SCORE, check_replicates,
+                                      config_value, display_key, fmt_value, table_layout, tuned_choice)
+
+KINDS = {
+    "last": ("test_last", "last epoch"),
+    "selected": ("test_selected", "selected by validation (noisy labels unless the column says clean val)"),
+    "best": ("test_best", "ORACLE best test epoch (not a valid selection protocol)"),
+}
+DEFAULT_KINDS = ("last", "selected", "best")
+
+
+def _cell(values: pd.Series, diverged: pd.Series | None = None) -> str:
+    """mean ± std (n); runs that diverged (result.json `diverged`) are counted and named in the cell."""
+    n_div = int(diverged[values.notna()].sum()) if diverged is not None else 0
+    mark = f", {n_div} diverged" if n_div else ""
+    v = values.dropna() * 100
+    if v.empty:
+        return "–"
+    if len(v) == 1:
+        return f"{v.iloc[0]:.2f} (1{mark})"
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f} ({len(v)}{mark})"
+
+
+def tables(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()):
+    """Yield (title, kind, table) per (dataset, model, metric) and accuracy kind. A cell holds the runs
+    of ONE configuration (they differ only in seed / noise seed); every other key that varies is in
+    the row label (or, for noise keys, the column label). With `tune`, those keys are chosen per cell:
+    the value(s) with the best mean validation score over seeds (last: val_last; selected:
+    val_selected; best: the oracle test score, labelled so)."""
+    tune = list(tune)
+    for (dataset, model, metric), group in df.groupby(["dataset", "model", "metric"]):
+        rows, cols, row_order, col_order, names, fixed, varying = table_layout(group, tune)
+        configs = [json.loads(c) for c in group[CONFIG_COL]]
+        tuned = [t for t in tune if any(t in c for c in configs)]
+        choice = [tuple(config_value(c.get(t)) for t in tuned) for c in configs]
+        check_replicates(group, rows, cols, choice if tuned else None)
+        seeds = sorted(group["seed"].unique().tolist())
+        noise_seeds = sorted(group["noise_seed"].unique().tolist())
+        over = f"seeds {seeds}" + (f" x noise seeds {noise_seeds}" if len(noise_seeds) > 1 and noise_seeds != seeds
+                                  else "")
+        facts = []
+        if varying:
+            facts.append("varied: " + "; ".join(f"{names[k]} in {{{', '.join(map(fmt_value, v))}}}"
+                                                for k, v in varying.items()))
+        if fixed:
+            facts.append("fixed: " + ", ".join(f"{display_key(k)}={fmt_value(v)}" for k, v in fixed.items()))
+        for kind in kinds:
+            column, desc = KINDS[kind]
+            tuned_note = ""
+            if tuned:
+                score = TUNE_SCORE[kind]
+                how = ("ORACLE: chosen by mean test score" if kind == "best" else
+                       f"chosen per cell by the best mean {score} over seeds")
+                tuned_note = f"; tuned {', '.join(names[t] for t in tuned)} ({how}; [chosen value])"
+            title = (f"{dataset} / {model}: {METRIC_TITLES.get(metric, metric)}, {desc}; mean ± std (n) over {over}"
+                     + "".join(f"; {f}" for f in facts) + tuned_note)
+            frame = pd.DataFrame({"row": rows, "col": cols, "value": group[column].to_numpy(),
+                                  "diverged": group["diverged"].to_numpy() if "diverged" in group else False,
+                                  "choice": choice, "score": group[TUNE_SCORE[kind]].to_numpy() if tuned else 0.0})
+            cells = {}
+            for (r, c), cell in frame.groupby(["row", "col"], sort=False):
+                if not tuned:
+                    cells[(r, c)] = _cell(cell["value"], cell["diverged"])
+                    continue
+                best = tuned_choice(cell)
+                picked = cell[[ch == best for ch in cell["choice"]]]
+                chosen = ", ".join(f"{names[t]}={fmt_value(v)}" for t, v in zip(tuned, best))
+                cells[(r, c)] = f"{_cell(picked['value'], picked['diverged'])} [{chosen}]"
+            table = pd.DataFrame([[cells.get((r, c), "–") for c in col_order] for r in row_order],
+                                 index=pd.Index(row_order, name="method_label"), columns=col_order)
+            yield title, kind, table
+
+
+def to_markdown(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()) -> str:
+    out = []
+    for title, _, t in tables(df, kinds, tune):
+        header = "| method | " + " | ".join(t.columns) + " |"
+        sep = "|---|" + "---|" * len(t.columns)
+        body = ["| " + " | ".join([idx, *map(str, row)]) + " |" for idx, row in zip(t.index, t.values)]
+        out.append(f"### {title}\n\n" + "\n".join([header, sep, *body]) + "\n")
+    return "\n".join(out)
+
+
+def to_latex(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()) -> str:
+    def esc(s: str) -> str:
+        return str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")
+
+    out = []
+    for title, _, t in tables(df, kinds, tune):
+        lines = [r"\begin{table}[t]", r"\centering", r"\caption{" + esc(title) + "}",
+                 r"\begin{tabular}{l" + "c" * len(t.columns) + "}", r"\toprule",
+                 "method & " + " & ".join(esc(c) for c in t.columns) + r" \\", r"\midrule"]
+        lines += [esc(i) + " & " + " & ".join(esc(v) for v in row) + r" \\" for i, row in zip(t.index, t.values)]
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        out.append("\n".join(lines))
+    return "\n".join(out)
+
+
+def to_csv(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()) -> str:
+    frames = []
+    for title, kind, t in tables(df, kinds, tune):
+        t = t.copy()
+        t.insert(0, "table", title)
+        t.insert(1, "kind", kind)
+        frames.append(t.reset_index().rename(columns={"method_label": "method"}))
+    return pd.concat(frames).to_csv(index=False) if frames else ""
+
