@@ -1,7 +1,7 @@
 """Dropout during STORM's passes (step 1 of docs/methods/storm.md): `fast_dropout` and
-`dropout_passes` (masks from 15 random bits, on a CPU SplitMix64 bits made by one compiled call), the
-RNG helpers the JVP's replay of pass 0 uses (`rng_state`, `replay_rng`), and `Passes`, the model's
-G forward passes."""
+`dropout_passes` (masks from 15 random bits, on a CPU SplitMix64 bits made by one compiled call),
+the RNG helpers the JVP's replay of pass 0 uses (`rng_state`, `replay_rng`), and `Passes`, the
+model's G forward passes."""
 from __future__ import annotations
 
 import contextlib
@@ -172,17 +172,20 @@ def enable_dropout(model: nn.Module, passes: int) -> dict | None:
 
 
 class Passes:
-    """The G forward passes of a model with dropout (step 1): pass 0 with the graph, the extra passes
-    without. `loss_terms(outputs, y)` is the task's `LossTerms` of the base loss."""
+    """The G forward passes of a model with dropout (step 1): pass 0 with the graph, the extra
+    passes without. `loss_terms(outputs, y)` is the task's `LossTerms` of the base loss."""
 
-    def __init__(self, model: nn.Module, passes: int, trained_pass_dropout: bool, loss_terms) -> None:
+    def __init__(self, model: nn.Module, passes: int, trained_pass_dropout: bool,
+                 loss_terms) -> None:
         self.model, self.passes, self.loss_terms = model, passes, loss_terms
         self.trained_pass_dropout = trained_pass_dropout
-        self.batched = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        self.batched = not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                               for m in model.modules())
         # the part before the first active dropout layer is the same in every pass: run it once
         self.split = split_at_dropout(model) if passes > 1 else None
         self.lead = leading_dropout(model) if self.split is not None else None
-        self.dropouts = [m for m in model.modules() if type(m) is nn.Dropout]  # (not Dropout1d/2d: per channel)
+        # (not Dropout1d/2d: per channel)
+        self.dropouts = [m for m in model.modules() if type(m) is nn.Dropout]
 
     @contextlib.contextmanager
     def fast_masks(self):
@@ -205,7 +208,8 @@ class Passes:
             with self.fast_masks():
                 yield
             return
-        layers = [m for m in self.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
+        layers = [m for m in self.model.modules()
+                  if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
         for m in layers:
             m.train(False)
         try:
@@ -223,10 +227,11 @@ class Passes:
                 return self.model(x), x, None
             trunk, head = self.split
             h = trunk(x)
-            if self.lead is not None and self.lead[0].training and self.trained_pass_dropout and self.batched:
-                both = dropout_passes(h, self.lead[0].p, self.passes)
+            lead = self.lead
+            if lead is not None and lead[0].training and self.trained_pass_dropout and self.batched:
+                both = dropout_passes(h, lead[0].p, self.passes)
                 if both is not None:
-                    return self.lead[1](both[0]), h, both[1]
+                    return lead[1](both[0]), h, both[1]
             return head(h), h, None
 
     def extra(self, h: torch.Tensor, y: torch.Tensor, dropped: torch.Tensor | None = None
@@ -237,11 +242,13 @@ class Passes:
         fn = self.model if self.split is None else self.split[1]
         h = h.detach()
         with torch.no_grad(), self.fast_masks():
-            if self.batched:  # one call on the batch repeated n times: the same distribution of masks
+            # batched: one call on the batch repeated n times (the same distribution of masks)
+            if self.batched:
                 rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731
                 if dropped is not None:
                     t = loss_terms(self.lead[1](dropped), rep(y))
-                elif self.lead is not None and self.lead[0].training:  # it starts with a dropout layer: no copy of h
+                elif self.lead is not None and self.lead[0].training:
+                    # it starts with a dropout layer: no copy of h
                     drop, rest = self.lead
                     t = loss_terms(rest(fast_dropout(h, drop.p, repeat=n)), rep(y))
                 else:

@@ -31,9 +31,9 @@ def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
 
 
 def _adam_moments(g: torch.Tensor, group: dict, state: dict) -> tuple:
-    """Adam's step count and moments m, v after one more step with gradient g (state constant), where
-    v > 0, and sqrt(v) there (1 elsewhere: sqrt'(0) = inf would turn the zero gradients of unused units
-    into NaN; callers take the root as the constant 0 where v = 0)."""
+    """Adam's step count and moments m, v after one more step with gradient g (state constant),
+    where v > 0, and sqrt(v) there (1 elsewhere: sqrt'(0) = inf would turn the zero gradients of
+    unused units into NaN; callers take the root as the constant 0 where v = 0)."""
     beta1, beta2 = group["betas"]
     step = float(state["step"]) + 1 if "step" in state else 1.0
     m = (1 - beta1) * g if "exp_avg" not in state else beta1 * state["exp_avg"] + (1 - beta1) * g
@@ -60,7 +60,8 @@ def lookahead(p: torch.Tensor, g: torch.Tensor, group: dict, state: dict, kind: 
     elif wd:
         g = g + wd * p
     step, m, v, pos, root = _adam_moments(g, group, state)
-    denom = torch.where(pos, root, torch.zeros_like(v)) / math.sqrt(1 - beta2 ** step) + group["eps"]
+    root = torch.where(pos, root, torch.zeros_like(v))
+    denom = root / math.sqrt(1 - beta2 ** step) + group["eps"]
     return p - (lr / (1 - beta1 ** step)) * m / denom
 
 
@@ -109,7 +110,8 @@ class InnerStep:
             raise ConfigError("method.lookahead=fresh_adam replays the public code's Adam lookahead and needs "
                               "optim=adam; or use method.lookahead=persistent")
         self.mode = mode
-        self.decoupled = [bool(g.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW)))
+        adamw = isinstance(optimizer, torch.optim.AdamW)
+        self.decoupled = [bool(g.get("decoupled_weight_decay", adamw))
                           for g in optimizer.param_groups]
         self.params = params
 
@@ -122,9 +124,11 @@ class InnerStep:
         them before the next step): every group's hyperparameters; per parameter the optimizer state
         the derivative reads (Adam's moments and step count; for SGD only whether a momentum buffer
         exists, its value does not enter ∂θ*/∂g: a 0.0 stands in); the parameter itself only where
-        its value enters ∂θ*/∂g (Adam's coupled weight decay; from `primals` when kept), else None."""
+        its value enters ∂θ*/∂g (Adam's coupled weight decay; from `primals` when kept), else
+        None."""
         value = lambda v: v.clone() if torch.is_tensor(v) else v  # noqa: E731  (a tensor lr may change in place)
-        groups = [{**{k: value(group[k]) for k in HYPERPARAMETERS[self.kind]}, "decoupled": self.decoupled[gi]}
+        groups = [{**{k: value(group[k]) for k in HYPERPARAMETERS[self.kind]},
+                   "decoupled": self.decoupled[gi]}
                   for gi, group in enumerate(optimizer.param_groups)]
         state, param = [], []
         for (n, p, k), gi in zip(self.params, g):
@@ -134,18 +138,19 @@ class InnerStep:
             else:
                 snap = {m: st[m].clone() for m in ("exp_avg", "exp_avg_sq") if m in st}
                 state.append({**snap, "step": float(st["step"])} if "step" in st else snap)
-            coupled = gi is not None and self.kind == "adam" and groups[k]["weight_decay"] and not self.decoupled[k]
+            coupled = (gi is not None and self.kind == "adam" and groups[k]["weight_decay"]
+                       and not self.decoupled[k])
             param.append((p.detach().clone() if primals is None else primals[n]) if coupled else None)
         return {"kind": self.kind, "g": list(g), "param": param, "state": state, "groups": groups}
 
     def vjp(self, second: dict, v: list) -> list:
-        """u = (∂θ*/∂g)ᵀ v for step t's lookahead θ*(g), from what `snapshot` kept; a parameter that had
-        no gradient at step t (it did not move) or has none now gets u = 0. ∂θ*/∂g is diagonal for
-        SGD and Adam, so u is closed form (`lookahead_vjp`), no autograd graph."""
+        """u = (∂θ*/∂g)ᵀ v for step t's lookahead θ*(g), from what `snapshot` kept; a parameter that
+        had no gradient at step t (it did not move) or has none now gets u = 0. ∂θ*/∂g is diagonal
+        for SGD and Adam, so u is closed form (`lookahead_vjp`), no autograd graph."""
         u: list = [None] * len(self.params)
         batches: dict = {}  # SGD: the parameters of a group with the same momentum state, in one foreach op
-        for i, ((_, p, k), gi, vi, st, pi) in enumerate(zip(self.params, second["g"], v, second["state"],
-                                                             second["param"])):
+        for i, ((_, p, k), gi, vi, st, pi) in enumerate(zip(self.params, second["g"], v,
+                                                             second["state"], second["param"])):
             if gi is None or vi is None:
                 u[i] = torch.zeros_like(p)
             elif second["kind"] == "sgd":
@@ -167,6 +172,7 @@ class InnerStep:
         with torch.no_grad():  # fresh_adam: model <- θ*, as the public storm.py copies fθ back
             for (_, p, k), gi in zip(self.params, g):
                 if gi is not None:
-                    p.copy_(lookahead(p, gi, optimizer.param_groups[k], {}, "adam", self.decoupled[k]))
+                    group = optimizer.param_groups[k]
+                    p.copy_(lookahead(p, gi, group, {}, "adam", self.decoupled[k]))
                 p.grad = None
         optimizer.step()  # every grad is None: no update; only marks the step for LR schedulers

@@ -1,6 +1,7 @@
-"""The meta-gradient's second-order term (steps 4-6 of docs/methods/storm.md): what step t leaves for
-step t+1 (`Pending`, a plain record a checkpoint can hold) and a_m = <u, ∇θ ℓ_m(θ_t)> (`SecondOrder`:
-from the recorded layers, or a forward-mode JVP replaying pass 0's dropout masks)."""
+"""The meta-gradient's second-order term (steps 4-6 of docs/methods/storm.md): what step t leaves
+for step t+1 (`Pending`, a plain record a checkpoint can hold) and a_m = <u, ∇θ ℓ_m(θ_t)>
+(`SecondOrder`: from the recorded layers, or a forward-mode JVP replaying pass 0's dropout
+masks)."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -43,8 +44,8 @@ def to_device(obj, device: torch.device):
 
 
 def pending_from_state(pending: dict | None) -> Pending | None:
-    """`Pending` from its checkpoint dict; the RNG state goes to the CPU (torch.set_rng_state takes CPU
-    tensors)."""
+    """`Pending` from its checkpoint dict; the RNG state goes to the CPU (torch.set_rng_state takes
+    CPU tensors)."""
     if pending is None:
         return None
     second = pending["second"]
@@ -55,11 +56,11 @@ def pending_from_state(pending: dict | None) -> Pending | None:
 
 
 def jvp_slots(model: nn.Module, params: list) -> list:
-    """(attribute path, parameter name) of every (module, attribute) slot holding a trained parameter,
-    each slot once: the JVP puts θ_t there. A parameter shared by two modules is replaced in both, a
-    module reached by two paths (DSTConv's token embedding, reused by its value head) once --
-    functional_call's tie_weights would swap it twice and restore the stand-in, leaving the model
-    without its parameter."""
+    """(attribute path, parameter name) of every (module, attribute) slot holding a trained
+    parameter, each slot once: the JVP puts θ_t there. A parameter shared by two modules is replaced
+    in both, a module reached by two paths (DSTConv's token embedding, reused by its value head)
+    once -- functional_call's tie_weights would swap it twice and restore the stand-in, leaving the
+    model without its parameter."""
     trained = {id(p): n for n, p, _ in params}
     slots: dict = {}
     for mn, m in model.named_modules(remove_duplicate=False):
@@ -71,8 +72,9 @@ def jvp_slots(model: nn.Module, params: list) -> list:
 
 class SecondOrder:
     """a_m = <u, ∇θ ℓ_m> at step t's parameters and dropout masks, for the trained `params`
-    ([(name, parameter, group index)]). With `exact`, from the layers `capture` records during pass 0
-    (docs/methods/storm.md: no BatchNorm, one sample per row); else a JVP through `passes`' model."""
+    ([(name, parameter, group index)]). With `exact`, from the layers `capture` records during
+    pass 0 (docs/methods/storm.md: no BatchNorm, one sample per row); else a JVP through `passes`'
+    model."""
 
     def __init__(self, passes: Passes, params: list, exact: bool) -> None:
         model = passes.model
@@ -80,7 +82,8 @@ class SecondOrder:
         self.capture = Capture(model) if exact else None
         self.slots = jvp_slots(model, params)
         # running statistics of normalisation layers: the JVP's replay of pass 0 leaves them alone
-        self.norm_buffers = {n for mn, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+        self.norm_buffers = {n for mn, m in model.named_modules()
+                             if isinstance(m, nn.modules.batchnorm._NormBase)
                              for n, _ in m.named_buffers(prefix=mn, recurse=False)}
 
     def inputs(self, rec, coef, x, y, rng0) -> tuple[dict, dict | None]:
@@ -96,7 +99,8 @@ class SecondOrder:
     def directional(self, a: dict, u: list) -> torch.Tensor:
         """a_i = <u, ∇ℓ_i> at step t's parameters and dropout masks, from what `inputs` kept."""
         if "coef" in a:
-            layers = (self.capture if self.capture is not None else Capture(self.passes.model)).layers
+            capture = self.capture if self.capture is not None else Capture(self.passes.model)
+            layers = capture.layers
             return directional(layers, a["inputs"], a["grads"],
                                {id(p): ui for (_, p, _), ui in zip(self.params, u)}, a["coef"])
         return self.jvp_fn(a["primals"], a["x"], a["y"], a["rng0"])(u)
@@ -113,6 +117,7 @@ class SecondOrder:
             return loss_terms(out, y).loss
 
         def a_fn(u):
-            with replay_rng(x.device, rng0), self.passes.trained_pass():  # the same dropout masks as that step's pass 0
+            # the same dropout masks as that step's pass 0
+            with replay_rng(x.device, rng0), self.passes.trained_pass():
                 return jvp(sample_losses, (primals,), (dict(zip(names, u)),))[1]
         return a_fn

@@ -1,6 +1,7 @@
 """The rescaler Ω (paper Eq. 6) and its optimizer step: `Rescaler` (the module), `_Omega` (its
 forward and backward written out as one autograd node; on a CPU the compiled float64 loops
-`_omega_forward` / `_omega_backward`) and `adam_step` (Ω's fused Adam). See docs/methods/storm.md."""
+`_omega_forward` / `_omega_backward`) and `adam_step` (Ω's fused Adam). See
+docs/methods/storm.md."""
 from __future__ import annotations
 
 import math
@@ -72,7 +73,8 @@ class Rescaler(nn.Module):
     def _picked(self, f: torch.Tensor, head: torch.Tensor, group: torch.Tensor | None) -> torch.Tensor:
         """[B, S, F] features and [B, S] heads -> [B, S] weights, each sample's own head's output."""
         if group is None and len(f) > 1:  # the pooled BatchNorm: Ω's forward and backward written out
-            if f.device.type == "cpu" and _Omega.compiled and not torch.is_grad_enabled() and not in_transform():
+            if (f.device.type == "cpu" and _Omega.compiled and not torch.is_grad_enabled()
+                    and not in_transform()):
                 return _Omega._forward_host(None, f, head, self.w1, self.b1, self.w2, self.b2)  # (no graph)
             if not torch.is_autocast_enabled(f.device.type):
                 return _Omega.apply(f, head, self.w1, self.b1, self.w2, self.b2)

@@ -16,18 +16,20 @@ from noisybench.methods.storm.dropout import Passes, enable_dropout, rng_state
 from noisybench.methods.storm.features import NUM_FULL, NUM_LOSS, GroupMemory, pass_stats
 from noisybench.methods.storm.host import host
 from noisybench.methods.storm.lookahead import LOOKAHEADS, InnerStep
-from noisybench.methods.storm.meta import Pending, SecondOrder, grad as _grad, pending_from_state, to_device
+from noisybench.methods.storm.meta import Pending, SecondOrder, pending_from_state, to_device
+from noisybench.methods.storm.meta import grad as _grad
 from noisybench.methods.storm.rescaler import Rescaler, adam_step
 from noisybench.methods.storm.weighting import WEIGHT_NORMS
 from noisybench.tasks import LossTerms
+from noisybench.tasks.classification import ClassificationTask
 
 FEATURES = ("full", "loss")
 BN_SCOPES = ("batch", "group")
 META_SOURCES = ("noisy_train", "clean_val")
 
 
-def _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, weight_norm, lookahead,
-           first_order, meta_loss_rescaling, bn_scope) -> None:
+def _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, weight_norm,
+           lookahead, first_order, meta_loss_rescaling, bn_scope) -> None:
     """STORM's arguments, with the error a config of them gets."""
     if int(forward_passes) < 1:
         raise ConfigError(f"method.forward_passes={forward_passes} must be >= 1 (the paper uses 3)")
@@ -66,8 +68,8 @@ class STORM(LossMethod):
                  rescaler_lr: float = 1e-2, weight_norm: str = "weight_sum", lookahead: str = "persistent",
                  bn_scope: str = "batch", trained_pass_dropout: bool = True) -> None:
         super().__init__(num_classes)
-        _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, weight_norm, lookahead,
-               first_order, meta_loss_rescaling, bn_scope)
+        _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, weight_norm,
+               lookahead, first_order, meta_loss_rescaling, bn_scope)
         self.base_name, self.base_loss = build_base_loss(base_loss, num_classes)
         self.forward_passes = int(forward_passes)
         self.class_separation = bool(class_separation)
@@ -96,15 +98,12 @@ class STORM(LossMethod):
         self._groups = 1
         self.directional = "layers"  # "jvp" forces forward mode for a_i (tests compare the two)
 
-
     # ---- protocol hooks ----
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.base_loss(logits, targets)
 
     def _task(self):
         if self.task is None:  # used outside the runner: one label per sample
-            from noisybench.tasks.classification import ClassificationTask
-
             self.task = ClassificationTask()
         return self.task
 
@@ -267,9 +266,9 @@ class STORM(LossMethod):
         with torch.no_grad():
             first = (terms.loss.detach()[None], terms.logits.detach()[None])
             more = self._passes.extra(h, y, dropped) if self.forward_passes > 1 else ()
-            # the features on the host (storm/features.py). On a CPU the tensors are read in place (numpy views);
-            # on a GPU one copy of the passes' losses and logits and one of the targets and memory slots (a
-            # sync, where Ω must wait anyway)
+            # the features on the host (storm/features.py). On a CPU the tensors are read in place
+            # (numpy views); on a GPU one copy of the passes' losses and logits and one of the
+            # targets and memory slots (a sync, where Ω must wait anyway)
             if terms.loss.device.type == "cpu":
                 target, slot = host(terms.target, np.int64), host(slot, np.int64)
                 stats = pass_stats(*first, target, *more)
@@ -288,24 +287,26 @@ class STORM(LossMethod):
             return torch.from_numpy(f).to(terms.loss.device, self.rescaler.w1.dtype)
 
     # the weight normalisation (storm/weighting.py), with this run's norm and number of Ω heads
+    def _norm(self) -> tuple[str, int]:
+        return self.weight_norm, self.rescaler.w1.shape[0]
+
     def _scale(self, w: torch.Tensor, loss: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        return weighting.scale(self.weight_norm, self.rescaler.w1.shape[0], w, loss, head)
+        return weighting.scale(*self._norm(), w, loss, head)
 
-    def _rescaled(self, share: float, values: torch.Tensor, w: torch.Tensor, rows: int, ell: torch.Tensor,
-                  head: torch.Tensor):
-        return weighting.rescaled(self.weight_norm, self.rescaler.w1.shape[0], share, values, w, rows, ell, head)
+    def _rescaled(self, share: float, values: torch.Tensor, w: torch.Tensor, rows: int,
+                  ell: torch.Tensor, head: torch.Tensor):
+        return weighting.rescaled(*self._norm(), share, values, w, rows, ell, head)
 
-    def _rescaled_grad(self, share: float, values: torch.Tensor, w: torch.Tensor, rows: int, ell: torch.Tensor,
-                       head: torch.Tensor) -> torch.Tensor:
-        return weighting.rescaled_grad(self.weight_norm, self.rescaler.w1.shape[0], share, values, w, rows, ell,
-                                       head)
+    def _rescaled_grad(self, share: float, values: torch.Tensor, w: torch.Tensor, rows: int,
+                       ell: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        return weighting.rescaled_grad(*self._norm(), share, values, w, rows, ell, head)
 
     def _coef(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor) -> torch.Tensor:
-        return weighting.coefficients(self.weight_norm, self.rescaler.w1.shape[0], terms, w, rows, head)
+        return weighting.coefficients(*self._norm(), terms, w, rows, head)
 
     def _batch_loss(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor,
                     coef: torch.Tensor | None = None) -> torch.Tensor:
-        return weighting.batch_loss(self.weight_norm, self.rescaler.w1.shape[0], terms, w, rows, head, coef)
+        return weighting.batch_loss(*self._norm(), terms, w, rows, head, coef)
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
         self._setup(model, optimizer, len(batch.y))
@@ -362,19 +363,20 @@ class STORM(LossMethod):
             return terms.loss.detach().mean()  # unweighted mean row loss
         return ((terms.rest.sum() + terms.share * terms.loss.sum()) / B).detach()
 
-    def _prepare(self, optimizer, x, y, g, f, head, terms: LossTerms, coef, B: int, rng0, rec) -> Pending:
+    def _prepare(self, optimizer, x, y, g, f, head, terms: LossTerms, coef, B: int, rng0,
+                 rec) -> Pending:
         """Before the model update: what the next step needs to finish this step's meta-gradient.
 
         The second-order term needs u = (∂θ*/∂g)ᵀ v with v known only at step t+1, and a_i = <u, ∇ℓ_i>
         at this step. Instead of θ*(g)'s autograd graph this keeps the inputs of `lookahead`
-        (`InnerStep.snapshot`: g, the group hyperparameters, the optimizer state as values), from which
-        `InnerStep.vjp` rebuilds θ*(g) with the same ops on the same values (same numbers), and what
-        a_i needs (`SecondOrder.inputs`).
+        (`InnerStep.snapshot`: g, the group hyperparameters, the optimizer state as values), from
+        which `InnerStep.vjp` rebuilds θ*(g) with the same ops on the same values (same numbers),
+        and what a_i needs (`SecondOrder.inputs`).
         """
-        if self.first_order:
-            return Pending(f, head, terms.loss.detach(), terms.share, B, None, self._bn_group(terms))
-        a, primals = self._second.inputs(rec, coef, x, y, rng0)
-        second = {**self._inner.snapshot(optimizer, g, primals), "a": a}
+        second = None
+        if not self.first_order:
+            a, primals = self._second.inputs(rec, coef, x, y, rng0)
+            second = {**self._inner.snapshot(optimizer, g, primals), "a": a}
         return Pending(f, head, terms.loss.detach(), terms.share, B, second, self._bn_group(terms))
 
     def _validation_meta(self, params, size: int):
@@ -392,8 +394,8 @@ class STORM(LossMethod):
         v = _grad(self._batch_loss(terms, w_m.detach(), size, head), params)
         return v, terms, w_m, size, head
 
-    def _omega_step(self, pending: Pending, v, meta_terms: LossTerms, w_m: torch.Tensor, rows_m: int,
-                    head_m: torch.Tensor, w_prev: torch.Tensor | None = None) -> None:
+    def _omega_step(self, pending: Pending, v, meta_terms: LossTerms, w_m: torch.Tensor,
+                    rows_m: int, head_m: torch.Tensor, w_prev: torch.Tensor | None = None) -> None:
         """dL_meta/dω = outer term (through w′) + second-order term (through θ*), then one Adam step."""
         omega = list(self.rescaler.parameters())
         # dL_meta/dω = Σ over Ω's evaluations of (dL_meta/dw)ᵀ dw/dω: each objective's w-gradient in closed
@@ -405,7 +407,8 @@ class STORM(LossMethod):
             grads.append(self._rescaled_grad(meta_terms.share, values, w_m.detach(), rows_m, values, head_m))
         if pending.second is not None:
             u = self._inner.vjp(pending.second, v)  # u = (∂θ*/∂g)ᵀ ∇θ* L_meta
-            a = self._second.directional(pending.second["a"], u)  # a_i = <u, ∇ℓ_i> at step t's parameters and masks
+            # a_i = <u, ∇ℓ_i> at step t's parameters and masks
+            a = self._second.directional(pending.second["a"], u)
             # g(w) = ∇θ L(w) and <u, g(w)> = share (M/B) s(w) Σ_m w_m a_m: its ω-gradient is the term
             if w_prev is None:  # (else evaluated together with this step's weights)
                 w_prev = self.rescaler(pending.f, pending.head, pending.group)

@@ -10,7 +10,8 @@ from noisybench.tasks import LossTerms
 WEIGHT_NORMS = ("class_mass", "class_sum", "mass", "none", "weight_sum")
 
 
-def scale(norm: str, heads: int, w: torch.Tensor, loss: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+def scale(norm: str, heads: int, w: torch.Tensor, loss: torch.Tensor,
+          head: torch.Tensor) -> torch.Tensor:
     """s(w) with the rescaled sample loss s(w) Σ_m w_m ℓ_m; `loss` holds detached values.
 
     none: 1/M (the paper's Σ w ℓ, as a mean); weight_sum: 1/Σw (MW-Net's PGC script);
@@ -43,8 +44,8 @@ def rescaled(norm: str, heads: int, share: float, values: torch.Tensor, w: torch
     return share * (len(w) / rows) * (scale(norm, heads, w, values, head) * w * ell).sum()
 
 
-def rescaled_grad(norm: str, heads: int, share: float, values: torch.Tensor, w: torch.Tensor, rows: int,
-                  ell: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+def rescaled_grad(norm: str, heads: int, share: float, values: torch.Tensor, w: torch.Tensor,
+                  rows: int, ell: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     """d`_rescaled`/dw at w (all arguments values), in closed form: the few vector operations of the
     meta-gradient's objective cost more through autograd than Ω's own backward. With c = share M/B
     and E = Σ w ℓ (over the batch, or over the sample's Ω head class k for the class norms):
@@ -52,7 +53,7 @@ def rescaled_grad(norm: str, heads: int, share: float, values: torch.Tensor, w: 
       mass: c (Σv/M) (ℓ_j − E v_j/D) / D, D = Σ w v;  class_sum: c (M_k/M) (ℓ_j − E_k/W_k) / W_k;
       class_mass: c (V_k/M) (ℓ_j − E_k v_j/D_k) / D_k
     (v = the losses' values). A clamped sum (< 1e-12) is a constant, as for autograd through the
-    clamp. tests/test_storm.py checks every norm against autograd through `_rescaled`."""
+    clamp. tests/test_storm.py checks every norm against autograd through `rescaled`."""
     c = share * (len(w) / rows)
     M = len(w)
     if norm == "none":
@@ -94,9 +95,10 @@ def coefficients(norm: str, heads: int, terms: LossTerms, w: torch.Tensor, rows:
     return (c * (scale(norm, heads, w, terms.loss.detach(), head) * w)).to(terms.loss.dtype)
 
 
-def batch_loss(norm: str, heads: int, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor,
-               coef: torch.Tensor | None = None) -> torch.Tensor:
-    """L(w) for weights w held constant (the model's loss at this step; `coef` = `coefficients` if known)."""
+def batch_loss(norm: str, heads: int, terms: LossTerms, w: torch.Tensor, rows: int,
+               head: torch.Tensor, coef: torch.Tensor | None = None) -> torch.Tensor:
+    """L(w) for weights w held constant (the model's loss at this step; `coef` = `coefficients`
+    if known)."""
     coef = coefficients(norm, heads, terms, w, rows, head) if coef is None else coef
     weighted = torch.dot(coef, terms.loss)
     return weighted if terms.plain else terms.rest.sum() / rows + weighted
