@@ -19,7 +19,7 @@ from noisybench.config import config_files, hydra_context
 from noisybench.errors import ConfigError
 from noisybench.methods.base import Batch
 from noisybench.methods.storm import STORM, Rescaler, adam_step, fast_dropout, lookahead, lookahead_vjp
-from noisybench.methods.storm_features import GroupMemory, gaussian_kl, gaussian_overlap, pass_stats
+from noisybench.methods.storm.features import GroupMemory, gaussian_kl, gaussian_overlap, pass_stats
 from noisybench.models import split_at_dropout
 from noisybench.models.cnn1d import CNN1D
 from noisybench.models.cnn28 import CNN28
@@ -527,7 +527,7 @@ def test_layer_directional_derivatives_equal_forward_mode(name):
 
 
 def test_batchnorm_models_use_forward_mode():
-    from noisybench.methods.storm_directional import supported
+    from noisybench.methods.storm.directional import supported
 
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.1), nn.Linear(4, 2))
     assert not supported(model, list(model.parameters()))

@@ -29,21 +29,13 @@ import numpy as np
 import torch
 from numba import njit
 
+from noisybench.methods.storm.host import host
+
 EPS = 1e-8  # the code's std for singleton groups and its σ floor in the overlap
 NUM_FULL = 19
 NUM_LOSS = 2  # the paper's "w/o extra features" ablation: the detached loss and CAT
 _SQRT2 = math.sqrt(2.0)
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}  # (numpy: a 0/0 is nan, not an exception)
-
-
-def host(t, dtype=np.float64) -> np.ndarray:
-    """A tensor (any device) or array as a numpy array of `dtype` on the host."""
-    if isinstance(t, torch.Tensor):
-        t = t.detach()
-        if t.device.type != "cpu" or t.dtype in (torch.bfloat16, torch.float16):
-            t = t.to("cpu", torch.float64 if t.is_floating_point() else t.dtype)
-        t = t.numpy()
-    return np.asarray(t, dtype=dtype)
 
 
 def _floats(t) -> np.ndarray:
