@@ -19,7 +19,8 @@ from noisybench.data import sms_spam, youtube_spam
 from noisybench.data.text import load_split_dir, stratified_split
 from noisybench.errors import DataError
 from noisybench.results import load_summary, to_markdown
-from noisybench.train import build_data, run
+from noisybench.pipeline import build_data
+from noisybench.train import run
 
 WORDS = {"pos": ["great", "fine", "lovely", "good"], "neg": ["awful", "bad", "poor", "ugly"]}
 
