@@ -17,7 +17,7 @@ from noisybench.completion import completion_main, hydra_shell_completion
 from noisybench.config import CONFIG_NAME, config_path, hydra_context, register_resolvers
 from noisybench.errors import ConfigError, NoisybenchError, one_line
 from noisybench.hydra_errors import condense, missing_key_hint
-# preflight(args) -> (error line or None, number of jobs or None): every job checked before any starts
+# preflight(args) -> (error line or None, number of jobs or None): every job checked first
 from noisybench.preflight import preflight
 from noisybench.rundir import Interrupted
 from noisybench.threads import ThreadsCallback
@@ -262,7 +262,8 @@ def noise_main(args: list[str]) -> int:
 def _write_noise(out: Path, cfg, pool, report) -> None:
     import numpy as np
 
-    from noisybench.noise.report import format_matrix, save_heatmap  # numpy, matplotlib: `noise` only
+    # here: numpy and matplotlib, for `noise` only
+    from noisybench.noise.report import format_matrix, save_heatmap
 
     counts, T = np.array(report["transition_counts"]), np.array(report["transition_matrix"])
     atomic_write_json(out / "noise.json", {"dataset": cfg.dataset.name, **report})

@@ -1,4 +1,4 @@
-"""The classification data pipeline: dataset pool -> noisy labels (cached) -> train/val/test tensors.
+"""The classification data pipeline: dataset pool -> noisy labels (cached) -> tensors.
 
 Tasks call `build_data` (noisybench.tasks.classification); `noisybench noise` calls `build_noise`
 alone. Nothing here trains.

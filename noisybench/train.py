@@ -2,12 +2,13 @@
 
 A run is driven in phases over one `RunState`, which is also what its checkpoint holds:
 
-    setup(cfg, rd)       data (noise.json), model, method, optimizer and schedule, seeded -> (Run, RunState)
-    resume(r, st, ckpt)  the checkpoint loaded into the state, and this attempt added to its history
-    run_epoch(r, st)     one epoch (or the rest of an interrupted one): its steps, its metrics.csv row
+    setup(cfg, rd)       data (noise.json); seeded model, method, optimizer -> (Run, RunState)
+    resume(r, st, ckpt)  the checkpoint loaded into the state; this attempt added to its history
+    run_epoch(r, st)     one epoch (or the rest of an interrupted one): its steps, its metrics row
     finish(r, st)        result.json, the trackers' result, the checkpoint removed
 
-`Run` (r) is what the run is built from and does not change; `RunState` (st) is what training changes.
+`Run` (r) is what the run is built from and does not change; `RunState` (st) is what training
+changes.
 
 Files in the run directory: metrics.csv (one row per epoch, rewritten atomically each epoch),
 noise.json (realised rate and transition matrix), checkpoint.pt (every trainer.checkpoint_every
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Run:
-    """What a run is built from and does not change while it trains (none of it is in the checkpoint)."""
+    """What a run is built from and does not change while it trains (none of it is checkpointed)."""
 
     cfg: DictConfig
     rd: RunDir
@@ -81,9 +82,9 @@ class Run:
 
 @dataclass
 class RunState:
-    """Where a run stands and every object the next step depends on. `state_dict()` is the checkpoint
-    (its keys are checkpoint.pt's format) and `load_state_dict` its inverse: resuming from it gives the
-    numbers of never stopping (bit for bit on CPU)."""
+    """Where a run stands and every object the next step depends on. `state_dict()` is the
+    checkpoint (its keys are checkpoint.pt's format) and `load_state_dict` its inverse: resuming
+    from it gives the numbers of never stopping (bit for bit on CPU)."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -100,10 +101,11 @@ class RunState:
     spent: float = 0.0  # training seconds of earlier attempts
     resumed_from: list[dict] = field(default_factory=list)  # where each earlier attempt stopped
     revisions: list = field(default_factory=list)  # the git revision of every attempt, oldest first
-    stats: dict = field(default_factory=lambda: {"writes": 0, "seconds": 0.0, "bytes": 0})  # checkpoint cost
+    # checkpoint cost, over all attempts
+    stats: dict = field(default_factory=lambda: {"writes": 0, "seconds": 0.0, "bytes": 0})
     # this attempt's own, not in the checkpoint:
     started: float = 0.0  # time.perf_counter() when this attempt started training
-    weights: dict[int, np.ndarray] = field(default_factory=dict)  # per-sample weights by 0-based epoch
+    weights: dict[int, np.ndarray] = field(default_factory=dict)  # sample weights by 0-based epoch
     divergence: dict | None = None  # why the run diverged (noisybench.record.diverged)
     method_metrics: dict = field(default_factory=dict)  # the last epoch's epoch_metrics
 
@@ -112,12 +114,15 @@ class RunState:
 
     def state_dict(self) -> dict:
         return {
-            "epoch": self.epoch, "batch": self.batch, "perm": self.perm, "total": self.total, "rows": self.rows,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "batch": self.batch, "perm": self.perm, "total": self.total,
+            "rows": self.rows, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "method": self.method.state_dict(), "rng": self._rng_state(),
-            "train_time": self.train_time(), "resumed_from": self.resumed_from, "revisions": self.revisions,
-            "checkpoint_stats": {**self.stats, "writes": self.stats["writes"] + 1}}  # counting itself
+            "train_time": self.train_time(), "resumed_from": self.resumed_from,
+            "revisions": self.revisions,
+            # the cost so far, this write counted
+            "checkpoint_stats": {**self.stats, "writes": self.stats["writes"] + 1}}
 
     def load_state_dict(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -126,16 +131,18 @@ class RunState:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.method.load_state_dict(ckpt["method"])
         self._set_rng_state(ckpt["rng"])
-        self.epoch, self.batch, self.rows, self.spent = ckpt["epoch"], ckpt["batch"], ckpt["rows"], ckpt["train_time"]
+        self.epoch, self.batch, self.rows = ckpt["epoch"], ckpt["batch"], ckpt["rows"]
+        self.spent = ckpt["train_time"]
         if ckpt["perm"] is not None:
-            self.perm, self.total = to_device(ckpt["perm"], self.device), ckpt["total"].to(self.device)
+            self.perm = to_device(ckpt["perm"], self.device)
+            self.total = ckpt["total"].to(self.device)
         self.resumed_from = list(ckpt["resumed_from"])
-        self.revisions = list(ckpt.get("revisions", [None]))  # (checkpoints from before revisions were kept)
+        self.revisions = list(ckpt.get("revisions", [None]))  # (older checkpoints have none)
         self.stats.update(ckpt["checkpoint_stats"])
 
     def _rng_state(self) -> dict:
-        cuda = self.device.type == "cuda"
-        return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {"torch": torch.get_rng_state(), "cuda": cuda,
                 "shuffle": self.shuffle.get_state(), "augment": self.aug_gen.get_state()}
 
     def _set_rng_state(self, state: dict) -> None:
@@ -189,11 +196,12 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
         resume(r, st, ckpt)
     st.started = time.perf_counter()
     epoch_log = _run_log(rd.path)
-    epoch_log.info("%s %s after %d of %d epochs", "resumed" if ckpt else "started", rd.path, st.epoch, r.epochs)
-    bar = tqdm(range(st.epoch, r.epochs), desc=f"{cfg.method.name} {cfg.dataset.name}", disable=not progress,
-               leave=False, initial=st.epoch, total=r.epochs)
-    # trackers (logger=...): given the epochs a checkpoint holds, then each epoch; closed as interrupted or
-    # failed when an exception leaves the loop, finished with the record
+    epoch_log.info("%s %s after %d of %d epochs", "resumed" if ckpt else "started", rd.path,
+                   st.epoch, r.epochs)
+    bar = tqdm(range(st.epoch, r.epochs), desc=f"{cfg.method.name} {cfg.dataset.name}",
+               disable=not progress, leave=False, initial=st.epoch, total=r.epochs)
+    # trackers (logger=...): given the epochs a checkpoint holds, then each epoch; closed as
+    # interrupted or failed when an exception leaves the loop, finished with the record
     with loggers.opened(cfg, rd, st.rows) as trackers, StopOnSignal() as signalled:
         for _ in bar:
             row = run_epoch(r, st, signalled)
@@ -211,8 +219,8 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
 
 
 def setup(cfg: DictConfig, rd: RunDir, revision: str | None) -> tuple[Run, RunState]:
-    """The data (noise.json written), then, seeded, the model, method, optimizer and schedule as a new
-    run starts them (resume() loads a checkpoint into them)."""
+    """The data (noise.json written), then, seeded, the model, method, optimizer and schedule as a
+    new run starts them (resume() loads a checkpoint into them)."""
     t, seed = cfg.trainer, int(cfg.seed)
     device = resolve_device(str(t.device))
     task = make_task(cfg.dataset)
@@ -228,39 +236,43 @@ def setup(cfg: DictConfig, rd: RunDir, revision: str | None) -> tuple[Run, RunSt
     aug_gen = torch.Generator(device=device).manual_seed(seed)
     model = model.to(device)
     fast = resolve_fast_path(t, device, ds.x_train, model)  # noisybench.fastpath
-    model = fast.prepare(model)  # channels_last / compiled, in place (the state_dict keys do not change)
+    model = fast.prepare(model)  # channels_last / compiled, in place (same state_dict keys)
     method = build(cfg.method)(num_classes=task.num_classes(ds)).to(device)
     method.task = task
     epochs, bs = int(t.epochs), int(t.batch_size)
-    optimizer, scheduler, step_schedule = _build_optimizer(cfg.optim, model, epochs * -(-len(ds.y_train) // bs))
+    steps = epochs * -(-len(ds.y_train) // bs)  # the run's optimizer steps, for per-step schedules
+    optimizer, scheduler, step_schedule = _build_optimizer(cfg.optim, model, steps)
     method.on_train_start(ds.x_train, ds.y_train, seed)
     if method.needs_clean_validation:  # opt-in baselines only; recorded as uses_clean_labels
         method.on_clean_validation(ds.x_val, ds.y_val_clean)
-    r = Run(cfg=cfg, rd=rd, device=device, task=task, ds=ds, noise_report=noise_report, fast=fast,
-              augment=augment, step_schedule=step_schedule, corrupted=ds.y_train != ds.y_train_clean,
-              revision=revision, epochs=epochs, batch_size=bs, eval_batch_size=int(t.eval_batch_size),
-              eval_every=int(t.eval_every), checkpoint_every=int(t.get("checkpoint_every", 1)),
-              keep_checkpoint=bool(t.get("keep_checkpoint")),
-              max_loss=t.get("max_train_loss", DEFAULT_MAX_TRAIN_LOSS), save_weights_at=weight_epochs(t))
-    st = RunState(model=model, optimizer=optimizer, scheduler=scheduler, method=method, device=device,
-                  shuffle=shuffle, aug_gen=aug_gen, revisions=[revision])
+    r = Run(cfg=cfg, rd=rd, device=device, task=task, ds=ds, noise_report=noise_report,
+            fast=fast, augment=augment, step_schedule=step_schedule,
+            corrupted=ds.y_train != ds.y_train_clean, revision=revision, epochs=epochs,
+            batch_size=bs, eval_batch_size=int(t.eval_batch_size), eval_every=int(t.eval_every),
+            checkpoint_every=int(t.get("checkpoint_every", 1)),
+            keep_checkpoint=bool(t.get("keep_checkpoint")),
+            max_loss=t.get("max_train_loss", DEFAULT_MAX_TRAIN_LOSS),
+            save_weights_at=weight_epochs(t))
+    st = RunState(model=model, optimizer=optimizer, scheduler=scheduler, method=method,
+                  device=device, shuffle=shuffle, aug_gen=aug_gen, revisions=[revision])
     return r, st
 
 
-def _build_model(cfg: DictConfig, task: Task, ds: Dataset) -> tuple[torch.nn.Module, Callable | None]:
-    """The model and the training batches' augmentation. The dataset's transform: normalisation inside
-    the model (every caller of the model gets normalised floats from the compact stored tensors),
+def _build_model(cfg: DictConfig, task: Task, ds: Dataset):
+    """(model, augmentation or None). The dataset's transform: normalisation inside the model
+    (every caller of the model gets normalised floats from the compact stored tensors),
     augmentation of training batches only."""
     model = task.build_model(cfg.model, ds)
     transform = build(cfg.dataset.transform) if cfg.dataset.get("transform") is not None else None
     if transform is None:
         return model, None
-    return torch.nn.Sequential(transform.normalizer(), model), (transform.augment if transform.augments else None)
+    augment = transform.augment if transform.augments else None
+    return torch.nn.Sequential(transform.normalizer(), model), augment
 
 
 def _build_optimizer(optim: DictConfig, model: torch.nn.Module, steps: int):
-    """(optimizer, scheduler or None, whether the scheduler steps per optimizer step); `steps`: the run's
-    optimizer steps, for per-step schedules that take `total_steps`."""
+    """(optimizer, scheduler or None, whether the scheduler steps per optimizer step); `steps`:
+    the run's optimizer steps, for per-step schedules that take `total_steps`."""
     try:
         optimizer = build(optim.optimizer)(model.parameters())
     except ValueError as e:
@@ -270,8 +282,10 @@ def _build_optimizer(optim: DictConfig, model: torch.nn.Module, steps: int):
         return optimizer, None, False
     make_scheduler = build(sched_cfg)
     takes = inspect.signature(make_scheduler).parameters
-    scheduler = make_scheduler(optimizer, **({"total_steps": steps} if "total_steps" in takes else {}))
-    return optimizer, scheduler, getattr(scheduler, "interval", "epoch") == "step"  # else once per epoch
+    scheduler = make_scheduler(optimizer,
+                               **({"total_steps": steps} if "total_steps" in takes else {}))
+    per_step = getattr(scheduler, "interval", "epoch") == "step"  # else stepped once per epoch
+    return optimizer, scheduler, per_step
 
 
 def resume(r: Run, st: RunState, ckpt: dict) -> None:
@@ -284,7 +298,7 @@ def resume(r: Run, st: RunState, ckpt: dict) -> None:
              f" and {batches} batches" if st.batch else "")
     # per-sample weights at the epochs the earlier attempts finished
     st.weights = {e: w for e, w in load_weights(r.rd.path).items() if e < st.epoch}
-    if st.epoch >= r.epochs:  # a checkpoint at the very end (keep_checkpoint) resumes straight to the record
+    if st.epoch >= r.epochs:  # a checkpoint at the very end (keep_checkpoint): on to the record
         st.method_metrics = st.method.epoch_metrics(r.corrupted)
 
 
@@ -304,7 +318,8 @@ def run_epoch(r: Run, st: RunState, signalled: StopOnSignal) -> dict:
         if st.divergence is None:
             raise
         st.method_metrics = {}  # diagnostics of non-finite weights: not worth a crash
-    row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **st.method.state(), **st.method_metrics}
+    row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **st.method.state(),
+           **st.method_metrics}
     if epoch in r.save_weights_at:
         _keep_weights(r, st, epoch)
     if (epoch + 1) % r.eval_every == 0 or epoch == r.epochs - 1 or st.divergence:
@@ -377,22 +392,24 @@ def _interrupt(r: Run, st: RunState, signalled: StopOnSignal) -> None:
 
 def finish(r: Run, st: RunState, trackers: loggers.Trackers, epoch_log: logging.Logger,
            train_time: float) -> dict:
-    """result.json (the run is finished from then on), the trackers' result, the checkpoint removed."""
+    """result.json (the run is finished from then on), the trackers' result, no checkpoint."""
     try:  # a failure before the trackers have the result closes them as failed (not left running)
-        record = make_record(r.cfg, st.rows, r.noise_report, r.ds, st.method, r.task.metric, r.device,
-                             train_time, st.method_metrics, revision=st.revisions[-1])
+        record = make_record(r.cfg, st.rows, r.noise_report, r.ds, st.method, r.task.metric,
+                             r.device, train_time, st.method_metrics, revision=st.revisions[-1])
         record.update(r.fast.record())  # the effective precision, channels_last and compile
-        if len({rev for rev in st.revisions if rev}) > 1:  # resumed under other code: every attempt's, oldest first
-            record["git_revisions"] = st.revisions
+        if len({rev for rev in st.revisions if rev}) > 1:
+            record["git_revisions"] = st.revisions  # resumed under other code: oldest first
+        stats = {**st.stats, "seconds": round(st.stats["seconds"], 4)}
         record.update(diverged=st.divergence, identity=r.rd.hash, resumed_from=st.resumed_from,
-                      checkpoint={"every": r.checkpoint_every, **st.stats, "seconds": round(st.stats["seconds"], 4)})
+                      checkpoint={"every": r.checkpoint_every, **stats})
         atomic_write_json(r.rd.path / "result.json", record)
     except BaseException:
         trackers.close("failed")
         raise
     trackers.finish(record)
-    epoch_log.info("finished: test_last=%.4f test_selected=%s val_selected=%s train_time=%.1fs", record["test_last"],
-                   _fmt(record["test_selected"]), _fmt(record["val_selected"]), record["train_time_s"])
+    epoch_log.info("finished: test_last=%.4f test_selected=%s val_selected=%s train_time=%.1fs",
+                   record["test_last"], _fmt(record["test_selected"]), _fmt(record["val_selected"]),
+                   record["train_time_s"])
     _close_log(epoch_log)
     if not r.keep_checkpoint:
         r.rd.remove_checkpoint()

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from noisybench.data import Pool
-from noisybench.data import download as nbdownload  # (fetch looked up when called: tests replace it)
+from noisybench.data import download as nbdownload  # (fetch looked up when called: tests patch it)
 from noisybench.errors import ConfigError, DataError
 from noisybench.utils import atomic_write_text
 
