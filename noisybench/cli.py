@@ -3,11 +3,25 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
+import os
+import secrets
+import signal
 import sys
+import time
 from pathlib import Path
 
-from noisybench.errors import NoisybenchError, one_line
+from omegaconf import OmegaConf
+
+from noisybench import __version__
+from noisybench.completion import completion_main, hydra_shell_completion
+from noisybench.config import CONFIG_NAME, config_path, hydra_context, register_resolvers
+from noisybench.errors import ConfigError, NoisybenchError, one_line
+from noisybench.hydra_errors import condense, missing_key_hint
+# preflight(args) -> (error line or None, number of jobs or None): every job checked first
+from noisybench.preflight import preflight
+from noisybench.rundir import Interrupted
+from noisybench.threads import ThreadsCallback
+from noisybench.utils import atomic_write_json
 
 USAGE = """usage: noisybench <command> [args]
 
@@ -40,35 +54,9 @@ EXIT_USAGE, EXIT_FAILED = 2, 1
 
 
 def exit_code(e: BaseException) -> int:
-    from noisybench.errors import ConfigError
-
     return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_FAILED
 # Hydra's multirun flags (a resumed command gets its own).
 _HYDRA_FLAGS = {"-m", "--multirun"}
-
-
-def _condense_hydra_error(e: Exception) -> str:
-    msg = str(e)
-    if "Could not find" in msg and "Available options" in msg:
-        head, _, opts = msg.partition("Available options")
-        opts = opts.split("Config search path")[0]
-        options = ", ".join(o.strip() for o in opts.split("\n")[1:] if o.strip())
-        found = re.search(r"in (\S+)", opts.split("\n")[0])
-        group = found.group(1).strip("':") if found else "the group"
-        return f"{one_line(head).rstrip('.')}. Choose one of {group}: {options}"
-    deleted = _deleted_group(msg)
-    if deleted:
-        return deleted
-    cause = e.__cause__
-    parts = [msg.split("\n")[0]]
-    if "Could not override" in msg or "not in struct" in msg or "Key" in msg:
-        parts.append("check the spelling (noisybench train --cfg job lists every option, --cfg hydra "
-                     "Hydra's own)")
-    if "Config group override must be a string" in msg:
-        parts = ["a config group needs one of its choices, not null (noisybench train --help lists them)"]
-    if cause is not None and str(cause).split("\n")[0] not in parts[0]:
-        parts.insert(1, str(cause).split("\n")[0])
-    return one_line(". ".join(p.rstrip(".") for p in parts if p))
 
 
 def _output_error(e: Exception, what: str, out) -> int:
@@ -82,40 +70,13 @@ def _output_error(e: Exception, what: str, out) -> int:
     return EXIT_FAILED
 
 
-def _deleted_group(msg: str) -> str | None:
-    """A required group removed on the command line (`~method`) breaks the `${method}_${dataset}`
-    defaults: say which group is missing and how to choose one, instead of Hydra's interpolation error."""
-    found = re.search(r"Error resolving interpolation '\$\{(\w+)\}_\$\{(\w+)\}', possible interpolation keys: ([\w/, ]+)", msg)
-    if not found:
-        return None
-    present = {k.strip() for k in found.group(3).split(",")}
-    missing = [g for g in found.group(1, 2) if g not in present]
-    if not missing:
-        return None
-    from omegaconf import OmegaConf
-
-    from noisybench.config import CONFIG_NAME, config_files
-
-    group = missing[0]
-    choices = sorted(p.name[:-5] for p in config_files().joinpath(group).iterdir() if p.name.endswith(".yaml"))
-    defaults = OmegaConf.create(config_files().joinpath(f"{CONFIG_NAME}.yaml").read_text()).defaults
-    default = next((str(d[group]) for d in defaults if isinstance(d, dict) or OmegaConf.is_dict(d)
-                    if group in d), choices[0])
-    return (f"the config has no {group} (a `~{group}` on the command line removes it, and every run needs one); "
-            f"choose one, e.g. {group}={default} (choices: {', '.join(choices)})")
-
-
-# preflight(args) -> (error line or None, number of jobs or None): every job checked before any starts
-from noisybench.preflight import preflight  # noqa: E402
-
-
 def _train_task(cfg) -> float:
     """One job; returns its objective (`objective`, default val_selected; NaN when the run failed),
     which Hydra sweepers that optimise (Optuna) read."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from noisybench.train import run
+    from noisybench.train import run  # here: the runner imports torch (not for --help or TAB)
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -151,8 +112,6 @@ def _train_task(cfg) -> float:
 
 def _resume_args(args: list[str]) -> list[str]:
     """`--resume DIR [overrides]`: the command that made DIR (a run or a sweep), into DIR again."""
-    from omegaconf import OmegaConf
-
     i = args.index("--resume")
     if i + 1 >= len(args) or args[i + 1].startswith("-"):
         raise NoisybenchError("--resume needs a run or sweep directory, e.g. noisybench train --resume "
@@ -174,12 +133,9 @@ def _resume_args(args: list[str]) -> list[str]:
 
 
 def train_main(args: list[str]) -> int:
-    import hydra
+    import hydra  # here: Hydra's app machinery is not needed for --help or TAB
 
-    from noisybench.config import CONFIG_NAME, config_path, register_resolvers
-    from noisybench.report.callback import SweepTablesCallback
-    from noisybench.rundir import Interrupted
-    from noisybench.threads import ThreadsCallback
+    from noisybench.report.callback import SweepTablesCallback  # pandas, as above
 
     if "--resume" in args:
         try:
@@ -244,10 +200,6 @@ def _resume_target(run_dir: Path) -> Path:
 
 def _noise_run_dir() -> Path:
     """A fresh directory under $NOISYBENCH_OUTPUT_DIR (default outputs/)/noise/, like a train run's."""
-    import os
-    import secrets
-    import time
-
     base = Path(os.environ.get("NOISYBENCH_OUTPUT_DIR") or "outputs")
     return base / "noise" / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-{secrets.token_hex(3)}"
 
@@ -275,8 +227,9 @@ def noise_main(args: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from noisybench.config import CONFIG_NAME, hydra_context, register_resolvers, validate
-    from noisybench.train import build_noise
+    # here: checks and the pipeline import torch (not for --help or TAB)
+    from noisybench.checks import validate
+    from noisybench.pipeline import build_noise
 
     register_resolvers()
     overrides = [a for a in args if not a.lstrip("+~").startswith("hydra")]
@@ -289,13 +242,11 @@ def noise_main(args: list[str]) -> int:
         print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
         return exit_code(e)
     except (HydraException, OmegaConfBaseException) as e:
-        from noisybench.preflight import missing_key_hint
-
         def app_config(overrides):
             with hydra_context():
                 return compose(CONFIG_NAME, overrides=overrides)
 
-        print(f"noisybench: error: {missing_key_hint(e, overrides, app_config) or _condense_hydra_error(e)}",
+        print(f"noisybench: error: {missing_key_hint(e, overrides, app_config) or condense(e)}",
               file=sys.stderr)
         return EXIT_USAGE
     out = out or _noise_run_dir()
@@ -311,8 +262,8 @@ def noise_main(args: list[str]) -> int:
 def _write_noise(out: Path, cfg, pool, report) -> None:
     import numpy as np
 
+    # here: numpy and matplotlib, for `noise` only
     from noisybench.noise.report import format_matrix, save_heatmap
-    from noisybench.utils import atomic_write_json
 
     counts, T = np.array(report["transition_counts"]), np.array(report["transition_matrix"])
     atomic_write_json(out / "noise.json", {"dataset": cfg.dataset.name, **report})
@@ -331,6 +282,7 @@ def _write_noise(out: Path, cfg, pool, report) -> None:
 
 
 def report_main(args: list[str]) -> int:
+    # here, not at the top: the report package imports pandas (not for --help or TAB)
     from noisybench.report.layout import CONFIG_COL, varied_keys
     from noisybench.report.records import left_out_note, load_runs
     from noisybench.report.tables import DEFAULT_KINDS, KINDS
@@ -389,6 +341,7 @@ def report_main(args: list[str]) -> int:
 
 
 def plot_main(args: list[str]) -> int:
+    # here, not at the top: the report package imports pandas (not for --help or TAB)
     from noisybench.report.figures import FORMATS
 
     p = argparse.ArgumentParser(prog="noisybench plot",
@@ -461,8 +414,6 @@ def plot_main(args: list[str]) -> int:
     return 0
 
 
-from noisybench.completion import completion_main, hydra_shell_completion  # noqa: E402
-
 COMMANDS = {"train": train_main, "noise": noise_main, "report": report_main, "plot": plot_main,
             "completion": completion_main}
 
@@ -471,8 +422,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except BrokenPipeError:  # `noisybench report ... | head -3`: the reader left; stop quietly
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141  # 128 + SIGPIPE, as a program killed by it
 
@@ -484,8 +433,6 @@ def _main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd in ("-V", "--version"):
-        from noisybench import __version__
-
         print(__version__)
         return 0
     if cmd not in COMMANDS:
@@ -494,10 +441,6 @@ def _main(argv: list[str] | None = None) -> int:
         return 2
     if cmd == "train" and {"-sc", "--shell-completion"} & set(rest):  # Hydra's flag: see noisybench.completion
         return hydra_shell_completion(rest)
-    import signal
-
-    from noisybench.rundir import Interrupted
-
     def on_term(signum, frame):  # outside the training loop (which stops at a safe point itself)
         raise Interrupted(signum, "before training started (nothing to resume from yet)", None)
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 import os
 import re
 import sys
-from pathlib import Path
+
+from noisybench.config import config_path
+from noisybench.preflight import config_loader, parse_args
 
 SUBCOMMANDS = ("train", "noise", "report", "plot", "completion")
 FLAGS = {
@@ -69,10 +71,8 @@ options (noisybench train method=<TAB>), add this line to ~/.bashrc:
 
 
 def primary_config_path() -> str:
-    """noisybench.config.config_path() without importing torch (that module does; TAB must be fast):
-    the checkout's conf/ when running from source, else the wheel's package data."""
-    src = Path(__file__).resolve().parent.parent / "conf"
-    return str(src) if (src / "train.yaml").is_file() else "pkg://noisybench.conf"
+    """The config tree `noisybench train` composes from (noisybench.config.config_path)."""
+    return config_path()
 
 
 def _drop_own_flags(words: list[str], sub: str) -> list[str]:
@@ -112,8 +112,6 @@ def candidates(line: str) -> list[str]:
 def _hydra_query(args: list[str], token: str) -> list[str]:
     """Hydra's CompletionPlugin query on the search path `noisybench train ARGS` would use."""
     from hydra.plugins.completion_plugin import DefaultCompletionPlugin
-
-    from noisybench.preflight import config_loader, parse_args
 
     ns = parse_args(args)
     if ns is None:

@@ -32,7 +32,11 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 from urllib.parse import urlparse
 
+from omegaconf import OmegaConf
+
+from noisybench.config import build
 from noisybench.errors import ConfigError, one_line
+from noisybench.rundir import Interrupted
 from noisybench.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -303,8 +307,6 @@ class MLflow(Tracker):
 
 def build_all(cfg) -> list[Tracker]:
     """The trackers `logger` configures (checks their packages: MissingPackage)."""
-    from noisybench.config import build
-
     node = cfg.get("logger")
     return [build(node[name]) for name in (node.keys() if node is not None else ())]
 
@@ -367,10 +369,6 @@ def _quietly(fn, *args) -> None:
 def opened(cfg, rd, done: list[dict]) -> Iterator[Trackers]:
     """Start the configured trackers for run directory `rd` (a RunDir) with the epochs `done` a
     checkpoint holds; on an exception inside, close them as interrupted or failed."""
-    from omegaconf import OmegaConf
-
-    from noisybench.rundir import Interrupted
-
     trackers = build_all(cfg)
     group = rd.path.parent if (rd.path.parent / "multirun.yaml").is_file() else None
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("hydra", "logger")}

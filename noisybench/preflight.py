@@ -5,7 +5,7 @@ parser and sweep expansion) and builds the config search path the way `@hydra.ma
 tree, `-cp/--config-path`, `-cn/--config-name`, `-cd/--config-dir`, `hydra.searchpath=[...]`), so it
 checks the jobs the run will start, with the configs they will get:
 
-- a single run: its config is composed and checked (`noisybench.config.validate`);
+- a single run: its config is composed and checked (`noisybench.checks.validate`);
 - a multirun with Hydra's basic sweeper: the grid is expanded by `BasicSweeper.split_arguments` from
   `hydra.sweeper.params` and the command line, after `glob(...)` (matched against the config group's
   options, as the sweeper does), `range(...)` and choice sweeps; EVERY job is checked before the first
@@ -34,6 +34,14 @@ import itertools
 import os
 from collections import OrderedDict
 from typing import Any
+
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from noisybench.config import CONFIG_NAME, config_path, register_resolvers
+from noisybench.errors import ConfigError, NoisybenchError, one_line
+from noisybench.hydra_errors import condense, missing_key_hint
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 COMBINATION_LIMIT = 4096  # non-basic sweepers: checked axis values are combined in full up to this
@@ -123,7 +131,8 @@ class _Checker:
     def __init__(self, loader, config_name: str) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        from noisybench.config import validate
+        # here, not at the top: checks imports torch, and the CLI imports this module for --help and TAB
+        from noisybench.checks import validate
 
         self.loader, self.config_name, self.validate = loader, config_name, validate
         self.parser = OverridesParser.create(config_loader=loader)
@@ -234,10 +243,6 @@ class _Checker:
 def check_output_dir(cfg, key: str) -> None:
     """The run's (or sweep's) directory can be made and written by this user: else one line naming
     the key, instead of Hydra's traceback when it creates the directory."""
-    from omegaconf import OmegaConf
-
-    from noisybench.errors import ConfigError
-
     try:
         path = OmegaConf.select(cfg, key)
     except Exception:  # an interpolation Hydra resolves later (it reports its own errors)
@@ -257,44 +262,6 @@ def check_output_dir(cfg, key: str) -> None:
                           "(or set NOISYBENCH_OUTPUT_DIR / NOISYBENCH_MULTIRUN_DIR)")
 
 
-def missing_key_hint(error: Exception, overrides: list[str], app_config) -> str | None:
-    """Hydra's "Could not override 'trainer.epoch' ... not in struct" as one line with the fix: the
-    nearest existing key, or `+KEY=VALUE` when KEY is a parameter its node's target takes but the
-    config does not set (e.g. +optim.optimizer.dampening=0.1). None for other errors."""
-    import re
-
-    from noisybench.schema import HELP, known_keys, suggest
-
-    m = re.search(r"Could not override '([^']+)'", str(error))
-    if not m or app_config is None or "not in struct" not in f"{error} {error.__cause__}":
-        return None
-    key = m.group(1)
-    mine = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
-    value = mine[-1].split("=", 1)[1] if mine and "=" in mine[-1] else None
-    rest = [o for o in overrides if o not in mine]
-    try:
-        cfg = app_config(rest)
-    except Exception:
-        return None
-    prefix, _, name = key.rpartition(".")
-    from omegaconf import DictConfig, OmegaConf
-
-    node = OmegaConf.select(cfg, prefix) if prefix else cfg
-    shown = "" if value is None else f"={value}"
-    if isinstance(node, DictConfig) and node.get("_target_") and name in known_keys(cfg, prefix):
-        return (f"{key} is not set by the config; {node['_target_'].rsplit('.', 1)[-1]} takes it, so add it "
-                f"with +{key}{shown} ({HELP})")
-    group, _, rest = key.partition(".")
-    choice = rest.split(".")[0]
-    if choice and isinstance(cfg.get(group), DictConfig) and choice not in cfg[group]:
-        from noisybench.config import config_files
-
-        if (config_files() / group / f"{choice}.yaml").is_file():  # e.g. logger.wandb.mode without logger=wandb
-            return (f"{key} is an option of {group}={choice}, which the command does not choose; add "
-                    f"{group}={choice}")
-    return f"{key} is not an option (nothing would read it); {suggest(cfg, key, value)}"
-
-
 def preflight(args: list[str]) -> tuple[str | None, int | None]:
     """Compose and check every job of `noisybench train ARGS` before anything is written.
 
@@ -305,14 +272,6 @@ def preflight(args: list[str]) -> tuple[str | None, int | None]:
     ns = parse_args(args)
     if ns is None or any(getattr(ns, flag, None) for flag in _NO_RUN):
         return None, None
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from noisybench.cli import _condense_hydra_error
-    from noisybench.errors import one_line
-    from noisybench.config import CONFIG_NAME, config_path, register_resolvers
-    from noisybench.errors import NoisybenchError
-
     register_resolvers()
     where, checker = "", None
     try:
@@ -338,6 +297,6 @@ def preflight(args: list[str]) -> tuple[str | None, int | None]:
         return one_line(error) + where, None
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         hint = missing_key_hint(error, list(ns.overrides), checker.app_config if checker else None)
-        return (hint or _condense_hydra_error(error)) + where, None
+        return (hint or condense(error)) + where, None
     # e.g. a constructor's TypeError for a key the class does not take (`++method.q=0.5` with method=dal)
-    return f"{type(error).__name__}: {_condense_hydra_error(error)}{where}", None
+    return f"{type(error).__name__}: {condense(error)}{where}", None

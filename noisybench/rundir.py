@@ -1,4 +1,4 @@
-"""A run's identity and the life of its directory (DESIGN §5).
+"""A run's identity and the life of its directory (docs/runs.md).
 
 Identity: the resolved config minus where it writes and how it reports (`NOT_IDENTITY`), hashed.
 Two runs with the same identity are the same run. A run directory holds one identity

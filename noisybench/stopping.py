@@ -10,6 +10,8 @@ from __future__ import annotations
 import signal
 import threading
 
+from noisybench.rundir import Interrupted
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FORWARDED = tuple(s for s in (getattr(signal, "SIGUSR2", None),) if s is not None)
 
@@ -21,8 +23,6 @@ class StopOnSignal:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # the second one: do not wait for the safe point
-            from noisybench.rundir import Interrupted
-
             raise Interrupted(signum, "again, before the next safe point (no new checkpoint)", None)
         self.signum = signum
 

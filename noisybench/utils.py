@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+from noisybench import __version__
+
 
 def _umask() -> int:
     mask = os.umask(0o022)  # read it (the only way), put it back
@@ -91,8 +93,6 @@ def git_revision() -> str | None:
 def versions() -> dict[str, str]:
     import numpy
     import torch
-
-    from noisybench import __version__
 
     return {"noisybench": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": sys.version.split()[0], "platform": platform.platform()}

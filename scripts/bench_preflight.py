@@ -33,7 +33,8 @@ def old_preflight(overrides: list[str]) -> int:
     from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from noisybench.config import CONFIG_NAME, hydra_context, validate
+    from noisybench.checks import validate
+    from noisybench.config import CONFIG_NAME, hydra_context
 
     axes = []
     for o in OverridesParser.create().parse_overrides(overrides):
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     print(code_origin(), flush=True)
     from hydra import compose
 
-    from noisybench.config import CONFIG_NAME, hydra_context, register_resolvers, validate
+    from noisybench.checks import validate
+    from noisybench.config import CONFIG_NAME, hydra_context, register_resolvers
     from noisybench.preflight import preflight
 
     register_resolvers()

@@ -35,7 +35,7 @@ from hydra import compose
 
 from noisybench.config import build, hydra_context
 from noisybench.methods.base import Batch
-from noisybench.train import build_data
+from noisybench.pipeline import build_data
 
 FAST = "method.first_order=true method.meta_interval=4"
 BREAKDOWN = {"storm first-order": ["method.first_order=true"],

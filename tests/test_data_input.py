@@ -20,7 +20,7 @@ from noisybench.data.digits import load_digits
 from noisybench.data.synthwoz import load_synthwoz
 from noisybench.data.text import TfidfFeatures, load_split_dir, stratified_split
 from noisybench.errors import ConfigError, DataError
-from noisybench.train import build_data
+from noisybench.pipeline import build_data
 
 # a config key as a user types it: `data_dir=...` or `<group>.<key>...=...`
 KEY = re.compile(r"(?<![\w.])((?:dataset|noise|model|method|optim|trainer)(?:\.[A-Za-z_]+)+|data_dir)=")

@@ -22,7 +22,8 @@ from noisybench.config import CONFIG_NAME, build, hydra_context, register_resolv
 from noisybench.data import mnist1d
 from noisybench.errors import ConfigError
 from noisybench.tasks import make_task
-from noisybench.train import build_data, run
+from noisybench.pipeline import build_data
+from noisybench.train import run
 
 # what each dataset trains by default (the dataset yaml's `override /model@_global_.model`)
 DEFAULT_MODEL = {"mnist1d": "cnn1d", "digits": "cnn1d", "fashion_mnist": "cnn28", "mnist": "cnn28",

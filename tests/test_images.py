@@ -171,7 +171,8 @@ def test_resnet18_and_34_parameter_counts_match_the_cifar_variants():
 def compose(overrides):
     from hydra import compose as hydra_compose
 
-    from noisybench.config import CONFIG_NAME, hydra_context, register_resolvers, validate
+    from noisybench.checks import validate
+    from noisybench.config import CONFIG_NAME, hydra_context, register_resolvers
 
     register_resolvers()
     with hydra_context():

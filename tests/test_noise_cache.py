@@ -256,7 +256,7 @@ def digits_cfg(tmp_path):
 
 @pytest.mark.parametrize("kind", ["zeros", "clean_labels", "minus_one", "ninety_nine", "old_version_no_checksum"])
 def test_build_noise_realised_rate_survives_a_tampered_cache(digits_cfg, tmp_path, caplog, kind):
-    from noisybench.train import build_noise
+    from noisybench.pipeline import build_noise
 
     pool, noisy0, rep0, _ = build_noise(digits_cfg)
     assert rep0["from_cache"] is False and abs(rep0["realized_noise_rate"] - 0.4) < 0.06

@@ -20,7 +20,9 @@ from noisybench.cli import main
 from noisybench.config import weight_epochs
 from noisybench.errors import ConfigError
 from noisybench.rundir import Interrupted
-from noisybench.train import WEIGHTS, _save_weights, run
+from noisybench.record import WEIGHTS
+from noisybench.record import save_weights as _save_weights
+from noisybench.train import run
 
 EPOCHS, N = 6, 200
 CONFIG = {
@@ -296,7 +298,7 @@ def test_default_weight_epochs_spread_over_the_run(make_cfg):
     assert weight_epochs(make_cfg("trainer.epochs=2").trainer) == {0, 1}
     assert weight_epochs(make_cfg("trainer.epochs=5", "trainer.save_weights_at=[2,5]").trainer) == {1, 4}
     assert weight_epochs(make_cfg("trainer.save_weights_at=[]").trainer) == set()
-    from noisybench.config import validate
+    from noisybench.checks import validate
 
     with pytest.raises(ConfigError, match="save_weights_at has epoch 9 but the run has trainer.epochs=2"):
         validate(make_cfg("trainer.save_weights_at=[1,9]"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+import noisybench.checks
 import noisybench.config
 from conftest import CONF_DIR, group_options
 from noisybench.cli import main
@@ -35,13 +36,13 @@ def seen(monkeypatch):
 
     register_resolvers()
     configs = []
-    real = noisybench.config.validate
+    real = noisybench.checks.validate
 
     def record(cfg):
         configs.append(cfg)
         real(cfg)
 
-    monkeypatch.setattr(noisybench.config, "validate", record)
+    monkeypatch.setattr(noisybench.checks, "validate", record)
     return configs
 
 

@@ -18,9 +18,10 @@ from noisybench import metrics
 from noisybench.data import sms_spam, youtube_spam
 from noisybench.data.text import load_split_dir, stratified_split
 from noisybench.errors import DataError
+from noisybench.pipeline import build_data
 from noisybench.report.records import load_summary
 from noisybench.report.tables import to_markdown
-from noisybench.train import build_data, run
+from noisybench.train import run
 
 WORDS = {"pos": ["great", "fine", "lovely", "good"], "neg": ["awful", "bad", "poor", "ugly"]}
 

@@ -11,7 +11,8 @@ import torch
 from conftest import group_options
 from noisybench.errors import ConfigError, DataError
 from noisybench.tasks import make_task
-from noisybench.train import build_data, run
+from noisybench.pipeline import build_data
+from noisybench.train import run
 
 RECORD_KEYS = {
     "dataset", "model", "method", "noise", "realized_noise_rate", "seed", "noise_seed", "epochs", "metric",

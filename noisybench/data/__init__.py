@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from noisybench.errors import ConfigError, DataError
+from noisybench.fastpath import to_device  # pinned and non-blocking onto a GPU
 
 
 @dataclass
@@ -51,8 +52,6 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
     def to(self, device: torch.device) -> "Dataset":
-        from noisybench.fastpath import to_device  # pinned and non-blocking onto a GPU
-
         moved = {k: (to_device(v, device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
         return type(self)(**moved)  # subclasses (e.g. DST's) keep their extra fields
 

@@ -15,7 +15,9 @@ from typing import Sequence
 import numpy as np
 
 from noisybench.data import Pool
+from noisybench.data import download as nbdownload  # (fetch looked up when called: tests patch it)
 from noisybench.errors import ConfigError, DataError
+from noisybench.utils import atomic_write_text
 
 SPLITS = ("train", "valid", "test")
 
@@ -152,8 +154,6 @@ def stratified_split(labels: np.ndarray, sizes: Sequence[int], seed: int) -> lis
 
 def write_tsv(path: Path, texts: Sequence[str], labels: Sequence[int]) -> None:
     """Write a split in the STORM format (atomically); tabs/newlines inside texts become spaces."""
-    from noisybench.utils import atomic_write_text
-
     lines = ["index\tsentence1\tlabel"]
     lines += [f"{i}\t{' '.join(t.split())}\t{y}" for i, (t, y) in enumerate(zip(texts, labels))]
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -254,8 +254,6 @@ def ensure_split_files(name: str, root: Path, archive_name: str, url: str, downl
     """train/valid/test.tsv in `root`, else made by `split_archive(archive, root)` from the dataset's
     archive in `root/raw/` (placed by hand, or downloaded when `download` is true; with download false
     the network is never touched and a missing archive is one line listing the ways to provide it)."""
-    from noisybench.data.download import fetch
-
     if all((root / f"{s}.tsv").is_file() for s in SPLITS):
         return
     archive = root / "raw" / archive_name
@@ -267,5 +265,5 @@ def ensure_split_files(name: str, root: Path, archive_name: str, url: str, downl
                             f"{root / 'raw'}, and downloading is off (dataset.loader.download=false, "
                             f"the default under NOISYBENCH_DOWNLOAD=false); {ways}, or allow the download "
                             "(dataset.loader.download=true, needs network)")
-        archive = fetch(url, archive, hint=ways)
+        archive = nbdownload.fetch(url, archive, hint=ways)
     split_archive(archive, root)

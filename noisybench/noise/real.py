@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from noisybench.data.cifarn import load_human_labels
 from noisybench.errors import ConfigError
 from noisybench.noise import NoiseInjector
 from noisybench.utils import resolve_data_dir
@@ -32,8 +33,6 @@ class RealNoise(NoiseInjector):
         self.folder = resolve_data_dir(data_dir) / str(human_labels.get("folder", "cifar-n"))
 
     def corrupt(self, labels, num_classes, rng, features):
-        from noisybench.data.cifarn import load_human_labels
-
         noisy = load_human_labels(self.folder / self.file, self.key, self.clean_key, labels,
                                   url=self.url, download=self.download)
         if noisy.min() < 0 or noisy.max() >= num_classes:

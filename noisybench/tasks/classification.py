@@ -7,7 +7,8 @@ import torch
 
 from noisybench.errors import ConfigError
 from noisybench.metrics import METRICS, memorization
-from noisybench.tasks import LossTerms, Task
+from noisybench.pipeline import build_data
+from noisybench.tasks.base import LossTerms, Task
 
 
 @torch.no_grad()
@@ -37,8 +38,6 @@ class ClassificationTask(Task):
             raise ConfigError(f"dataset.extra_metrics has unknown {unknown}; use any of {', '.join(METRICS)}")
 
     def build_data(self, cfg):
-        from noisybench.train import build_data  # the classification pipeline lives in the runner module
-
         return build_data(cfg)
 
     def model_kwargs(self, ds):

@@ -31,13 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from noisybench.config import build
 from noisybench.data import Dataset, split_pool, take_subset
 from noisybench.data.dialogue import (
     DONTCARE, G_DONTCARE, G_REFER, G_VALUE, GATES, NONE, PAD, SEP, UNK, Flat, encode, flatten, tokenize, update_labels,
 )
 from noisybench.errors import ConfigError
 from noisybench.metrics import gate_f1, joint_goal_accuracy, memorization, slot_accuracy
-from noisybench.tasks import LossTerms, Task
+from noisybench.tasks.base import LossTerms, Task
 from noisybench.utils import resolve_data_dir
 
 NONE_ID, DONTCARE_ID = 0, 1
@@ -75,6 +76,50 @@ def _take(flat: Flat, dialogue_of_row: np.ndarray, dialogues: np.ndarray, states
     return rows, states[rows], prev
 
 
+def _dialogue_split(pool, dataset_cfg) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) dialogue indices: the dataset's own dev set, else a seeded split."""
+    n = len(pool.train)
+    if pool.val_index is not None:
+        val_d = np.sort(np.asarray(pool.val_index, dtype=np.int64))
+        return np.setdiff1d(np.arange(n), val_d), val_d
+    return split_pool(n, float(dataset_cfg.val_fraction), int(dataset_cfg.split_seed))
+
+
+def _state_noise(cfg, pool):
+    """(injector, corrupt): the noise config and its function over cumulative states; one line for a
+    noise that cannot apply to dialogue states."""
+    injector = build(cfg.noise)
+    if getattr(injector, "real", False) and pool.clean_known:
+        raise ConfigError(f"dataset={cfg.dataset.name} has clean labels, no real noise; "
+                          "use noise=dst noise.rate=<rate> (or noise=none)")
+    corrupt = getattr(injector, "corrupt_states", None)
+    if corrupt is None:
+        if injector.rate != 0:
+            raise ConfigError(f"noise={cfg.noise.name} does not apply to dialogue states; "
+                              "use noise=dst noise.rate=<rate> (or noise=none)")
+        corrupt = lambda st, *a, **k: (st.copy(), None, {})  # noqa: E731 -- no noise
+    return injector, corrupt
+
+
+def _value_heads(st_train: np.ndarray, S: int):
+    """Each slot's value-head vocabulary: the values its (noisy) training states hold; the value id ->
+    head index maps and the [S, Vmax] table of value ids (-1 = padding)."""
+    vocab_s = [np.unique(st_train[:, s][st_train[:, s] > DONTCARE_ID]) for s in range(S)]
+    slot_vocab = [{int(g): i for i, g in enumerate(v)} for v in vocab_s]
+    vmax = max(1, max(len(v) for v in vocab_s))
+    table = np.full((S, vmax), -1, dtype=np.int64)
+    for s, v in enumerate(vocab_s):
+        table[s, :len(v)] = v
+    return vocab_s, slot_vocab, table
+
+
+def _token_vocab(texts, rows, min_count: int) -> list[str]:
+    """Token id -> token: the special tokens, then the training turns' tokens by count (then name)."""
+    counts = Counter(t for r in rows for t in texts[r])
+    return [PAD, UNK, SEP] + sorted((t for t, c in counts.items() if c >= min_count and t != SEP),
+                                    key=lambda t: (-counts[t], t))
+
+
 class DSTTask(Task):
     kind = "dialogue state tracking"
     model_hint = "a DST model, e.g. model=dst"
@@ -96,33 +141,17 @@ class DSTTask(Task):
 
     # ---- data ---------------------------------------------------------------------------------
     def build_data(self, cfg):
-        from noisybench.config import build
-
         pool = build(cfg.dataset.loader)(data_dir=str(resolve_data_dir(cfg.data_dir)))
         slots, S = pool.slots, len(pool.slots)
-        n = len(pool.train)
-        if pool.val_index is not None:
-            val_d = np.sort(np.asarray(pool.val_index, dtype=np.int64))
-            train_d = np.setdiff1d(np.arange(n), val_d)
-        else:
-            train_d, val_d = split_pool(n, float(cfg.dataset.val_fraction), int(cfg.dataset.split_seed))
+        train_d, val_d = _dialogue_split(pool, cfg.dataset)
 
         values = {NONE: NONE_ID, DONTCARE: DONTCARE_ID}
         flat = flatten(pool.train, slots, values)
-        dial = np.repeat(np.arange(n), [len(d.turns) for d in pool.train])
+        dial = np.repeat(np.arange(len(pool.train)), [len(d.turns) for d in pool.train])
         test = flatten(pool.test, slots, values)
         strings = [v for v, _ in sorted(values.items(), key=lambda kv: kv[1])]
 
-        injector = build(cfg.noise)
-        if getattr(injector, "real", False) and pool.clean_known:
-            raise ConfigError(f"dataset={cfg.dataset.name} has clean labels, no real noise; "
-                              "use noise=dst noise.rate=<rate> (or noise=none)")
-        corrupt = getattr(injector, "corrupt_states", None)
-        if corrupt is None:
-            if injector.rate != 0:
-                raise ConfigError(f"noise={cfg.noise.name} does not apply to dialogue states; "
-                                  "use noise=dst noise.rate=<rate> (or noise=none)")
-            corrupt = lambda st, *a, **k: (st.copy(), None, {})  # noqa: E731 -- no noise
+        injector, corrupt = _state_noise(cfg, pool)
         # after the noise checks above (a noise that cannot apply is the first thing to fix)
         train_d = take_subset(train_d, cfg.dataset.get("subset"), int(cfg.dataset.split_seed), unit="dialogues")
         slot_values = [np.unique(flat.states[:, s][flat.states[:, s] > DONTCARE_ID]) for s in range(S)]
@@ -135,13 +164,7 @@ class DSTTask(Task):
         tr_rows, st_train, prev_train = _take(flat, dial, train_d, noisy)
         va_rows, st_val, prev_val = _take(flat, dial, val_d, noisy)
         st_train_clean, st_val_clean = flat.states[tr_rows], flat.states[va_rows]
-
-        vocab_s = [np.unique(st_train[:, s][st_train[:, s] > DONTCARE_ID]) for s in range(S)]
-        slot_vocab = [{int(g): i for i, g in enumerate(v)} for v in vocab_s]
-        vmax = max(1, max(len(v) for v in vocab_s))
-        table = np.full((S, vmax), -1, dtype=np.int64)
-        for s, v in enumerate(vocab_s):
-            table[s, :len(v)] = v
+        vocab_s, slot_vocab, table = _value_heads(st_train, S)
 
         ev = flat.evidence
         labels = lambda st, prev, rows: update_labels(st, prev, [ev[r] for r in rows], strings, slot_vocab,  # noqa: E731
@@ -150,9 +173,7 @@ class DSTTask(Task):
         y_val, y_val_clean = labels(st_val, prev_val, va_rows), labels(st_val_clean, prev_val, va_rows)
         y_test = update_labels(test.states, test.prev, test.evidence, strings, slot_vocab, NONE_ID, DONTCARE_ID)
 
-        counts = Counter(t for r in tr_rows for t in flat.texts[r])
-        itos = [PAD, UNK, SEP] + sorted((t for t, c in counts.items() if c >= self.min_token_count and t != SEP),
-                                        key=lambda t: (-counts[t], t))
+        itos = _token_vocab(flat.texts, tr_rows, self.min_token_count)
         stoi = {t: i for i, t in enumerate(itos)}
         x = lambda rows, texts: torch.as_tensor(encode([texts[r] for r in rows], stoi, self.max_len))  # noqa: E731
 
