@@ -1,7 +1,20 @@
-"""How many torch intra-op threads a run uses, without flags.
+"""How many threads each thread pool of a run gets, without flags (docs/performance.md, "Threads").
 
-On a CPU the models of this benchmark are too small for intra-op threads to pay: what pays is running
-jobs side by side, one core each. The policy, in order:
+A run has several thread pools: torch's intra-op pool (OpenMP), numpy's and scipy's OpenBLAS pools
+(host-side code: STORM's features and Ω, the numba kernels' BLAS products, TF-IDF, the noise
+generators), scikit-learn's own OpenMP runtime and numba's pool (used only by `parallel=True` kernels,
+of which there are none). Pools that run side by side on the same cores fight: an OpenBLAS pool
+busy-waits between calls, so a numpy product between two torch ops keeps every core spinning while
+torch's OpenMP threads want them (STORM at torch's 2 threads on 2 cores: 3x slower than at 1).
+The host-side arrays are small (a batch of features, Ω's few hundred weights): extra BLAS threads
+never pay there. So the runner sets, once per run (`thread_pools`):
+
+- torch's intra-op threads: the count below;
+- every BLAS pool threadpoolctl finds (numpy's, scipy's OpenBLAS; MKL where it is the BLAS): 1;
+- other OpenMP runtimes (scikit-learn's libgomp): left alone (idle during training);
+- numba: no parallel kernels, nothing to set.
+
+Torch's count, in order:
 
 1. `trainer.threads=N`: N.
 2. a job of a parallel local sweep (a launcher with `n_jobs`, e.g. `hydra/launcher=local`):
@@ -18,12 +31,17 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
+import torch
 from hydra.experimental.callback import Callback
+from threadpoolctl import threadpool_info, threadpool_limits
 
 log = logging.getLogger(__name__)
 
 THREADS_ENV = "NOISYBENCH_JOB_THREADS"
+HOST_BLAS_THREADS = 1  # host-side BLAS work is tiny; a second busy-waiting pool costs torch's threads
 
 
 def cores() -> int:
@@ -60,6 +78,28 @@ def torch_threads(configured: int | None) -> int | None:
         if value not in (None, ""):
             return int(value)
     return None
+
+
+def blas_threads() -> int | None:
+    """The largest thread count of the BLAS pools loaded in this process (None: none loaded)."""
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return max(counts) if counts else None
+
+
+@contextmanager
+def thread_pools(configured: int | None) -> Iterator[dict]:
+    """Apply the policy for the duration of one run; yields what the record keeps: torch's intra-op
+    threads and the BLAS pools' count. BLAS limits are restored on exit (in-process sweeps and tests
+    call the runner many times); torch's count stays, as `torch.set_num_threads` always did."""
+    # scipy's OpenBLAS (numba's np.dot calls it) is loaded lazily: load it now so the limit reaches
+    # it; imported here rather than at the top so the CLI's start-up does not pay for scipy.
+    import scipy.linalg  # noqa: F401
+
+    threads = torch_threads(configured)
+    if threads:
+        torch.set_num_threads(threads)
+    with threadpool_limits(limits=HOST_BLAS_THREADS, user_api="blas"):
+        yield {"torch_threads": torch.get_num_threads(), "blas_threads": blas_threads()}
 
 
 class ThreadsCallback(Callback):
