@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from noisybench.threads import blas_threads
 from noisybench.utils import atomic_write_bytes, git_revision, versions
 
 WEIGHTS = "sample_weights.npz"
@@ -95,6 +96,7 @@ def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_
         "train_time_s": round(train_time, 3),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "blas_threads": blas_threads(),  # numpy's/scipy's BLAS pools (noisybench.threads)
         "versions": versions(),
         "git_revision": revision if revision is not None else git_revision(),  # at the start of the run
         "dataset_info": ds.info,

@@ -34,7 +34,6 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
-import torch
 from hydra.experimental.callback import Callback
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -91,9 +90,11 @@ def thread_pools(configured: int | None) -> Iterator[dict]:
     """Apply the policy for the duration of one run; yields what the record keeps: torch's intra-op
     threads and the BLAS pools' count. BLAS limits are restored on exit (in-process sweeps and tests
     call the runner many times); torch's count stays, as `torch.set_num_threads` always did."""
-    # scipy's OpenBLAS (numba's np.dot calls it) is loaded lazily: load it now so the limit reaches
-    # it; imported here rather than at the top so the CLI's start-up does not pay for scipy.
+    # Imported here, not at the top: the CLI imports this module for ThreadsCallback, and --help
+    # and TAB must not pay for torch or scipy. scipy's OpenBLAS (numba's np.dot calls it) is loaded
+    # lazily: loading it now lets the limit below reach it.
     import scipy.linalg  # noqa: F401
+    import torch
 
     threads = torch_threads(configured)
     if threads:

@@ -45,7 +45,7 @@ from noisybench.record import (DEFAULT_MAX_TRAIN_LOSS, WEIGHTS, diverged, load_w
 from noisybench.rundir import Interrupted, RunDir
 from noisybench.stopping import StopOnSignal
 from noisybench.tasks import Task, make_task
-from noisybench.threads import torch_threads
+from noisybench.threads import thread_pools
 from noisybench.utils import atomic_write_json, atomic_write_text, git_revision
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,9 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
         return {**done, "skipped": True}
     retry = rd.clear_failure()
     try:
-        return _train(cfg, rd, progress, retry)
+        check_trainer(cfg.trainer)
+        with thread_pools(cfg.trainer.get("threads")):  # noisybench.threads: the policy, no flag
+            return _train(cfg, rd, progress, retry)
     except Interrupted:
         logging.getLogger(f"noisybench.run.{out_dir}").info("interrupted (checkpoint saved)")
         raise
@@ -183,7 +185,6 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
 
 def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     """One attempt: the phases, with the run's log, progress bar, trackers and signal handling."""
-    check_trainer(cfg.trainer)
     revision = git_revision()  # the code this attempt runs (the tree may change while it trains)
     ckpt = rd.load_checkpoint("cpu")
     rd.write_attempt("resumed" if ckpt else ("retried" if retry else "new"),
@@ -227,9 +228,6 @@ def setup(cfg: DictConfig, rd: RunDir, revision: str | None) -> tuple[Run, RunSt
     ds, noise_report = task.build_data(cfg)
     atomic_write_json(rd.path / "noise.json", noise_report)
     ds = ds.to(device)
-    threads = torch_threads(t.get("threads"))  # noisybench.threads: the policy, no flag needed
-    if threads:
-        torch.set_num_threads(threads)  # small models: extra intra-op threads only add overhead
     torch.manual_seed(seed)  # model init and dropout draw from torch's (now seeded) default RNG
     shuffle = torch.Generator().manual_seed(seed)
     model, augment = _build_model(cfg, task, ds)

@@ -1,7 +1,8 @@
 """Training time per epoch of STORM relative to CE: same data, model, batch size and optimizer,
 one process, interleaved epochs, median over epochs (evaluation excluded).
 
-    python scripts/bench_storm.py                       # both workloads below, CPU, 1 thread
+    python scripts/bench_storm.py                       # both workloads below, CPU: the default
+                                                        # thread policy, then 1 thread
     python scripts/bench_storm.py --epochs 5 --workload mlp=model=mlp   # your own workload(s)
 
 Steps are interleaved: every batch is trained by each setting in turn, so a loaded machine slows every
@@ -10,6 +11,12 @@ total): the fast setting updates Ω on every 4th step only, so every block holds
 and one of its cheaper steps' triples (a median over single steps would report the cheaper steps alone). `--breakdown` adds STORM ablations that show
 where its time goes (each a real configuration, not a profiler estimate): without the second-order
 term, without the extra dropout passes, and with Ω updated every 4th step.
+
+Thread settings (`--threads`, comma-separated, each timed in turn, its ratios from one interleaved
+pass): `policy` = what a single run gets (noisybench.threads.thread_pools: torch's default intra-op
+threads, one BLAS thread), `N` = trainer.threads=N under the same policy, `unmanaged` = torch's
+default threads with the BLAS pools left at their defaults (the runner before the thread policy;
+docs/performance.md, "Threads").
 
 Workloads (default): `small` = mnist1d / cnn1d as configured (25 channels: a CE step is ~4 ms on one
 CPU thread, so STORM's fixed per-step costs -- features, Ω, bookkeeping -- dominate the ratio) and
@@ -25,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -36,6 +44,7 @@ from hydra import compose
 from noisybench.config import build, hydra_context
 from noisybench.methods.base import Batch
 from noisybench.pipeline import build_data
+from noisybench.threads import thread_pools
 
 FAST = "method.first_order=true method.meta_interval=4"
 BREAKDOWN = {"storm first-order": ["method.first_order=true"],
@@ -48,7 +57,8 @@ BLOCK = 4  # steps per timed block: the fast setting's meta_interval
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per setting (after one warm-up epoch)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", default="policy,1",
+                   help="thread settings, comma-separated: policy, N, unmanaged (default: policy,1)")
     p.add_argument("--data-dir", default=None, help="dataset cache (default: a temporary directory)")
     p.add_argument("--fast", default=FAST, help=f"overrides of the fast setting (default: {FAST})")
     p.add_argument("--workload", action="append", default=None, metavar="NAME=OVERRIDES",
@@ -60,7 +70,11 @@ def main(argv: list[str]) -> int:
     from noisybench.utils import code_origin
 
     print(code_origin(), flush=True)
-    torch.set_num_threads(a.threads)
+    settings = a.threads.split(",")
+    bad = [t for t in settings if t not in ("policy", "unmanaged") and not (t.isdigit() and int(t) > 0)]
+    if bad:
+        p.error(f"--threads: {','.join(bad)} is not policy, unmanaged or a positive integer")
+    default_threads = torch.get_num_threads()  # torch's own default, before any setting changes it
     data_dir = a.data_dir or tempfile.mkdtemp(prefix="noisybench-bench-")
     workloads = dict(WORKLOADS)
     if a.workload:
@@ -69,12 +83,18 @@ def main(argv: list[str]) -> int:
             name, _, ov = item.partition("=")
             workloads[name] = [o for o in ov.split(",") if o]
     for name, extra in workloads.items():
-        bench(name, ["noise.rate=0.4", "trainer.device=cpu", f"data_dir={data_dir}", *a.overrides, *extra],
-              a.fast, a.epochs, a.threads, a.breakdown)
+        for setting in settings:
+            torch.set_num_threads(default_threads)
+            pools = (nullcontext() if setting == "unmanaged"
+                     else thread_pools(None if setting == "policy" else int(setting)))
+            with pools:
+                label = f"{setting} (torch {torch.get_num_threads()} threads)"
+                bench(name, ["noise.rate=0.4", "trainer.device=cpu", f"data_dir={data_dir}", *a.overrides,
+                             *extra], a.fast, a.epochs, label, a.breakdown)
     return 0
 
 
-def bench(name: str, shared: list[str], fast: str, epochs: int, threads: int, breakdown: bool = False) -> None:
+def bench(name: str, shared: list[str], fast: str, epochs: int, threads: str, breakdown: bool = False) -> None:
     with hydra_context():
         settings = {"ce": ["method=ce"], "storm default": ["method=storm"],
                     "storm fast": ["method=storm", *fast.split()]}
