@@ -17,6 +17,7 @@ from noisybench.completion import completion_main, hydra_shell_completion
 from noisybench.config import CONFIG_NAME, config_path, hydra_context, register_resolvers
 from noisybench.errors import ConfigError, NoisybenchError, one_line
 from noisybench.hydra_errors import condense, missing_key_hint
+
 # preflight(args) -> (error line or None, number of jobs or None): every job checked first
 from noisybench.preflight import preflight
 from noisybench.rundir import Interrupted
@@ -117,7 +118,7 @@ def _resume_args(args: list[str]) -> list[str]:
         raise NoisybenchError("--resume needs a run or sweep directory, e.g. noisybench train --resume "
                               "outputs/2026-11-30/12-00-00-ab12cd")
     d, extra = Path(args[i + 1]), args[:i] + args[i + 2:]
-    keep = lambda o: not o.startswith(("hydra.run.dir", "hydra.sweep.dir", "hydra.mode"))  # noqa: E731
+    keep = lambda o: not o.startswith(("hydra.run.dir", "hydra.sweep.dir", "hydra.mode"))  # noqa: E731  (a one-line filter, local to this function)
     if (d / "multirun.yaml").is_file():  # a sweep: its grid, launcher and sweeper again
         hydra_cfg = OmegaConf.load(d / "multirun.yaml").hydra
         task, hyd = list(hydra_cfg.overrides.task), [o for o in hydra_cfg.overrides.hydra if keep(o)]

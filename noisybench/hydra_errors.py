@@ -40,7 +40,8 @@ def condense(e: Exception) -> str:
 def _deleted_group(msg: str) -> str | None:
     """A required group removed on the command line (`~method`) breaks the `${method}_${dataset}`
     defaults: say which group is missing and how to choose one, instead of Hydra's interpolation error."""
-    found = re.search(r"Error resolving interpolation '\$\{(\w+)\}_\$\{(\w+)\}', possible interpolation keys: ([\w/, ]+)", msg)
+    found = re.search(r"Error resolving interpolation '\$\{(\w+)\}_\$\{(\w+)\}', "
+                      r"possible interpolation keys: ([\w/, ]+)", msg)
     if not found:
         return None
     present = {k.strip() for k in found.group(3).split(",")}

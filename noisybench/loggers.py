@@ -26,10 +26,11 @@ import logging
 import os
 import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal, Optional
 from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
@@ -182,7 +183,8 @@ class WandB(Tracker):
                  mode: Literal["offline", "online", "disabled"] = "offline", save_dir: Optional[str] = None,
                  tags: Optional[list[str]] = None) -> None:
         self.wandb = _require("wandb", self.choice, "wandb")
-        self.project, self.entity, self.mode, self.save_dir, self.tags = project, entity, mode, save_dir, list(tags or ())
+        self.project, self.entity, self.mode = project, entity, mode
+        self.save_dir, self.tags = save_dir, list(tags or ())
         self.run = None
 
     def start(self, info: RunInfo) -> dict[str, str]:
@@ -218,8 +220,9 @@ class WandB(Tracker):
 
 class MLflow(Tracker):
     """An MLflow run in `experiment`, in a file store (`mlruns/` in the run directory, or in the sweep
-    directory for a sweep's jobs, tagged `noisybench.sweep`) unless `tracking_uri` says otherwise: params = the flattened config
-    (values cut to MLflow's length limit), metrics per epoch (step = epoch), `result/*` at the end."""
+    directory for a sweep's jobs, tagged `noisybench.sweep`) unless `tracking_uri` says otherwise: params =
+    the flattened config (values cut to MLflow's length limit), metrics per epoch (step = epoch), `result/*`
+    at the end."""
 
     choice = "mlflow"
 
@@ -230,10 +233,10 @@ class MLflow(Tracker):
 
     def start(self, info: RunInfo) -> dict[str, str]:
         from mlflow.entities import Param  # (the package is there: __init__ checked)
-        from mlflow.tracking import MlflowClient
 
         # one store per sweep (its jobs side by side in one experiment), else per run directory
         from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
 
         uri = self.tracking_uri or ((info.sweep_dir or info.run_dir) / "mlruns").resolve().as_uri()
         if urlparse(uri).scheme in ("", "file"):
@@ -328,7 +331,7 @@ class Trackers:
         for t in list(self.trackers):
             try:
                 out.append(getattr(t, method)(*args))
-            except Exception as e:  # noqa: BLE001 - see the class docstring
+            except Exception as e:  # broad on purpose: see the class docstring
                 log.warning("noisybench: warning: logger=%s could not %s (%s: %s); the run goes on without it "
                             "(metrics.csv and result.json have every number)", t.choice, what, type(e).__name__,
                             one_line(e)[:300])
@@ -361,7 +364,7 @@ class Trackers:
 def _quietly(fn, *args) -> None:
     try:
         fn(*args)
-    except Exception:  # noqa: BLE001 - closing after an error: the first error is the one to report
+    except Exception:  # broad on purpose: closing after an error, the first error is the one to report
         pass
 
 

@@ -43,7 +43,8 @@ def mcc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     t, p, c, s = cm.sum(1), cm.sum(0), cm.trace(), cm.sum()
     num = c * s - (p * t).sum()
     den = torch.sqrt((s * s - (p * p).sum()) * (s * s - (t * t).sum()))
-    return torch.where(den > 0, num / den.clamp(min=1e-300), torch.zeros((), dtype=den.dtype, device=den.device)).float()
+    return torch.where(den > 0, num / den.clamp(min=1e-300),
+                       torch.zeros((), dtype=den.dtype, device=den.device)).float()
 
 
 def memorization(pred: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

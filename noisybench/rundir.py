@@ -33,9 +33,9 @@ from noisybench.utils import atomic_write_bytes, atomic_write_json
 # reports progress (trackers: `logger`). (Threads and devices can change floating-point summation order, not the
 # experiment; result.json records the device used. So do the fast path's keys: precision=auto already differs
 # by device, and result.json records the precision, channels_last and compile a run used.)
-NOT_IDENTITY = ("data_dir", "noise_cache", "objective", "trainer.device", "trainer.progress", "trainer.checkpoint_every",
-                "trainer.keep_checkpoint", "trainer.threads", "logger", "trainer.precision", "trainer.channels_last",
-                "trainer.compile", "trainer.save_weights_at")
+NOT_IDENTITY = ("data_dir", "noise_cache", "objective", "trainer.device", "trainer.progress",
+                "trainer.checkpoint_every", "trainer.keep_checkpoint", "trainer.threads", "logger",
+                "trainer.precision", "trainer.channels_last", "trainer.compile", "trainer.save_weights_at")
 RESULT, FAILED, CHECKPOINT, IDENTITY, ATTEMPT = ("result.json", "failed.json", "checkpoint.pt", "identity.json",
                                                  "attempt.json")
 INVOCATION_ENV = "NOISYBENCH_INVOCATION"  # set by a sweep's parent; jobs record it in attempt.json

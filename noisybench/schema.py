@@ -195,7 +195,8 @@ def _bad_value(key: str, value: Any, tp: Any, example: Any) -> ConfigError:
     shown = _fmt_value(value)
     ex = f", e.g. {key}={_fmt_value(example)}" if example is not None else ""
     origin = typing.get_origin(base)
-    if origin is not None and isinstance(origin, type) and issubclass(origin, (dict, Mapping)) and isinstance(value, dict):
+    if (origin is not None and isinstance(origin, type) and issubclass(origin, (dict, Mapping))
+            and isinstance(value, dict)):
         args = typing.get_args(base)
         bad = [k for k, v in value.items() if len(args) == 2 and conforms(v, args[1]) is False]
         if bad:
@@ -228,7 +229,7 @@ def _target(path: str):
     return obj
 
 
-@functools.lru_cache(maxsize=None)  # a sweep checks every job: inspect each target once
+@functools.cache  # a sweep checks every job: inspect each target once
 def parameters(target) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
     """(parameters by name, their evaluated annotations, accepts **kwargs) of a class or function."""
     fn = target.__init__ if inspect.isclass(target) else target
@@ -236,7 +237,8 @@ def parameters(target) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bo
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return {}, {}, True
-    params = {n: p for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    params = {n: p for n, p in sig.parameters.items()
+              if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
     hints: dict[str, Any] = {}
     namespace = dict(getattr(fn, "__globals__", {}))
@@ -245,7 +247,7 @@ def parameters(target) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bo
         ann = p.annotation
         if isinstance(ann, str):
             try:
-                ann = eval(ann, namespace)  # noqa: S307 - annotations of our own and torch's signatures
+                ann = eval(ann, namespace)  # trusted input: annotations of our own and torch's signatures
             except Exception:
                 ann = Any
         hints[name] = ann
@@ -282,7 +284,8 @@ def known_keys(cfg: DictConfig, prefix: str) -> list[str]:
         if target is not None:  # not the arguments the runner supplies (required ones the config leaves out)
             keys += [n for n, p in parameters(target)[0].items() if p.default is not p.empty]
     depth = prefix.count(".") + 1 if prefix else 0
-    keys += [k.split(".")[depth] for k in RUNNER if k.startswith(prefix + "." if prefix else "") and k.count(".") >= depth]
+    keys += [k.split(".")[depth] for k in RUNNER
+             if k.startswith(prefix + "." if prefix else "") and k.count(".") >= depth]
     return [k for k in dict.fromkeys(keys) if k not in META_KEYS]
 
 

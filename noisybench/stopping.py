@@ -26,7 +26,7 @@ class StopOnSignal:
             raise Interrupted(signum, "again, before the next safe point (no new checkpoint)", None)
         self.signum = signum
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             for s in SIGNALS:
                 self._old[s] = signal.signal(s, self._handle)

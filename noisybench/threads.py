@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from hydra.experimental.callback import Callback
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -93,7 +93,7 @@ def thread_pools(configured: int | None) -> Iterator[dict]:
     # Imported here, not at the top: the CLI imports this module for ThreadsCallback, and --help
     # and TAB must not pay for torch or scipy. scipy's OpenBLAS (numba's np.dot calls it) is loaded
     # lazily: loading it now lets the limit below reach it.
-    import scipy.linalg  # noqa: F401
+    import scipy.linalg  # noqa: F401  (imported for its side effect: loads scipy's OpenBLAS, see above)
     import torch
 
     threads = torch_threads(configured)

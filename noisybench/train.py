@@ -23,9 +23,10 @@ import inspect
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +41,7 @@ from noisybench.errors import ConfigError, NoisybenchError, one_line
 from noisybench.fastpath import FastPath, to_device
 from noisybench.fastpath import resolve as resolve_fast_path
 from noisybench.methods.base import Batch
-from noisybench.record import (DEFAULT_MAX_TRAIN_LOSS, WEIGHTS, diverged, load_weights, make_record,
-                               save_weights)
+from noisybench.record import DEFAULT_MAX_TRAIN_LOSS, WEIGHTS, diverged, load_weights, make_record, save_weights
 from noisybench.rundir import Interrupted, RunDir
 from noisybench.stopping import StopOnSignal
 from noisybench.tasks import Task, make_task

@@ -42,9 +42,9 @@ def default_job(data_dir: str, repeats: int, epochs: int | None, threads: int) -
         times = {}
         for every in (1, 0) if r % 2 == 0 else (0, 1):
             with hydra_context():
-                cfg = compose("train", overrides=[f"data_dir={data_dir}", "trainer.device=cpu", "trainer.progress=false",
-                                                  f"trainer.threads={threads}", f"trainer.checkpoint_every={every}",
-                                                  *extra])
+                cfg = compose("train", overrides=[f"data_dir={data_dir}", "trainer.device=cpu",
+                                                  "trainer.progress=false", f"trainer.threads={threads}",
+                                                  f"trainer.checkpoint_every={every}", *extra])
             out = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
             rec = run(cfg, out, progress=False)
             times[every] = rec["train_time_s"]

@@ -8,9 +8,10 @@ one process, interleaved epochs, median over epochs (evaluation excluded).
 Steps are interleaved: every batch is trained by each setting in turn, so a loaded machine slows every
 setting alike. The time of a setting is the median over blocks of 4 consecutive steps (each block's
 total): the fast setting updates Ω on every 4th step only, so every block holds one of its meta steps
-and one of its cheaper steps' triples (a median over single steps would report the cheaper steps alone). `--breakdown` adds STORM ablations that show
-where its time goes (each a real configuration, not a profiler estimate): without the second-order
-term, without the extra dropout passes, and with Ω updated every 4th step.
+and one of its cheaper steps' triples (a median over single steps would report the cheaper steps
+alone). `--breakdown` adds STORM ablations that show where its time goes (each a real configuration,
+not a profiler estimate): without the second-order term, without the extra dropout passes, and with
+Ω updated every 4th step.
 
 Thread settings (`--threads`, comma-separated, each timed in turn, its ratios from one interleaved
 pass): `policy` = what a single run gets (noisybench.threads.thread_pools: torch's default intra-op

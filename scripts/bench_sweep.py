@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
     if unknown or not names or a.runs < 1 or a.rounds < 1:
         p.error(f"--workloads takes {', '.join(EPOCHS)}; --runs and --rounds are >= 1")
     try:
-        import hydra_plugins.hydra_joblib_launcher  # noqa: F401
+        import hydra_plugins.hydra_joblib_launcher  # noqa: F401  (only checks that the launcher is installed)
     except ImportError:
         sys.exit("bench_sweep: error: the parallel mode needs the joblib launcher: pip install 'noisybench[cluster]'")
     from noisybench.threads import cores

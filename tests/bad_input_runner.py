@@ -28,7 +28,7 @@ def run_case(argv: list[str], cwd: str, env: dict[str, str]) -> dict:
                 code = main(list(argv))
             except SystemExit as e:  # Hydra exits itself on some errors
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except BaseException:  # noqa: BLE001 - what a user would see as a traceback
+            except BaseException:  # broad on purpose: what a user would see as a traceback
                 traceback.print_exc()
                 code = "crash"
     finally:

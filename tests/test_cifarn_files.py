@@ -6,7 +6,6 @@ the repository (or from $NOISYBENCH_CIFARN_DIR); the tests that need them skip w
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import zipfile

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_helpers import nb
 
 from noisybench.cli import main
-from cli_helpers import nb
 
 
 @pytest.mark.parametrize("args, expect", [
@@ -70,7 +70,7 @@ def test_runtime_error_is_one_line_and_leaves_no_result(cli_env, tmp_path):
 def test_two_jobs_started_together_get_distinct_dirs(cli_env, tmp_path):
     cmd = [sys.executable, "-m", "noisybench.cli", "train", "experiment=smoke"]
     procs = [subprocess.Popen(cmd, env=cli_env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
+    _outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert len(list((tmp_path / "outputs").rglob("result.json"))) == 2
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
-
 from cli_helpers import nb
 from conftest import group_options
+from omegaconf import OmegaConf
+
 from noisybench.config import build
-from noisybench.data import idx, multiwoz, sms_spam, split_pool, youtube_spam
 from noisybench.data import download as nbdownload
+from noisybench.data import idx, multiwoz, sms_spam, split_pool, youtube_spam
 from noisybench.data.digits import load_digits
 from noisybench.data.synthwoz import load_synthwoz
-from noisybench.data.text import TfidfFeatures, load_split_dir, stratified_split
+from noisybench.data.text import TfidfFeatures, stratified_split
 from noisybench.errors import ConfigError, DataError
 from noisybench.pipeline import build_data
 

@@ -3,7 +3,6 @@ than the training split and a validation split that leaves fewer training sample
 one-line errors naming the fix; the fit check leaves the run's randomness alone."""
 from __future__ import annotations
 
-import gzip
 import os
 import stat
 from pathlib import Path
@@ -11,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
-
 from cli_helpers import nb
 from conftest import group_options
+from hydra import compose
+from omegaconf import DictConfig, OmegaConf
 from test_images import make_idx
+from torch import nn
+
 from noisybench.config import CONFIG_NAME, build, hydra_context, register_resolvers
 from noisybench.data import mnist1d
 from noisybench.errors import ConfigError
-from noisybench.tasks import make_task
 from noisybench.pipeline import build_data
+from noisybench.tasks import make_task
 from noisybench.train import run
 
 # what each dataset trains by default (the dataset yaml's `override /model@_global_.model`)

@@ -229,7 +229,6 @@ def test_links_between_pages_resolve():
                 continue
             path, _, anchor = target.partition("#")
             dest = (page.parent / path).resolve() if path else page
-            rel = dest.relative_to(ROOT).as_posix() if dest.is_relative_to(ROOT) else str(dest)
             if not dest.exists():
                 bad.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
                 continue

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import group_options
+
 from noisybench.data.dialogue import G_DONTCARE, G_NONE, G_REFER, G_VALUE, Dialogue, Turn, flatten, update_labels
 from noisybench.data.multiwoz import SLOTS, load_multiwoz, normalize_value, state_of
 from noisybench.data.synthwoz import generate

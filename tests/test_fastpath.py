@@ -8,9 +8,9 @@ import signal
 
 import pytest
 import torch
+from conftest import group_options
 from omegaconf import OmegaConf
 
-from conftest import group_options
 from noisybench.errors import ConfigError
 from noisybench.fastpath import resolve
 from noisybench.methods.base import LossMethod

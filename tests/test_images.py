@@ -161,7 +161,7 @@ def test_cifar_resnets_shape_and_no_maxpool(cfg):
 def test_resnet18_and_34_parameter_counts_match_the_cifar_variants():
     from noisybench.models.resnet import ResNet
 
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731  (a local helper)
     assert count(ResNet((3, 32, 32), 10)) == 11173962  # kuangliu/pytorch-cifar ResNet18
     assert count(ResNet((3, 32, 32), 10, blocks=(3, 4, 6, 3))) == 21282122  # ResNet34
 

@@ -14,10 +14,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import nb
 from omegaconf import OmegaConf
 
-from cli_helpers import nb
-from noisybench.threads import ThreadsCallback, cores, job_threads, jobs_at_once, torch_threads
+from noisybench.threads import (
+    ThreadsCallback,
+    blas_threads,
+    cores,
+    job_threads,
+    jobs_at_once,
+    thread_pools,
+    torch_threads,
+)
 
 GRID = ["experiment=smoke", "method=ce,gce", "seed=0,1"]  # 2 x 2 jobs of a few seconds each
 HPARAMS_SEARCH = "hparams_search"
@@ -65,6 +73,20 @@ def test_local_preset_threads_need_no_flag_and_a_single_run_keeps_torch_default(
     p = nb("train", "hydra/launcher=local", "experiment=smoke", f"hydra.run.dir={tmp_path / 'single'}", env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((tmp_path / "single" / "result.json").read_text())["torch_threads"] == int(default)
+
+
+def test_a_run_gets_one_blas_thread_and_the_limit_ends_with_it(monkeypatch):
+    """numpy's/scipy's BLAS pools at 1 inside a run (docs/sweeps.md, "Which pool gets what"), put back
+    after it; torch's count as the policy says."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):  # a pool of 2 before the run, even on 1 core
+        before = blas_threads()
+        with thread_pools(1) as record:
+            assert blas_threads() == 1 and record == {"torch_threads": 1, "blas_threads": 1}
+            np.ones((64, 64)) @ np.ones((64, 64))  # BLAS works inside the limit
+        assert blas_threads() == before == 2
 
 
 def test_thread_policy_shares_the_cores_among_the_jobs_running_at_once(monkeypatch):

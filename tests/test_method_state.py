@@ -10,8 +10,8 @@ only when the save fell between two epochs. Checkpoints go through torch.save/to
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 import torch
@@ -108,7 +108,7 @@ class Run:
             self.method.on_clean_validation(d["xv"], d["yv"])
         self.losses: list[torch.Tensor] = []
 
-    def play(self, events) -> "Run":
+    def play(self, events) -> Run:
         d, bs = self.case.data, self.case.batch_size
         for kind, epoch, i in events:
             if kind == "start":
@@ -131,7 +131,7 @@ class Run:
         return torch.load(buf, weights_only=True)
 
     @classmethod
-    def resume(cls, case: Case, ck: dict) -> "Run":
+    def resume(cls, case: Case, ck: dict) -> Run:
         r = cls(case)  # fresh objects, on_train_start as for a new run
         r.method.load_state_dict(ck["method"])
         r.model.load_state_dict(ck["model"])
@@ -169,7 +169,7 @@ def _same(a, b, where="state") -> None:
     """Bit-for-bit equality of nested state (tensors compared by their bytes, so NaN == NaN)."""
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        bits = lambda t: t.detach().contiguous().reshape(-1).view(torch.uint8)  # noqa: E731
+        bits = lambda t: t.detach().contiguous().reshape(-1).view(torch.uint8)  # noqa: E731  (a local helper)
         assert torch.equal(bits(a), bits(b)), f"{where}: differs at {_first_difference(a, b)}"
     elif isinstance(a, dict):
         assert isinstance(b, dict) and list(a) == list(b), f"{where}: keys {list(a)} != {list(b)}"

@@ -43,7 +43,6 @@ def test_asymmetric_maps_match_published_definitions():
     assert sorted(c for g in CIFAR100_SUPERCLASSES for c in g) == list(range(100))
     blocks = MAPS["cifar100_blocks"][1]
     assert blocks[0] == 1 and blocks[4] == 0 and blocks[99] == 95
-    y = np.arange(5)
     assert list(AsymmetricNoise(0.5, map="pairflip").targets(5)) == [1, 2, 3, 4, 0]
 
 

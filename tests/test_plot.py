@@ -19,9 +19,9 @@ import torch
 from noisybench.cli import main
 from noisybench.config import weight_epochs
 from noisybench.errors import ConfigError
-from noisybench.rundir import Interrupted
 from noisybench.record import WEIGHTS
 from noisybench.record import save_weights as _save_weights
+from noisybench.rundir import Interrupted
 from noisybench.train import run
 
 EPOCHS, N = 6, 200

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CONF_DIR, group_options
 from omegaconf import OmegaConf
 
 import noisybench.checks
 import noisybench.config
-from conftest import CONF_DIR, group_options
 from noisybench.cli import main
 from noisybench.preflight import preflight
 
@@ -95,7 +95,8 @@ def test_glob_sweeps_are_expanded_and_every_config_checked(seen):
     assert [c.method.name for c in seen] == ["ce"]
     # the jobs a glob makes are checked too: DAL has no q
     err, _ = preflight(["-m", "experiment=smoke", "method=glob(*,exclude=ce)", "++method.q=0.5", "seed=0,1"])
-    assert err is not None and "method.q is not an option of method=dal" in err and "job 1 of 6: experiment=smoke method=dal ++method.q=0.5" in err
+    assert (err is not None and "method.q is not an option of method=dal" in err
+            and "job 1 of 6: experiment=smoke method=dal ++method.q=0.5" in err)
     # Hydra composes the sweep's base config with the default method (ce): q is not a key there
     err, _ = preflight(["-m", "experiment=smoke", "method=gce,dal", "method.q=0.5"])
     assert "method.q" in err and "base config" in err

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import nb, start
 
 from noisybench.report.records import load_runs
-
-from cli_helpers import nb, start
 
 # numbers that legitimately differ between an interrupted and an uninterrupted run
 VOLATILE = {"train_time_s", "resumed_from", "checkpoint", "git_revision", "git_revisions", "torch_threads"}

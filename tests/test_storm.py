@@ -15,7 +15,6 @@ from torch import nn
 from torch.func import functional_call
 
 from noisybench.config import config_files, hydra_context
-
 from noisybench.errors import ConfigError
 from noisybench.methods.base import Batch
 from noisybench.methods.storm import STORM, Rescaler, adam_step, fast_dropout, lookahead, lookahead_vjp
@@ -75,7 +74,7 @@ def test_omega_node_equals_autograd_through_the_layers(batches, compiled, monkey
     assert w.grad_fn is not None and "Omega" in type(w.grad_fn).__name__
     w_ref = r.all_heads(f).gather(2, head[..., None]).squeeze(2)
     torch.testing.assert_close(w, w_ref, rtol=1e-12, atol=1e-14)
-    objective = lambda w: (w * c).sum() + (w ** 2).sum() / w.sum()  # noqa: E731
+    objective = lambda w: (w * c).sum() + (w ** 2).sum() / w.sum()  # noqa: E731  (a local helper)
     got = torch.autograd.grad(objective(w), [r.w1, r.w2])
     want = torch.autograd.grad(objective(w_ref), [r.w1, r.w2])
     for a, b in zip(got, want):
@@ -94,7 +93,8 @@ def test_closed_form_objective_gradient_equals_autograd(weight_norm):
         head[:4] = torch.arange(4)
         if trial == 3:
             w[head == 2] = 0.0
-        values, ell = torch.rand(40, dtype=torch.float64, generator=gen), torch.randn(40, dtype=torch.float64, generator=gen)
+        values = torch.rand(40, dtype=torch.float64, generator=gen)
+        ell = torch.randn(40, dtype=torch.float64, generator=gen)
         leaf = w.clone().requires_grad_()
         want, = torch.autograd.grad(method._rescaled(0.8, values, leaf, 50, ell, head), leaf)
         got = method._rescaled_grad(0.8, values, w, 50, ell, head)
@@ -114,7 +114,7 @@ def _ref_features(rows, y_batch):
         return statistics.stdev(v) if len(v) > 1 else 1e-8
 
     out = []
-    for i, (c, lm, ls, pm, ps, cat) in enumerate(y_batch):
+    for _i, (c, lm, ls, pm, ps, cat) in enumerate(y_batch):
         grp = [r for r in rows if r[0] == c and r[5] == cat]
         cols = [[r[k] for r in grp] for k in range(1, 5)]
         gm_l, gm_s = statistics.fmean(cols[0]), statistics.fmean(cols[1])
@@ -561,8 +561,8 @@ def test_bench_script_prints_ratios_of_the_checkout_it_sits_in(tmp_path):
         pytest.skip("scripts/ is not shipped with an installed package")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     p = subprocess.run([sys.executable, str(path), "--epochs", "1", "--data-dir", str(tmp_path),
-                        "--workload", "tiny=dataset.subset=256"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=600)
+                        "--workload", "tiny=dataset.subset=256", "--threads", "policy"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     out = p.stdout
     assert out.splitlines()[0].startswith(f"noisybench from {root / 'noisybench'} (revision ")

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import group_options
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from conftest import group_options
 from noisybench import metrics
 from noisybench.data import sms_spam, youtube_spam
 from noisybench.data.text import load_split_dir, stratified_split
@@ -68,8 +68,8 @@ def test_tsv_dataset_trains_and_fits_tfidf_on_train_only(make_cfg, text_dir, tmp
     record = run(cfg, tmp_path / "run", progress=False)
     assert record["dataset"] == "tsv" and record["dataset_info"]["label_map"] == {"neg": 0, "pos": 1}
     # the word that occurs only in test.tsv is not in the vocabulary fitted on train
-    from noisybench.data.text import TfidfFeatures
     from noisybench.data import split_indices
+    from noisybench.data.text import TfidfFeatures
 
     pool = load_split_dir(text_dir)
     train_idx, _ = split_indices(pool, 0.1, 0)
@@ -185,7 +185,8 @@ def test_youtube_from_a_placed_uci_archive(tmp_path):
             w = csv.writer(buf)
             w.writerow(["COMMENT_ID", "AUTHOR", "DATE", "CONTENT", "CLASS"])
             for i in range(392):
-                w.writerow([f"id{v}_{i}", "someone", "2015", f"check my\tchannel\n{i}" if i % 2 else f"nice song {i}", i % 2])
+                w.writerow([f"id{v}_{i}", "someone", "2015",
+                            f"check my\tchannel\n{i}" if i % 2 else f"nice song {i}", i % 2])
             z.writestr(f"Youtube0{v}-video.csv", buf.getvalue())
     pool = youtube_spam.load_youtube_spam(str(tmp_path))
     assert pool.info["splits"] == {"train": 1586, "valid": 120, "test": 250}

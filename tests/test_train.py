@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import group_options
+
 from noisybench.errors import ConfigError, DataError
-from noisybench.tasks import make_task
 from noisybench.pipeline import build_data
+from noisybench.tasks import make_task
 from noisybench.train import run
 
 RECORD_KEYS = {

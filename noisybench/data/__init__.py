@@ -6,8 +6,9 @@ validation split (so validation labels are noisy too), then takes the optional t
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
-    def to(self, device: torch.device) -> "Dataset":
+    def to(self, device: torch.device) -> Dataset:
         moved = {k: (to_device(v, device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
         return type(self)(**moved)  # subclasses (e.g. DST's) keep their extra fields
 

@@ -9,7 +9,7 @@ and a horizontal flip with probability 1/2 — the standard CIFAR recipe.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -20,7 +20,6 @@ import numpy as np
 
 from noisybench.errors import DataError, one_line
 
-
 _MAGIC = 0x1950A86A20F9469CFC6C  # torch's legacy (pre-1.6) serialization magic number
 _LEGACY_PROTOCOL = 1001
 _SOURCE = "the UCSC-REAL/cifar-10-100n release (data/)"

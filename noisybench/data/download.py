@@ -23,5 +23,6 @@ def fetch(url: str, dest: Path, sha256: str | None = None, hint: str = "") -> Pa
     if sha256 is not None:
         digest = hashlib.sha256(dest.read_bytes()).hexdigest()
         if digest != sha256:
-            raise DataError(f"{dest} is corrupt (sha256 {digest[:12]}…, expected {sha256[:12]}…); delete it to re-download")
+            raise DataError(f"{dest} is corrupt (sha256 {digest[:12]}…, expected {sha256[:12]}…); "
+                            "delete it to re-download")
     return dest

@@ -11,8 +11,8 @@ Images are kept as uint8 (N, 1, 28, 28); the dataset's `transform` normalises th
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

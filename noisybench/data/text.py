@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -189,7 +189,8 @@ def load_split_dir(path: str | Path, text_column: str = "sentence1", label_colum
         x_test, y_test = np.array(raw["test"][0], dtype=object), np.array([mapping[v] for v in raw["test"][1]])
     else:
         if not 0 < test_fraction < 1:
-            raise ConfigError(f"dataset.loader.test_fraction={test_fraction} must be in (0, 1) when there is no test.tsv")
+            raise ConfigError(f"dataset.loader.test_fraction={test_fraction} must be in (0, 1) "
+                              "when there is no test.tsv")
         n_test = max(1, int(round(test_fraction * len(y))))
         if n_test >= len(y):
             raise DataError(f"{path / 'train.tsv'} has {len(y)} rows and there is no test.tsv: holding out "
@@ -233,7 +234,7 @@ class TfidfFeatures:
                            max_features=max_features, sublinear_tf=sublinear_tf, stop_words=stop_words)
         self.vectorizer = TfidfVectorizer(dtype=np.float32, **self.params)
 
-    def fit(self, texts: np.ndarray) -> "TfidfFeatures":
+    def fit(self, texts: np.ndarray) -> TfidfFeatures:
         try:
             self.vectorizer.fit(list(texts))
         except ValueError as e:  # e.g. an empty vocabulary

@@ -7,7 +7,7 @@ simply run whole for every pass.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

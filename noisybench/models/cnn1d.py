@@ -5,7 +5,7 @@ An input of shape (L,) is treated as one channel; (C, L) as C channels.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

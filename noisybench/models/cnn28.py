@@ -7,7 +7,7 @@ capacity to memorise noisy labels of a few thousand samples within tens of epoch
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -17,8 +17,8 @@ from noisybench.schema import PositiveInt, Probability
 
 
 class CNN28(nn.Module):
-    def __init__(self, input_shape: Sequence[int], num_classes: int, channels: PositiveInt = 16, hidden: PositiveInt = 128,
-                 dropout: Probability = 0.0) -> None:
+    def __init__(self, input_shape: Sequence[int], num_classes: int, channels: PositiveInt = 16,
+                 hidden: PositiveInt = 128, dropout: Probability = 0.0) -> None:
         super().__init__()
         if len(input_shape) not in (2, 3) or min(input_shape[-2:]) < 4:
             raise ConfigError(f"model=cnn28 does not fit inputs of shape {tuple(input_shape)}: it needs "

@@ -74,7 +74,8 @@ class SlotHeads(nn.Module):
         value = torch.einsum("bsd,sdv->bsv", r, self.value_w) + self.value_b
         if self.value_embedding is not None:
             tok = self.value_tokens
-            emb = (self.value_embedding(tok) * (tok > 0)[..., None]).sum(2) / (tok > 0).sum(2, keepdim=True).clamp(min=1)
+            emb = ((self.value_embedding(tok) * (tok > 0)[..., None]).sum(2)
+                   / (tok > 0).sum(2, keepdim=True).clamp(min=1))
             # scaled dot product (as the attention scores above): with unit-variance embeddings the
             # unscaled score has a std of ~sqrt(dim) at initialisation (~8), which puts most targets'
             # probability below 1e-6 -- fatal for bounded losses (GCE/DAL), whose gradient is p_y^q
@@ -88,8 +89,9 @@ class SlotHeads(nn.Module):
 
 class DSTConv(nn.Module):
     def __init__(self, vocab_size: int, max_len: int, num_slots: int, num_values: list[int], num_gates: int,
-                 sep_id: int, dim: PositiveInt = 96, kernel: PositiveInt = 5, layers: PositiveInt = 2, dropout: Probability = 0.1,
-                 itos: list[str] | None = None, value_tokens: list | None = None) -> None:
+                 sep_id: int, dim: PositiveInt = 96, kernel: PositiveInt = 5, layers: PositiveInt = 2,
+                 dropout: Probability = 0.1, itos: list[str] | None = None,
+                 value_tokens: list | None = None) -> None:
         super().__init__()
         self.sep_id = int(sep_id)
         self.tok = nn.Embedding(vocab_size, dim, padding_idx=0)

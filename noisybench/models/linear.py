@@ -5,10 +5,11 @@ dropped out (STORM's extra forward passes need dropout)."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
+
 from noisybench.schema import Probability
 
 

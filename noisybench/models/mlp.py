@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
+
 from noisybench.schema import PositiveInt, Probability
 
 

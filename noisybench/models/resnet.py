@@ -8,7 +8,7 @@ ResNet-18 = [2, 2, 2, 2] blocks, ResNet-34 = [3, 4, 6, 3] (the GCE paper's CIFAR
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -22,7 +22,8 @@ class NoiseInjector:
         try:
             rate = float(rate)
         except (TypeError, ValueError):
-            raise ConfigError(f"noise.rate={rate!r} is not a number; use a value in [0, 1), e.g. noise.rate=0.4")
+            raise ConfigError(f"noise.rate={rate!r} is not a number; "
+                              "use a value in [0, 1), e.g. noise.rate=0.4") from None
         if not 0.0 <= rate < 1.0:
             raise ConfigError(f"noise.rate={rate} is outside [0, 1); use e.g. noise.rate=0.4")
         self.rate = rate

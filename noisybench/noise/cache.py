@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,7 @@ def _verify(path: Path, key: str, payload: dict, n: int, num_classes: int) -> tu
                 return None, "not a .npy file"
             f.seek(0)
             labels = np.load(f, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001  (truncated, a bad header: all unreadable)
+    except Exception as e:  # broad on purpose (truncated, a bad header: all unreadable)
         return None, f"unreadable labels file: {one_line(e)[:160]}"
     if labels.shape != (n,):
         return None, f"shape {labels.shape}, expected ({n},)"

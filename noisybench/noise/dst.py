@@ -18,8 +18,9 @@ drawn by the `kinds` weights among the kinds that apply to it:
   `wrong`.
 
 Cells are processed in dialogue order; a selected cell that an earlier carried-over error already
-changed is left alone (counted in `selected_but_already_changed_per_kind`). `rate` is therefore the per-eligible-cell selection probability; because missed, wrong and
-dontcare carry over, the realised fraction of changed cells is higher. Both are recorded, per kind.
+changed is left alone (counted in `selected_but_already_changed_per_kind`). `rate` is therefore the
+per-eligible-cell selection probability; because missed, wrong and dontcare carry over, the realised
+fraction of changed cells is higher. Both are recorded, per kind.
 """
 from __future__ import annotations
 

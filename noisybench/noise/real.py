@@ -7,13 +7,14 @@ Nothing is random here: `seed` is recorded but unused.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from noisybench.data.cifarn import load_human_labels
 from noisybench.errors import ConfigError
 from noisybench.noise import NoiseInjector
-from noisybench.utils import resolve_data_dir
 from noisybench.schema import Seed
+from noisybench.utils import resolve_data_dir
 
 
 class RealNoise(NoiseInjector):
@@ -26,7 +27,8 @@ class RealNoise(NoiseInjector):
                               "(CIFAR-10N) and cifar100 (CIFAR-100N); use noise=symmetric, asymmetric or instance")
         sets = dict(human_labels["label_sets"])
         if label_set not in sets:
-            raise ConfigError(f"noise.label_set={label_set!r} does not exist for {dataset}; use one of {', '.join(sets)}")
+            raise ConfigError(f"noise.label_set={label_set!r} does not exist for {dataset}; "
+                              f"use one of {', '.join(sets)}")
         self.label_set, self.dataset, self.download = label_set, dataset, bool(download)
         self.key, self.file = sets[label_set], str(human_labels["file"])
         self.url, self.clean_key = human_labels.get("url"), str(human_labels["clean_key"])

@@ -29,16 +29,30 @@ import io
 import json
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from noisybench.noise.report import draw_heatmap
-from noisybench.report.draw import (COLUMN_WIDTH, LINESTYLES, MARKERS, METHOD_COLORS, PALETTE, STYLE,
-                                    TEXT_WIDTH, epoch_ticks, legend, legend_entries, new_figure, noise_colors,
-                                    stack, suptitle)
+from noisybench.report.draw import (
+    COLUMN_WIDTH,
+    LINESTYLES,
+    MARKERS,
+    METHOD_COLORS,
+    PALETTE,
+    STYLE,
+    TEXT_WIDTH,
+    epoch_ticks,
+    legend,
+    legend_entries,
+    new_figure,
+    noise_colors,
+    stack,
+    suptitle,
+)
 from noisybench.report.layout import METRIC_TITLES, check_replicates, table_layout
 from noisybench.utils import atomic_output, atomic_write_bytes
 
@@ -391,7 +405,7 @@ def diagnostics(group: Group, cache: dict) -> list[Plot]:
         if any(c in columns for c in DIAG_STYLES):
             from matplotlib.lines import Line2D
 
-            for column, (ls, lab) in DIAG_STYLES.items():
+            for _column, (ls, lab) in DIAG_STYLES.items():
                 handles.append(Line2D([], [], color="0.3", linestyle=ls, linewidth=1.0))
                 labels.append(lab)
         legend(fig, handles, labels, 3)

@@ -3,8 +3,8 @@ and its figures, the PNGs embedded as data: URIs, so the page reads offline."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from html import escape
-from typing import Iterable
 
 import pandas as pd
 

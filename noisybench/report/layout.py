@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -62,7 +62,7 @@ def varied_keys(df: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
     if len(configs) < 2:
         return []
     keys = sorted({k for c in configs for k in c})
-    sig = lambda k: tuple(json.dumps(c.get(k, "<absent>"), sort_keys=True, default=str) for c in configs)  # noqa: E731
+    sig = lambda k: tuple(json.dumps(c.get(k, "<absent>"), sort_keys=True, default=str) for c in configs)  # noqa: E731  (a local helper)
 
     replicate = {sig(k) for k in REPLICATE if k in keys}
     excluded = set(SHOWN) | set(exclude)

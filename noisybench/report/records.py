@@ -3,14 +3,13 @@ counted once, and the runs left out of the tables (failed, unfinished, duplicate
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
 from noisybench.errors import one_line
-from noisybench.report.layout import (CONFIG_COL, config_value, flat_config, method_labels,
-                                      varied_keys)
+from noisybench.report.layout import CONFIG_COL, config_value, flat_config, method_labels, varied_keys
 from noisybench.rundir import CHECKPOINT, FAILED, IDENTITY, RESULT, identity_config, identity_hash
 
 
@@ -96,7 +95,8 @@ def load_runs(paths: Iterable[Path | str]) -> tuple[pd.DataFrame, dict[str, list
                 # method diagnostics of the last epoch (e.g. STORM's weight_auc)
                 **{f"method_{k}": v for k, v in (r.get("method_metrics") or {}).items()},
                 "diverged": bool(r.get("diverged")),
-                CONFIG_COL: json.dumps(flat_config(identity_config(r["config"])) if isinstance(r.get("config"), dict) else {},
+                CONFIG_COL: json.dumps(flat_config(identity_config(r["config"]))
+                                       if isinstance(r.get("config"), dict) else {},
                                        sort_keys=True, default=str),
             }
             for k in ("test_last", "test_best", "test_selected", "val_last", "val_selected", "realized_noise_rate"):

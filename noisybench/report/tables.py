@@ -7,12 +7,21 @@ the noisy validation split, and the oracle best test epoch (labelled as such).
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 
-from noisybench.report.layout import (CONFIG_COL, METRIC_TITLES, TUNE_SCORE, check_replicates,
-                                      config_value, display_key, fmt_value, table_layout, tuned_choice)
+from noisybench.report.layout import (
+    CONFIG_COL,
+    METRIC_TITLES,
+    TUNE_SCORE,
+    check_replicates,
+    config_value,
+    display_key,
+    fmt_value,
+    table_layout,
+    tuned_choice,
+)
 
 KINDS = {
     "last": ("test_last", "last epoch"),

@@ -1,9 +1,9 @@
 """Every output format by name, and `write_report`: summary.csv plus the tables in each format."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from html import escape
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

@@ -34,7 +34,20 @@ import torch
 from noisybench.config import build
 from noisybench.data import Dataset, split_pool, take_subset
 from noisybench.data.dialogue import (
-    DONTCARE, G_DONTCARE, G_REFER, G_VALUE, GATES, NONE, PAD, SEP, UNK, Flat, encode, flatten, tokenize, update_labels,
+    DONTCARE,
+    G_DONTCARE,
+    G_REFER,
+    G_VALUE,
+    GATES,
+    NONE,
+    PAD,
+    SEP,
+    UNK,
+    Flat,
+    encode,
+    flatten,
+    tokenize,
+    update_labels,
 )
 from noisybench.errors import ConfigError
 from noisybench.metrics import gate_f1, joint_goal_accuracy, memorization, slot_accuracy
@@ -97,7 +110,7 @@ def _state_noise(cfg, pool):
         if injector.rate != 0:
             raise ConfigError(f"noise={cfg.noise.name} does not apply to dialogue states; "
                               "use noise=dst noise.rate=<rate> (or noise=none)")
-        corrupt = lambda st, *a, **k: (st.copy(), None, {})  # noqa: E731 -- no noise
+        corrupt = lambda st, *a, **k: (st.copy(), None, {})  # noqa: E731  (a stand-in for corrupt_states: no noise)
     return injector, corrupt
 
 
@@ -167,7 +180,7 @@ class DSTTask(Task):
         vocab_s, slot_vocab, table = _value_heads(st_train, S)
 
         ev = flat.evidence
-        labels = lambda st, prev, rows: update_labels(st, prev, [ev[r] for r in rows], strings, slot_vocab,  # noqa: E731
+        labels = lambda st, prev, rows: update_labels(st, prev, [ev[r] for r in rows], strings, slot_vocab,  # noqa: E731  (a local helper)
                                                       NONE_ID, DONTCARE_ID)
         y_train, y_train_clean = labels(st_train, prev_train, tr_rows), labels(st_train_clean, prev_train, tr_rows)
         y_val, y_val_clean = labels(st_val, prev_val, va_rows), labels(st_val_clean, prev_val, va_rows)
@@ -175,7 +188,7 @@ class DSTTask(Task):
 
         itos = _token_vocab(flat.texts, tr_rows, self.min_token_count)
         stoi = {t: i for i, t in enumerate(itos)}
-        x = lambda rows, texts: torch.as_tensor(encode([texts[r] for r in rows], stoi, self.max_len))  # noqa: E731
+        x = lambda rows, texts: torch.as_tensor(encode([texts[r] for r in rows], stoi, self.max_len))  # noqa: E731  (a local helper)
 
         if not pool.clean_known:
             report = {**report, "real_noise": "the dataset's training labels are noisy themselves "
@@ -187,10 +200,11 @@ class DSTTask(Task):
             "applied_to": "train+val" if injector.apply_to_val else "train (validation labels clean)",
             "num_samples": int(len(scope)),
             "unit_of_num_samples": "user turns",
-            "gate_label_noise_rate_train": float((y_train[..., 0] != y_train_clean[..., 0]).mean()) if len(y_train) else 0.0,
+            "gate_label_noise_rate_train": (float((y_train[..., 0] != y_train_clean[..., 0]).mean())
+                                            if len(y_train) else 0.0),
         }
-        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.int64)  # noqa: E731
-        gate_hist = lambda y: {g: int((y[..., 0] == i).sum()) for i, g in enumerate(GATES)}  # noqa: E731
+        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.int64)  # noqa: E731  (a local helper)
+        gate_hist = lambda y: {g: int((y[..., 0] == i).sum()) for i, g in enumerate(GATES)}  # noqa: E731  (a local helper)
         info = {**pool.info, "slots": slots, "num_values_per_slot": [len(v) for v in vocab_s],
                 "vocab_size": len(itos), "max_len": self.max_len,
                 "turns": {"train": len(tr_rows), "val": len(va_rows), "test": len(test.states)},
@@ -292,7 +306,8 @@ class DSTTask(Task):
         row = {"val": m(pred_val, ds.state_val), "test": m(pred_test, ds.state_test)}
         for name in self.extra_metrics:
             if name == "gate_f1":
-                row.update({f"test_gate_f1_{g}": gate_f1(gates_test, ds.y_test[..., 0], i) for i, g in enumerate(GATES)})
+                row.update({f"test_gate_f1_{g}": gate_f1(gates_test, ds.y_test[..., 0], i)
+                            for i, g in enumerate(GATES)})
             else:
                 row[f"test_{name}"] = headline[name](pred_test, ds.state_test)
         row.update({"train_noisy": m(pred_train, ds.state_train),

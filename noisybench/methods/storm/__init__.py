@@ -14,11 +14,17 @@ deliberate departure from the paper: docs/methods/storm.md.
   host.py       numpy views of tensors for the compiled loops
 """
 from noisybench.methods.storm.base_loss import build_base_loss
-from noisybench.methods.storm.dropout import (MASK_LEVELS, STORM_DROPOUT, _random_bits,
-                                              dropout_passes, fast_dropout, replay_rng, rng_state,
-                                              set_rng_state)
-from noisybench.methods.storm.lookahead import (HYPERPARAMETERS, LOOKAHEADS, lookahead,
-                                                lookahead_vjp, sgd_lookahead_vjp)
+from noisybench.methods.storm.dropout import (
+                                              MASK_LEVELS,
+                                              STORM_DROPOUT,
+                                              _random_bits,
+                                              dropout_passes,
+                                              fast_dropout,
+                                              replay_rng,
+                                              rng_state,
+                                              set_rng_state,
+)
+from noisybench.methods.storm.lookahead import HYPERPARAMETERS, LOOKAHEADS, lookahead, lookahead_vjp, sgd_lookahead_vjp
 from noisybench.methods.storm.rescaler import BN_EPS, INIT_STD, Rescaler, _Omega, adam_step
 from noisybench.methods.storm.step import BN_SCOPES, FEATURES, META_SOURCES, STORM
 from noisybench.methods.storm.weighting import WEIGHT_NORMS

@@ -8,6 +8,7 @@ from noisybench.config import build, config_files
 from noisybench.errors import ConfigError
 from noisybench.methods.base import LossMethod
 
+
 def _base_loss_node(base_loss) -> dict:
     """`base_loss` is a method config node (dict with `_target_`) or the name of one (`dal`)."""
     if isinstance(base_loss, (DictConfig, dict)):

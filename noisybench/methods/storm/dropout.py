@@ -90,7 +90,7 @@ def dropout_passes(x: torch.Tensor, p: float, passes: int) -> tuple[torch.Tensor
     return x * out[:m].view(x.shape), out[m:].view(-1, *x.shape[1:])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mask_scale(drop: int, dtype: torch.dtype):
     """1/(1-p) of the rounded rate, rounded to `dtype` (as a float32 or float64 numpy scalar)."""
     value = torch.tensor(MASK_LEVELS / (MASK_LEVELS - drop), dtype=dtype).item()
@@ -244,7 +244,7 @@ class Passes:
         with torch.no_grad(), self.fast_masks():
             # batched: one call on the batch repeated n times (the same distribution of masks)
             if self.batched:
-                rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731
+                rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731  (a local helper)
                 if dropped is not None:
                     t = loss_terms(self.lead[1](dropped), rep(y))
                 elif self.lead is not None and self.lead[0].training:

@@ -254,7 +254,7 @@ class GroupMemory:
 
     def state_dict(self) -> dict:
         """The window (as CPU tensors: checkpoints load with weights_only) and the clock."""
-        to_t = lambda a: None if a is None else torch.from_numpy(a.copy())  # noqa: E731
+        to_t = lambda a: None if a is None else torch.from_numpy(a.copy())  # noqa: E731  (a local helper)
         return {"stats": to_t(self.stats), "slot": to_t(self.slot), "stamp": to_t(self.stamp), "clock": self.clock}
 
     def load_state_dict(self, state: dict) -> None:

@@ -284,7 +284,7 @@ class _Omega(torch.autograd.Function):
         f, head, w1, w2bd, x, mean1, rstd1, a, z, mean2, rstd2, w = ctx.saved_tensors
         B, S, F_ = f.shape
         H = w1.shape[0]
-        grad = lambda dy, inp, mean, rstd: torch.ops.aten.native_batch_norm_backward(  # noqa: E731
+        grad = lambda dy, inp, mean, rstd: torch.ops.aten.native_batch_norm_backward(  # noqa: E731  (a local helper)
             dy, inp, None, None, None, mean, rstd, True, BN_EPS, [True, False, False])[0]
         s = dw * w * (1 - w)  # d sigmoid; only each sample's own head receives it
         d1 = torch.zeros(B, S, H, dtype=w.dtype, device=w.device).scatter_(2, head[..., None], s[..., None])

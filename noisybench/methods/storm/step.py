@@ -216,7 +216,7 @@ class STORM(LossMethod):
                   for p in g["params"] if p.requires_grad]
         self._inner = InnerStep(optimizer, params, self.lookahead)
         self._params = params
-        loss_terms = lambda out, y: self._task().loss_terms(self.base_loss, out, y)  # noqa: E731
+        loss_terms = lambda out, y: self._task().loss_terms(self.base_loss, out, y)  # noqa: E731  (a closure handed to Passes)
         self._passes = Passes(model, self.forward_passes, self.trained_pass_dropout, loss_terms)
         # a_i = <u, ∇ℓ_i> from the recorded layers when exact (no BatchNorm, one sample per row), else a JVP
         exact = self._groups == 1 and supported(model, [p for _, p, _ in params])
