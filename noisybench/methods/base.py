@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from noisybench.schema import META_KEYS, parameters, _target, _unwrap
+from noisybench.schema import META_KEYS, _target, _unwrap, parameters
 
 
 def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
@@ -62,6 +62,10 @@ class LossMethod(nn.Module):
     #: meta_source=clean_val); the runner then calls `on_clean_validation` and records
     #: `uses_clean_labels: true` in result.json.
     needs_clean_validation: bool = False
+    #: True only when a method is configured to use the run's realised noise transition matrix (it is
+    #: computed from the CLEAN training labels; e.g. forward correction with transition=oracle): the
+    #: runner calls `on_transition_matrix` and records `uses_clean_labels: true`.
+    needs_transition_matrix: bool = False
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -77,6 +81,15 @@ class LossMethod(nn.Module):
     def on_clean_validation(self, x_val: torch.Tensor, y_val_clean: torch.Tensor) -> None:
         """Called once before training, and only if `needs_clean_validation`: the validation split
         with its CLEAN labels."""
+
+    def on_transition_matrix(self, transition: torch.Tensor) -> None:
+        """Called once before training, and only if `needs_transition_matrix`: the realised [K, K]
+        matrix T[i, j] = P(noisy label j | clean label i) of the run (noise.json)."""
+
+    @property
+    def uses_clean_labels(self) -> bool:
+        """Whether this method, as configured, learns from anything computed from clean labels."""
+        return bool(self.needs_clean_validation or self.needs_transition_matrix)
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called before every epoch (0-based). Schedules live here, not in the runner."""
@@ -100,6 +113,12 @@ class LossMethod(nn.Module):
     def hparams(self) -> dict:
         """Values recorded in result.json under `method` beyond the config's keys, which are recorded
         already (`config_hparams`): derived ones only (e.g. what STORM switched on). Optional."""
+        return {}
+
+    def result_extras(self, noise_report: dict) -> dict:
+        """Entries for result.json's `method_result` when the record is written, given the run's noise
+        report (with the realised `transition_matrix`: for evaluation only, a method must not train on
+        it), e.g. forward correction's estimated T and its error. Scalars also reach summary.csv."""
         return {}
 
     def state(self) -> dict:
