@@ -45,7 +45,7 @@ class ELR(LossMethod):
         if y_train.dim() != 1:
             raise ConfigError("method=elr needs one label per sample (a classification dataset); "
                               f"this {getattr(self.task, 'kind', 'dataset')} dataset has structured labels")
-        self.target = torch.zeros(len(y_train), self.num_classes, device=y_train.device)
+        self.target = torch.zeros(len(y_train), self.num_classes, dtype=self.target.dtype, device=y_train.device)
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
         self._index = batch.index  # the samples `forward` is called on: their targets
