@@ -59,9 +59,12 @@ METHOD_ARGS = {
 }
 
 
-# dal, storm and SIGTERM take the same code paths as ce and SIGINT (STORM's state is checked bit for bit
-# in-process by tests/test_method_state.py): `slow` keeps the default suite short
-@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in ("dal", "storm", "elr", "forward") else m
+# dal, storm, elr, forward and SIGTERM take the same code paths as ce and SIGINT (their states are checked
+# bit for bit in-process by tests/test_method_state.py): `slow` keeps the default suite short
+SLOW_METHODS = ("dal", "storm", "elr", "forward")
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_METHODS else m
                                     for m in sorted(METHOD_ARGS)])
 def test_sigkill_then_same_command_equals_uninterrupted_run(method, cli_env, tmp_path):
     args = [*METHOD_ARGS[method], "dataset.subset=1200", "trainer.epochs=8", "trainer.batch_size=32",
