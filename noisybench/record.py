@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from noisybench.methods.base import config_hparams
 from noisybench.threads import blas_threads
 from noisybench.utils import atomic_write_bytes, git_revision, versions
 
@@ -65,9 +66,12 @@ def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_
     return {
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
-        "method": {"name": cfg.method.name, **method.hparams()},
-        "uses_clean_labels": bool(method.needs_clean_validation),
+        # the method's config keys (its constructor arguments) and what the method adds (hparams())
+        "method": {"name": cfg.method.name, **config_hparams(OmegaConf.to_container(cfg.method, resolve=True)),
+                   **method.hparams()},
+        "uses_clean_labels": method.uses_clean_labels,
         "method_metrics": dict(method_metrics or {}),  # the last epoch's epoch_metrics (e.g. weight_auc)
+        "method_result": method.result_extras(noise_report),  # e.g. forward correction's estimated T
         "noise": {k: noise_report[k] for k in noise_report
                   if k not in ("transition_matrix", "transition_counts", "realized_noise_rate", "class_names",
                                "from_cache")},

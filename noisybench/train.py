@@ -243,6 +243,8 @@ def setup(cfg: DictConfig, rd: RunDir, revision: str | None) -> tuple[Run, RunSt
     method.on_train_start(ds.x_train, ds.y_train, seed)
     if method.needs_clean_validation:  # opt-in baselines only; recorded as uses_clean_labels
         method.on_clean_validation(ds.x_val, ds.y_val_clean)
+    if method.needs_transition_matrix:  # opt-in oracle baselines only; recorded as uses_clean_labels
+        method.on_transition_matrix(torch.tensor(noise_report["transition_matrix"], dtype=torch.float32, device=device))
     r = Run(cfg=cfg, rd=rd, device=device, task=task, ds=ds, noise_report=noise_report,
             fast=fast, augment=augment, step_schedule=step_schedule,
             corrupted=ds.y_train != ds.y_train_clean, revision=revision, epochs=epochs,

@@ -180,7 +180,7 @@ BROKEN = """
 noisybench train -m method=ce,gce trainer.epoch=3     # unknown key
 noisybench train method=nope                          # unknown choice
 noisybench train -m noise.rate=0.2,1.4 seed=0,1       # a bad value in one job of the sweep
-noisybench train -cd examples/user_method/conf method=sce method.gamma=2
+noisybench train -cd examples/user_method/conf method=bootstrap method.gamma=2
 noisybench noise dataset=digits noise=pairflip noise.ratio=0.3
 noisybench report SWEEP_DIR -f md,pdf                 # unknown format
 noisybench report SWEEP_DIR --nope

@@ -21,6 +21,8 @@ from noisybench.errors import ConfigError
 from noisybench.methods.base import Batch
 from noisybench.methods.ce import CrossEntropy
 from noisybench.methods.dal import DAL
+from noisybench.methods.elr import ELR
+from noisybench.methods.forward import ForwardCorrection
 from noisybench.methods.gce import GCE
 from noisybench.methods.storm import STORM
 from noisybench.models.cnn1d import CNN1D
@@ -106,6 +108,8 @@ class Run:
         self.method.on_train_start(d["x"], d["y"], 0)
         if self.method.needs_clean_validation:
             self.method.on_clean_validation(d["xv"], d["yv"])
+        if self.method.needs_transition_matrix:  # a fixed noisy-channel matrix stands in for the realised one
+            self.method.on_transition_matrix(torch.full((K, K), 0.1) + 0.7 * torch.eye(K))
         self.losses: list[torch.Tensor] = []
 
     def play(self, events) -> Run:
@@ -328,6 +332,11 @@ LOSS_CASES = {
     "gce": Case(lambda: GCE(num_classes=K, q=0.7), optim="nesterov"),
     "dal": Case(lambda: DAL(num_classes=K, q_start=0.6, q_end=1.5)),  # q = 0.6, 0.9, 1.2: bootstrapping in epoch 2
     "dal_hard": Case(lambda: DAL(num_classes=K, q_start=0.9, q_end=1.2, bootstrap="hard"), optim="adam"),
+    "elr": Case(lambda: ELR(num_classes=K)),  # the per-sample targets [N, K] are state
+    "elr_adam": Case(lambda: ELR(num_classes=K, lam=7.0, beta=0.9), optim="adam"),
+    # T estimated mid epoch 1 (after 3 of its 5 batches): the cuts fall before and after the estimate
+    "forward_estimated": Case(lambda: ForwardCorrection(num_classes=K, warmup_epochs=1.5)),
+    "forward_oracle": Case(lambda: ForwardCorrection(num_classes=K, transition="oracle"), optim="adam"),
 }
 
 

@@ -53,12 +53,17 @@ METHOD_ARGS = {
     "ce": ["method=ce"],
     "dal": ["method=dal"],
     "storm": ["method=storm", "method.forward_passes=2"],
+    "elr": ["method=elr"],  # per-sample targets in the checkpoint
+    "forward": ["method=forward", "method.warmup_epochs=2.5"],  # T estimated after the kill
 }
 
 
-# dal, storm and SIGTERM take the same code paths as ce and SIGINT (STORM's state is checked bit for bit
-# in-process by tests/test_method_state.py): `slow` keeps the default suite short
-@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in ("dal", "storm") else m
+# dal, storm, elr, forward and SIGTERM take the same code paths as ce and SIGINT (their states are checked
+# bit for bit in-process by tests/test_method_state.py): `slow` keeps the default suite short
+SLOW_METHODS = ("dal", "storm", "elr", "forward")
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_METHODS else m
                                     for m in sorted(METHOD_ARGS)])
 def test_sigkill_then_same_command_equals_uninterrupted_run(method, cli_env, tmp_path):
     args = [*METHOD_ARGS[method], "dataset.subset=1200", "trainer.epochs=8", "trainer.batch_size=32",

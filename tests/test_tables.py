@@ -126,3 +126,19 @@ def test_tune_unknown_key_is_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--tune", "optim.optimizer.lrr"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "optim.optimizer.lr" in err and err.startswith("noisybench: error:")
+
+
+def test_runs_that_learnt_from_clean_labels_are_marked_oracle(tmp_path):
+    """Forward correction with the realised T (and STORM's clean_val) learn from clean labels: their
+    rows say so; the estimated T's error reaches summary.csv."""
+    for t, clean in (("estimated", False), ("oracle", True)):
+        d = write_run(tmp_path, t, val=0.5, test=0.5, method="forward", hp={"transition": t},
+                      method__transition=t)
+        record = json.loads((d / "result.json").read_text())
+        record.update(uses_clean_labels=clean, method_result={"T_mae": 0.05} if not clean else {})
+        (d / "result.json").write_text(json.dumps(record))
+    df, _ = load_runs([tmp_path])
+    assert sorted(df["method_label"]) == ["forward (transition=estimated)",
+                                          "forward (transition=oracle) [ORACLE: clean labels]"]
+    assert df.set_index("method_label")["method_T_mae"]["forward (transition=estimated)"] == 0.05
+    assert "| forward (transition=oracle) [ORACLE: clean labels] |" in to_markdown(df)

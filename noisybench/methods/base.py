@@ -15,16 +15,40 @@ the same numbers as never stopping. Mid-epoch, `on_epoch_start` is NOT called ag
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+
+from noisybench.schema import META_KEYS, _target, _unwrap, parameters
 
 
 def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
     """Logits for a loss: bf16/fp16 ones (autocast, noisybench.fastpath) in float32, others as they are
     (float64 stays float64). Losses are never computed in half precision."""
     return logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
+
+
+def config_hparams(node: dict) -> dict[str, Any]:
+    """A method's hyperparameters from its config node (the resolved `cfg.method`, a dict): every key the
+    constructor receives, not `name` / `_target_` / `_partial_` and the like. A nested method node
+    (STORM's `base_loss`) gives `base_loss=<its name>` and `base_loss.<key>`. A whole number given to a
+    `float` parameter is recorded as a float (`method.q=1` -> 1.0), as the constructor uses it."""
+    target = _target(node["_target_"]) if isinstance(node.get("_target_"), str) else None
+    hints = parameters(target)[1] if target is not None else {}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in META_KEYS or str(key).startswith("_"):
+            continue
+        if isinstance(value, dict) and "_target_" in value:
+            if "name" in value:
+                out[key] = value["name"]
+            out.update({f"{key}.{k}": v for k, v in config_hparams(value).items()})
+            continue
+        if _unwrap(hints.get(key))[0] is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        out[key] = value
+    return out
 
 
 class Batch(NamedTuple):
@@ -38,6 +62,10 @@ class LossMethod(nn.Module):
     #: meta_source=clean_val); the runner then calls `on_clean_validation` and records
     #: `uses_clean_labels: true` in result.json.
     needs_clean_validation: bool = False
+    #: True only when a method is configured to use the run's realised noise transition matrix (it is
+    #: computed from the CLEAN training labels; e.g. forward correction with transition=oracle): the
+    #: runner calls `on_transition_matrix` and records `uses_clean_labels: true`.
+    needs_transition_matrix: bool = False
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -53,6 +81,15 @@ class LossMethod(nn.Module):
     def on_clean_validation(self, x_val: torch.Tensor, y_val_clean: torch.Tensor) -> None:
         """Called once before training, and only if `needs_clean_validation`: the validation split
         with its CLEAN labels."""
+
+    def on_transition_matrix(self, transition: torch.Tensor) -> None:
+        """Called once before training, and only if `needs_transition_matrix`: the realised [K, K]
+        matrix T[i, j] = P(noisy label j | clean label i) of the run (noise.json)."""
+
+    @property
+    def uses_clean_labels(self) -> bool:
+        """Whether this method, as configured, learns from anything computed from clean labels."""
+        return bool(self.needs_clean_validation or self.needs_transition_matrix)
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called before every epoch (0-based). Schedules live here, not in the runner."""
@@ -74,7 +111,14 @@ class LossMethod(nn.Module):
         return loss.detach()
 
     def hparams(self) -> dict:
-        """Hyperparameters recorded with each run."""
+        """Values recorded in result.json under `method` beyond the config's keys, which are recorded
+        already (`config_hparams`): derived ones only (e.g. what STORM switched on). Optional."""
+        return {}
+
+    def result_extras(self, noise_report: dict) -> dict:
+        """Entries for result.json's `method_result` when the record is written, given the run's noise
+        report (with the realised `transition_matrix`: for evaluation only, a method must not train on
+        it), e.g. forward correction's estimated T and its error. Scalars also reach summary.csv."""
         return {}
 
     def state(self) -> dict:

@@ -83,8 +83,5 @@ class DAL(LossMethod):
             loss = loss + self.lam * self.bootstrap_term(logits) / (self.q * math.log(logits.shape[1]))
         return loss
 
-    def hparams(self) -> dict:
-        return {"q_start": self.q_start, "q_end": self.q_end, "bootstrap": self.bootstrap}
-
     def state(self) -> dict:
         return {"q": self.q, "lambda": self.lam}

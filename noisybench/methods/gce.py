@@ -31,6 +31,3 @@ class GCE(LossMethod):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return gce_loss(logits, targets, self.q)
-
-    def hparams(self) -> dict:
-        return {"q": self.q}

@@ -134,7 +134,8 @@ def check_replicates(group: pd.DataFrame, rows: list[str], cols: list[str], extr
 
 
 def method_labels(df: pd.DataFrame) -> pd.Series:
-    """Method name, plus the hyperparameters that differ between runs of that method."""
+    """Method name, plus the hyperparameters that differ between runs of that method, and a mark on
+    runs that learnt from clean labels (`uses_clean_labels` in result.json)."""
     labels = df["method"].copy()
     for name, group in df.groupby("method"):
         hps = group["method_hparams"].map(json.loads)
@@ -142,6 +143,9 @@ def method_labels(df: pd.DataFrame) -> pd.Series:
         varying = [k for k in keys if len({json.dumps(h.get(k)) for h in hps}) > 1]
         if varying:
             labels[group.index] = [f"{name} (" + ", ".join(f"{k}={h.get(k)}" for k in varying) + ")" for h in hps]
+    if "uses_clean_labels" in df:  # e.g. forward correction with the realised T: an upper bound, as ORACLE epochs
+        oracle = df["uses_clean_labels"].fillna(False).astype(bool)
+        labels[oracle] = labels[oracle] + " [ORACLE: clean labels]"
     return labels
 
 

@@ -94,6 +94,8 @@ def load_runs(paths: Iterable[Path | str]) -> tuple[pd.DataFrame, dict[str, list
                 "device": r.get("device"), "uses_clean_labels": r.get("uses_clean_labels", False),
                 # method diagnostics of the last epoch (e.g. STORM's weight_auc)
                 **{f"method_{k}": v for k, v in (r.get("method_metrics") or {}).items()},
+                **{f"method_{k}": v for k, v in (r.get("method_result") or {}).items()  # e.g. forward's T_mae
+                   if isinstance(v, (int, float, str, bool)) or v is None},
                 "diverged": bool(r.get("diverged")),
                 CONFIG_COL: json.dumps(flat_config(identity_config(r["config"]))
                                        if isinstance(r.get("config"), dict) else {},

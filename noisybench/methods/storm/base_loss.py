@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from noisybench.config import build, config_files
 from noisybench.errors import ConfigError
-from noisybench.methods.base import LossMethod
+from noisybench.methods.base import LossMethod, config_hparams
 
 
 def _base_loss_node(base_loss) -> dict:
@@ -25,11 +25,14 @@ def _base_loss_node(base_loss) -> dict:
     return OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=True)
 
 
-def build_base_loss(base_loss, num_classes: int) -> tuple[str, LossMethod]:
+def build_base_loss(base_loss, num_classes: int) -> tuple[str, LossMethod, dict]:
+    """(name, loss, its hyperparameters for the record: a base loss named by its registry entry has no
+    node in the run's config to record them from)."""
     node = _base_loss_node(base_loss)
     name = str(node.get("name", node["_target_"].rsplit(".", 1)[-1]))
     loss = build(OmegaConf.create(node))(num_classes=num_classes)
+    hparams = {**config_hparams(node), **loss.hparams()}
     if type(loss).forward is LossMethod.forward or type(loss).train_step is not LossMethod.train_step:
         raise ConfigError(f"method.base_loss={name} is not a per-sample loss method; use ce, gce or dal")
-    return name, loss
+    return name, loss, hparams
 

@@ -70,7 +70,7 @@ class STORM(LossMethod):
         super().__init__(num_classes)
         _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, weight_norm,
                lookahead, first_order, meta_loss_rescaling, bn_scope)
-        self.base_name, self.base_loss = build_base_loss(base_loss, num_classes)
+        self.base_name, self.base_loss, self.base_hparams = build_base_loss(base_loss, num_classes)
         self.forward_passes = int(forward_passes)
         self.class_separation = bool(class_separation)
         self.first_order = bool(first_order)
@@ -170,13 +170,10 @@ class STORM(LossMethod):
         self._model_id = None  # the next step re-reads model and optimizer and moves this state to their device
 
     def hparams(self) -> dict:
-        return {"base_loss": self.base_name, **{f"base_loss.{k}": v for k, v in self.base_loss.hparams().items()},
-                "forward_passes": self.forward_passes, "class_separation": self.class_separation,
-                "first_order": self.first_order, "meta_interval": self.meta_interval,
-                "features": self.features, "meta_loss_rescaling": self.meta_loss_rescaling,
-                "meta_source": self.meta_source, "rescaler_lr": self.rescaler_lr,
-                "weight_norm": self.weight_norm, "lookahead": self.lookahead, "bn_scope": self.bn_scope,
-                "trained_pass_dropout": self.trained_pass_dropout, "dropout_enabled": self.dropout_enabled}
+        # beyond the config's keys: the base loss's (also when named by its registry entry) and the
+        # dropout STORM switched on
+        return {"base_loss": self.base_name, **{f"base_loss.{k}": v for k, v in self.base_hparams.items()},
+                "dropout_enabled": self.dropout_enabled}
 
     def state(self) -> dict:
         return self.base_loss.state()

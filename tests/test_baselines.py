@@ -1,0 +1,230 @@
+"""The baselines against references written from their papers and public code (the code's lines,
+transcribed to per-sample PyTorch / numpy; the module docstrings say which code and where they
+depart): loss values and gradients on fixed tensors, to float tolerance."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from noisybench.errors import ConfigError
+from noisybench.methods.apl import NCEandRCE
+from noisybench.methods.base import Batch
+from noisybench.methods.elr import ELR
+from noisybench.methods.forward import ForwardCorrection, anchor_point_estimate
+from noisybench.methods.sce import SymmetricCrossEntropy
+
+K = 4
+
+
+def fixed(n: int = 6, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(n, K, generator=g)).to(dtype)
+    y = torch.randint(K, (n,), generator=g)
+    # saturated softmax, the clamps matter: a wrong label (p_y < 1e-7) and a right one (the others < 1e-7)
+    logits[0], logits[1] = torch.tensor([30.0, -5.0, 0.0, 1.0]), torch.tensor([-5.0, 30.0, 0.0, 1.0])
+    y[0] = y[1] = 1
+    return logits, y
+
+
+def value_and_grad(fn, logits, y):
+    x = logits.clone().requires_grad_(True)
+    loss = fn(x, y)
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), g
+
+
+def assert_same(method_fn, ref_fn, dtype=torch.float64):
+    logits, y = fixed(dtype=dtype)
+    v, g = value_and_grad(method_fn, logits, y)
+    rv, rg = value_and_grad(ref_fn, logits, y)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(v, rv, **tol)
+    torch.testing.assert_close(g, rg, **tol)
+
+
+# ---- SCE: HanxunH/SCELoss-Reproduce loss.py, SCELoss.forward (per sample) --------------------------
+
+def ref_rce(pred, labels):
+    pred = F.softmax(pred, dim=1)
+    pred = torch.clamp(pred, min=1e-7, max=1.0)
+    label_one_hot = torch.nn.functional.one_hot(labels, K).to(pred.dtype)
+    label_one_hot = torch.clamp(label_one_hot, min=1e-4, max=1.0)
+    return -1 * torch.sum(pred * torch.log(label_one_hot), dim=1)
+
+
+def ref_sce(alpha, beta):
+    return lambda pred, labels: alpha * F.cross_entropy(pred, labels, reduction="none") + beta * ref_rce(pred, labels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("alpha,beta", [(0.1, 1.0), (6.0, 0.1)])
+def test_sce_matches_the_public_code(alpha, beta, dtype):
+    assert_same(SymmetricCrossEntropy(K, alpha=alpha, beta=beta), ref_sce(alpha, beta), dtype)
+
+
+def test_sce_defaults_are_the_papers_cifar10_setting():
+    m = SymmetricCrossEntropy(K)
+    assert (m.alpha, m.beta) == (0.1, 1.0)
+
+
+# ---- APL NCE+RCE: HanxunH/Active-Passive-Losses loss.py, NormalizedCrossEntropy + ReverseCrossEntropy --
+
+def ref_nce_rce(alpha, beta):
+    def loss(pred, labels):
+        logp = F.log_softmax(pred, dim=1)
+        label_one_hot = torch.nn.functional.one_hot(labels, K).to(logp.dtype)
+        nce = -1 * torch.sum(label_one_hot * logp, dim=1) / (-logp.sum(dim=1))
+        return alpha * nce + beta * ref_rce(pred, labels)
+    return loss
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (10.0, 0.1)])
+def test_apl_matches_the_public_code(alpha, beta, dtype):
+    assert_same(NCEandRCE(K, alpha=alpha, beta=beta), ref_nce_rce(alpha, beta), dtype)
+
+
+def test_apl_defaults_are_the_papers_cifar10_setting():
+    m = NCEandRCE(K)
+    assert (m.alpha, m.beta) == (1.0, 1.0)
+
+
+# ---- ELR: shengliu66/ELR ELR/model/loss.py, elr_loss.forward (per sample) ---------------------------
+
+class RefELR:
+    def __init__(self, num_examp, beta, lam):
+        self.target = torch.zeros(num_examp, K, dtype=torch.float64)
+        self.beta, self.lam = beta, lam
+
+    def __call__(self, index, output, label):
+        y_pred = F.softmax(output, dim=1)
+        y_pred = torch.clamp(y_pred, 1e-4, 1.0 - 1e-4)
+        y_pred_ = y_pred.data.detach()
+        self.target[index] = self.beta * self.target[index] + (1 - self.beta) * (
+            (y_pred_) / (y_pred_).sum(dim=1, keepdim=True))
+        ce_loss = F.cross_entropy(output, label, reduction="none")
+        elr_reg = (1 - (self.target[index] * y_pred).sum(dim=1)).log()
+        return ce_loss + self.lam * elr_reg
+
+
+class Logits(nn.Module):
+    """A 'model' whose output for sample i is a free row of logits: the gradient is d loss / d logits."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.w = nn.Parameter(logits.clone())
+
+    def forward(self, index):
+        return self.w[index]
+
+
+def test_elr_matches_the_public_code_over_steps():
+    logits, y = fixed(8)
+    n = len(y)
+    method, ref = ELR(K, lam=3.0, beta=0.7).double(), RefELR(n, beta=0.7, lam=3.0)
+    method.on_train_start(torch.arange(n), y, seed=0)
+    model = Logits(logits)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    ref_logits = logits.clone()
+    batches = ([0, 1, 2, 3], [2, 5, 7], [0, 2, 5, 6], [1, 3, 6, 7])  # sample 4 never seen
+    for index in map(torch.tensor, batches):
+        loss = method.train_step(model, opt, Batch(index, y[index], index))
+        x = ref_logits[index].clone().requires_grad_(True)
+        ref_loss = ref(index, x, y[index]).mean()
+        (g,) = torch.autograd.grad(ref_loss, x)
+        torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-10, atol=1e-12)
+        expected_grad = torch.zeros_like(ref_logits).index_put_((index,), g, accumulate=True)
+        torch.testing.assert_close(model.w.grad, expected_grad, rtol=1e-10, atol=1e-12)
+        ref_logits = ref_logits - 0.5 * expected_grad  # SGD, as the method's optimizer
+        torch.testing.assert_close(method.target, ref.target, rtol=1e-12, atol=1e-14)
+    assert (method.target[1] != 0).all() and (method.target[4] == 0).all()  # only the samples seen
+
+
+def test_elr_targets_are_in_the_state_dict_and_need_on_train_start():
+    m = ELR(K)
+    m.on_train_start(torch.zeros(5, 2), torch.zeros(5, dtype=torch.long), 0)
+    assert m.state_dict()["target"].shape == (5, K)
+    with pytest.raises(ConfigError, match="one label per sample"):
+        ELR(K).on_train_start(torch.zeros(5, 2), torch.zeros(5, 3, dtype=torch.long), 0)
+    with pytest.raises(RuntimeError, match="indices"):
+        m(torch.zeros(2, K), torch.zeros(2, dtype=torch.long))
+
+
+# ---- forward correction: giorgiop/loss-correction loss.py robust('forward') and noise.py NoiseEstimator --
+
+def ref_forward(P):
+    def loss(y_pred_logits, labels):
+        y_pred = F.softmax(y_pred_logits, dim=1)
+        y_pred = y_pred / y_pred.sum(dim=-1, keepdim=True)
+        y_pred = torch.clamp(y_pred, 1e-7, 1.0 - 1e-7)
+        y_true = F.one_hot(labels, K).to(y_pred.dtype)
+        return -torch.sum(y_true * torch.log(y_pred @ P.to(y_pred.dtype)), dim=-1)
+    return loss
+
+
+def noisy_channel():
+    return torch.tensor([[0.6, 0.4, 0.0, 0.0], [0.0, 0.7, 0.3, 0.0], [0.1, 0.0, 0.8, 0.1], [0.0, 0.0, 0.2, 0.8]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_forward_loss_matches_the_public_code(dtype):
+    m = ForwardCorrection(K, transition="oracle")
+    assert m.needs_transition_matrix and m.uses_clean_labels
+    m.on_transition_matrix(noisy_channel())
+    assert_same(m, ref_forward(noisy_channel()), dtype)
+
+
+def ref_estimator(eta_corr, filter_outlier=True):
+    """NoiseEstimator.fit's loop, on a copy of each column (see the module's departure (2))."""
+    c = eta_corr.shape[1]
+    T = np.empty((c, c))
+    for i in np.arange(c):
+        if not filter_outlier:
+            idx_best = np.argmax(eta_corr[:, i])
+        else:
+            eta_thresh = np.percentile(eta_corr[:, i], 97, method="higher")
+            robust_eta = eta_corr[:, i].copy()
+            robust_eta[robust_eta >= eta_thresh] = 0.0
+            idx_best = np.argmax(robust_eta)
+        for j in np.arange(c):
+            T[i, j] = eta_corr[idx_best, j]
+    return T
+
+
+def test_anchor_point_estimate_matches_the_public_code_and_finds_T():
+    rng = np.random.default_rng(0)
+    T = noisy_channel().double().numpy()
+    clean = rng.dirichlet(np.full(K, 0.3), size=400)  # clean posteriors, some near one-hot (anchor points)
+    eta = clean @ T  # the noisy posterior a perfect CE model learns
+    est = anchor_point_estimate(eta)
+    np.testing.assert_array_equal(est, ref_estimator(eta))
+    assert np.abs(est - T).mean() < 0.05
+    assert np.abs(anchor_point_estimate(eta, 100.0) - T).mean() < np.abs(np.eye(K) - T).mean()
+
+
+def test_forward_estimates_T_after_the_warm_up_and_reports_its_error():
+    logits, y = fixed(8)
+    n = len(y)
+    m = ForwardCorrection(K, warmup_epochs=1.0).double()
+    m.on_train_start(torch.arange(n), y, seed=0)
+    model = Logits(logits)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # fixed logits: the estimate is checkable
+    for epoch in range(2):
+        m.on_epoch_start(epoch, 2)
+        for i in range(0, n, 4):
+            idx = torch.arange(i, min(i + 4, n))
+            m.train_step(model, opt, Batch(idx, y[idx], idx))
+            if epoch == 0:
+                assert m.T is None  # CE during the warm-up
+    expected = anchor_point_estimate(torch.softmax(logits, 1).numpy())
+    np.testing.assert_allclose(m.T.double().numpy(), expected, rtol=1e-6)
+    out = m.result_extras({"transition_matrix": noisy_channel().tolist()})
+    assert out["T_estimated_at_epoch"] == 1.0 and np.array(out["T_estimated"]).shape == (K, K)
+    error = np.abs(np.array(out["T_estimated"]) - noisy_channel().numpy())
+    assert out["T_mae"] == pytest.approx(error.mean(), abs=1e-6)
+    assert not m.uses_clean_labels
+    with pytest.raises(ConfigError, match="method.warmup_epochs=3 leaves no epoch"):
+        ForwardCorrection(K, warmup_epochs=3).on_epoch_start(0, 3)
