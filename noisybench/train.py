@@ -360,7 +360,7 @@ def _keep_weights(r: Run, st: RunState, epoch: int) -> None:
     w = st.method.sample_weights()
     if w is not None:  # a method with per-sample weights (a reweighting method); evaluation only
         st.weights[epoch] = w.detach().float().cpu().numpy().astype(np.float16)
-        save_weights(r.rd.path, st.weights, r.task.sample_corrupted(r.corrupted))
+        save_weights(r.rd.path, st.weights, r.task.sample_corrupted(r.corrupted), r.task.sample_classes(r.ds.y_train))
 
 
 def _class_weights(r: Run, st: RunState, epoch: int, row: dict) -> None:
