@@ -77,6 +77,7 @@ def _train_task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from noisybench.class_weights import starved_line
     from noisybench.train import run  # here: the runner imports torch (not for --help or TAB)
 
     hc = HydraConfig.get()
@@ -102,6 +103,9 @@ def _train_task(cfg) -> float:
           f"test_selected={'n/a' if sel is None else f'{sel:.4f}'} (epoch {record['selected_epoch']})  "
           f"test_best[oracle]={record['test_best']:.4f}  noise={record['realized_noise_rate']:.4f} realised  "
           f"{record['train_time_s']:.1f}s", flush=True)
+    starved = starved_line(record.get("class_weights"))  # a weighting that switched off whole classes
+    if starved:
+        print(starved, flush=True)
     if record.get("diverged"):  # a result, marked: the tables show it, the exit code says it
         msg = record["diverged"]["message"]
         _FAILURES.append((str(out_dir), msg, EXIT_FAILED))

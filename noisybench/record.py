@@ -20,13 +20,16 @@ from noisybench.utils import atomic_write_bytes, git_revision, versions
 WEIGHTS = "sample_weights.npz"
 
 
-def save_weights(out_dir: Path, saved: dict[int, np.ndarray], corrupted: torch.Tensor) -> None:
+def save_weights(out_dir: Path, saved: dict[int, np.ndarray], corrupted: torch.Tensor,
+                 classes: torch.Tensor | None = None) -> None:
     """sample_weights.npz: `epoch` [E] (0-based, as in metrics.csv), `weights` [E, N] float16 (NaN: a
-    sample not weighted that epoch) and `corrupted` [N] bool (noisy label != clean label)."""
+    sample not weighted that epoch), `corrupted` [N] bool (noisy label != clean label) and, when given,
+    `classes` [N] int (each sample's noisy label; DST: its gate label; the per-class weight panel)."""
     epochs = sorted(saved)
     buf = io.BytesIO()
+    extra = {} if classes is None else {"classes": classes.reshape(-1).cpu().numpy().astype(np.int32)}
     np.savez_compressed(buf, epoch=np.array(epochs, dtype=np.int32), weights=np.stack([saved[e] for e in epochs]),
-                        corrupted=corrupted.reshape(-1).cpu().numpy().astype(bool))
+                        corrupted=corrupted.reshape(-1).cpu().numpy().astype(bool), **extra)
     atomic_write_bytes(out_dir / WEIGHTS, buf.getvalue())
 
 

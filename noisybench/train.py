@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from noisybench import loggers
+from noisybench import class_weights, loggers
 from noisybench.checks import check_trainer
 from noisybench.config import build, resolve_device, weight_epochs
 from noisybench.data import Dataset
@@ -108,6 +108,8 @@ class RunState:
     weights: dict[int, np.ndarray] = field(default_factory=dict)  # sample weights by 0-based epoch
     divergence: dict | None = None  # why the run diverged (noisybench.record.diverged)
     method_metrics: dict = field(default_factory=dict)  # the last epoch's epoch_metrics
+    # per-class weight statistics of every evaluated epoch (noisybench.class_weights), in the checkpoint
+    class_weights: list[dict] = field(default_factory=list)
 
     def train_time(self) -> float:
         return self.spent + time.perf_counter() - self.started
@@ -120,7 +122,7 @@ class RunState:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "method": self.method.state_dict(), "rng": self._rng_state(),
             "train_time": self.train_time(), "resumed_from": self.resumed_from,
-            "revisions": self.revisions,
+            "revisions": self.revisions, "class_weights": self.class_weights,
             # the cost so far, this write counted
             "checkpoint_stats": {**self.stats, "writes": self.stats["writes"] + 1}}
 
@@ -139,6 +141,7 @@ class RunState:
         self.resumed_from = list(ckpt["resumed_from"])
         self.revisions = list(ckpt.get("revisions", [None]))  # (older checkpoints have none)
         self.stats.update(ckpt["checkpoint_stats"])
+        self.class_weights = list(ckpt.get("class_weights", []))  # (older checkpoints have none)
 
     def _rng_state(self) -> dict:
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
@@ -325,6 +328,7 @@ def run_epoch(r: Run, st: RunState, signalled: StopOnSignal) -> dict:
     if (epoch + 1) % r.eval_every == 0 or epoch == r.epochs - 1 or st.divergence:
         with r.fast.autocast():
             row.update(r.task.evaluate(st.model, r.ds, r.eval_batch_size))
+        _class_weights(r, st, epoch, row)
     st.rows.append(row)
     atomic_write_text(r.rd.path / "metrics.csv", _csv(st.rows))
     return row
@@ -358,7 +362,19 @@ def _keep_weights(r: Run, st: RunState, epoch: int) -> None:
     w = st.method.sample_weights()
     if w is not None:  # a method with per-sample weights (a reweighting method); evaluation only
         st.weights[epoch] = w.detach().float().cpu().numpy().astype(np.float16)
-        save_weights(r.rd.path, st.weights, r.task.sample_corrupted(r.corrupted))
+        save_weights(r.rd.path, st.weights, r.task.sample_corrupted(r.corrupted), r.task.sample_classes(r.ds.y_train))
+
+
+def _class_weights(r: Run, st: RunState, epoch: int, row: dict) -> None:
+    """A method with per-sample weights: their per-class statistics (noisybench.class_weights) into
+    the epoch's row (summary columns) and the run's history (result.json). Evaluation only."""
+    w = st.method.sample_weights()
+    if w is None:
+        return
+    s = class_weights.stats(w.detach().float().cpu().numpy(), r.task.sample_classes(r.ds.y_train).cpu().numpy(),
+                            r.task.sample_corrupted(r.corrupted).cpu().numpy(), r.task.num_classes(r.ds))
+    row.update(class_weights.columns(s))
+    st.class_weights.append({"epoch": epoch, **s})
 
 
 def _after_epoch(r: Run, st: RunState, signalled: StopOnSignal) -> None:
@@ -402,6 +418,10 @@ def finish(r: Run, st: RunState, trackers: loggers.Trackers, epoch_log: logging.
         stats = {**st.stats, "seconds": round(st.stats["seconds"], 4)}
         record.update(diverged=st.divergence, identity=r.rd.hash, resumed_from=st.resumed_from,
                       checkpoint={"every": r.checkpoint_every, **stats})
+        if st.class_weights:  # a method with per-sample weights
+            names = r.noise_report.get("class_names")
+            names = list(names) if names is not None and len(names) == r.task.num_classes(r.ds) else None
+            record["class_weights"] = class_weights.record(st.class_weights, names)
         atomic_write_json(r.rd.path / "result.json", record)
     except BaseException:
         trackers.close("failed")
@@ -410,6 +430,9 @@ def finish(r: Run, st: RunState, trackers: loggers.Trackers, epoch_log: logging.
     epoch_log.info("finished: test_last=%.4f test_selected=%s val_selected=%s train_time=%.1fs",
                    record["test_last"], _fmt(record["test_selected"]), _fmt(record["val_selected"]),
                    record["train_time_s"])
+    starved = class_weights.starved_line(record.get("class_weights"))
+    if starved:
+        epoch_log.info("%s", starved)
     _close_log(epoch_log)
     if not r.keep_checkpoint:
         r.rd.remove_checkpoint()

@@ -135,5 +135,6 @@ class LossMethod(nn.Module):
         """The latest per-sample weight of every training sample ([N * task.sample_groups(y)],
         training-split order, NaN for a sample not weighted yet this epoch), or None for a method
         without per-sample weights. Read at the end of the epochs in `trainer.save_weights_at` (the
-        runner writes them to sample_weights.npz with the corrupted mask); evaluation only."""
+        runner writes them to sample_weights.npz with the corrupted mask) and of every evaluated epoch
+        (per-class statistics: noisybench.class_weights); evaluation only."""
         return None

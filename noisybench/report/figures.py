@@ -15,7 +15,8 @@ runs are never found; diverged runs are left out of every figure and named in it
 - diagnostics_<row>: a method's own metrics.csv columns over epochs (DAL's q and λ, STORM's mean weight of
   clean and corrupted samples and weight_auc).
 - weights_<row>: histograms of the per-sample weights of clean and corrupted training samples at the
-  epochs saved in sample_weights.npz (`trainer.save_weights_at`).
+  epochs saved in sample_weights.npz (`trainer.save_weights_at`), and a last column per class: the share
+  of each class's clean and corrupted samples with w < 0.05 (noisybench.class_weights).
 - transition_matrices: the realised transition matrix of each noise column (noise.json).
 
 Style (`noisybench.report.draw`): sized for print, the Okabe-Ito colour-blind-safe palette, axes
@@ -36,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from noisybench.class_weights import LOW, STARVED
 from noisybench.noise.report import draw_heatmap
 from noisybench.report.draw import (
     COLUMN_WIDTH,
@@ -54,6 +56,8 @@ from noisybench.report.draw import (
     suptitle,
 )
 from noisybench.report.layout import METRIC_TITLES, check_replicates, table_layout
+from noisybench.report.weights import auc, class_panel
+from noisybench.report.weights import load as _weights
 from noisybench.utils import atomic_output, atomic_write_bytes
 
 FORMATS = ("png", "pdf")
@@ -69,9 +73,12 @@ CURVES = (("train_noisy", "train (noisy labels)", PALETTE[1], "-"),
 DIAG_PANELS = ((("q",), "DAL: GCE exponent q", "q", None),
                (("lambda",), "DAL: bootstrap weight λ", "λ", None),
                (("mean_weight_clean", "mean_weight_corrupted"), "mean per-sample weight", "weight", None),
-               (("weight_auc",), "weight AUC", "AUC, clean vs corrupted", 0.5))
+               (("weight_auc",), "weight AUC", "AUC, clean vs corrupted", 0.5),
+               (("starved_max_share_clean", "starved_max_share"), "most starved class", "share with w < 0.05", 0.25),
+               (("min_class_mean_weight",), "lowest class mean", "weight", None))
 SAME = "every noise setting (identical)"
-DIAG_STYLES = {"mean_weight_clean": ("-", "clean samples"), "mean_weight_corrupted": ("--", "corrupted samples")}
+DIAG_STYLES = {"mean_weight_clean": ("-", "clean samples"), "mean_weight_corrupted": ("--", "corrupted samples"),
+               "starved_max_share": ("-.", "all samples of a class")}
 
 
 class Plot(NamedTuple):
@@ -419,32 +426,25 @@ def diagnostics(group: Group, cache: dict) -> list[Plot]:
     return plots
 
 
-# ---- per-sample weights -------------------------------------------------------------------------
-WEIGHTS = "sample_weights.npz"
-
-
-def _weights(run_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    try:
-        with np.load(Path(run_dir) / WEIGHTS) as z:
-            return z["epoch"].astype(int), z["weights"].astype(np.float32), z["corrupted"].astype(bool)
-    except (OSError, KeyError, ValueError):
-        return None
-
-
+# ---- per-sample weights (loader, AUC and per-class panel: noisybench.report.weights) ---------------
 def _spread(values: list[int], k: int = 5) -> list[int]:
     if len(values) <= k:
         return values
     return [values[round(i * (len(values) - 1) / (k - 1))] for i in range(k)]
 
 
-def auc(clean: np.ndarray, corrupted: np.ndarray) -> float:
-    """P(a clean sample's weight > a corrupted one's), ties counted 1/2 (= sklearn's roc_auc_score with
-    clean as the positive class; rank form, without importing sklearn)."""
-    x = np.concatenate([clean, corrupted]).astype(np.float64)
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # 1-based, ties averaged
-    n1, n0 = len(clean), len(corrupted)
-    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+def _pooled(runs: list, epoch: int, by_class: bool) -> tuple[list, list, list]:
+    """The seeds' weights, corruption masks and classes (`by_class`: only runs that saved them) at
+    `epoch`, each sample weighted that epoch."""
+    w_all, bad_all, cls_all = [], [], []
+    for ep, w, bad, classes in runs:
+        k = np.flatnonzero(ep == epoch)
+        if len(k) and w.shape[1] == len(bad) and (not by_class or classes is not None):
+            ok = np.isfinite(w[k[0]])
+            w_all.append(w[k[0]][ok])
+            bad_all.append(bad[ok])
+            cls_all.append(classes[ok] if by_class else None)
+    return w_all, bad_all, cls_all
 
 
 def sample_weight_histograms(group: Group) -> list[Plot]:
@@ -456,22 +456,25 @@ def sample_weight_histograms(group: Group) -> list[Plot]:
         if not saved:
             continue
         cols = [c for c in group.cols if any(d in saved for d in sub.loc[sub["col"] == c, "run_dir"])]
-        epochs = _spread(sorted({int(e) for ep, _, _ in saved.values() for e in ep}))
-        fig = new_figure(min(TEXT_WIDTH, 0.6 + 1.35 * len(epochs)), 0.9 + 1.1 * len(cols))
-        axes = fig.subplots(len(cols), len(epochs), squeeze=False, sharex=True)
+        epochs = _spread(sorted({int(e) for s in saved.values() for e in s.epoch}))
+        per_class = any(s.classes is not None for s in saved.values())  # the last column: by class
+        fig = new_figure(min(TEXT_WIDTH, 0.6 + 1.35 * (len(epochs) + per_class)), 0.9 + 1.1 * len(cols))
+        axes = fig.subplots(len(cols), len(epochs) + per_class, squeeze=False)
+        for ax in axes[:, :len(epochs)].flat[1:]:
+            ax.sharex(axes[0, 0])  # the histograms share their weight axis (not the per-class panel)
         for i, c in enumerate(cols):
-            for j, e in enumerate(epochs):
+            for j, e in enumerate(epochs + [epochs[-1]] * per_class):
                 ax = axes[i, j]
-                w_all, bad_all = [], []
-                for d in sub.loc[sub["col"] == c, "run_dir"]:
-                    if d not in saved:
-                        continue
-                    ep, w, bad = saved[d]
-                    k = np.flatnonzero(ep == e)
-                    if len(k) and w.shape[1] == len(bad):
-                        ok = np.isfinite(w[k[0]])
-                        w_all.append(w[k[0]][ok])
-                        bad_all.append(bad[ok])
+                w_all, bad_all, cls_all = _pooled([saved[d] for d in sub.loc[sub["col"] == c, "run_dir"] if d in saved],
+                                                  e, j == len(epochs))
+                if w_all and j == len(epochs):
+                    class_panel(ax, np.concatenate(w_all), np.concatenate(bad_all), np.concatenate(cls_all))
+                    if i == 0:
+                        ax.set_title(f"by class, epoch {e + 1}")
+                    ax.set_ylabel(f"share with w < {LOW}", fontsize=7)
+                    if i == len(cols) - 1:
+                        ax.set_xlabel("class (noisy label)")
+                    continue
                 if w_all:
                     w, bad = np.concatenate(w_all), np.concatenate(bad_all)
                     lo, hi = (float(w.min()), float(w.max())) if len(w) else (0.0, 1.0)
@@ -501,6 +504,9 @@ def sample_weight_histograms(group: Group) -> list[Plot]:
                    "the corrupted training samples (each sample's last weight in that epoch; seeds pooled; "
                    "sample_weights.npz), rows: noise setting, columns: epoch. AUC: the probability that a clean "
                    "sample's weight exceeds a corrupted one's (the clean labels are used for this plot only)."
+                   + (f" Last column: per class (noisy label), the share of its clean (blue) and corrupted (red) "
+                      f"samples with weight < {LOW} at the last drawn epoch; dotted: {STARVED}, above which a class's "
+                      "clean samples count as starved." if per_class else "")
                    + _left_out(group))
         plots.append(Plot(f"{group.stem}_weights_{_slug(r)}", caption, fig))
     return plots

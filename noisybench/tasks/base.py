@@ -109,6 +109,11 @@ class Task:
         `y_train != y_train_clean` (diagnostics of reweighting methods only)."""
         return corrupted.reshape(-1)
 
+    def sample_classes(self, targets: torch.Tensor) -> torch.Tensor:
+        """[N * sample_groups] the class of each sample, row-major (the one label per sample; DST: the
+        gate label of each (turn, slot)): the per-class weight statistics (noisybench.class_weights)."""
+        return targets.reshape(-1)
+
     def losses(self, method, outputs, targets) -> torch.Tensor:
         """Per-row losses [B] of a batch (what the default train step averages)."""
         return combine(self.loss_terms(method, outputs, targets))

@@ -241,6 +241,9 @@ class DSTTask(Task):
     def sample_corrupted(self, corrupted):
         return corrupted[..., 0].reshape(-1)  # the gate label (the reweighted sample) differs from the clean one
 
+    def sample_classes(self, targets):
+        return targets[..., 0].reshape(-1)  # the gate label of each (turn, slot)
+
     def loss_terms(self, method, outputs, targets) -> LossTerms:
         """Samples = (turn, slot) gate decisions; rest = the value and refer losses (unweighted by a
         reweighting method; masked to their cells without a host sync)."""

@@ -11,6 +11,11 @@ backward pass of the batch loss L = Σ_i c_i ℓ_i gives c_i δ_i (the samples d
 model has no BatchNorm and each batch row is one sample), so a_i = Σ_layers (...) / c_i. This is
 exact, not an approximation; `Capture.supported` says when it applies, otherwise STORM uses
 `torch.func.jvp` (forward mode through the whole model, about 2-3 forward passes).
+
+Where c_i = 0 exactly, a_i is 0 (never a division by zero): with weight_norm=class_mass (mass) c_i is
+0 when every loss of sample i's class (of the batch) is 0, so s(w) = 0, and the meta-gradient
+multiplies a_i by that same zero factor (`weighting.rescaled_grad`): the term is skipped, which is
+its exact value (the ∇ℓ_i of a CE loss of exactly 0 is 0 too).
 """
 from __future__ import annotations
 
@@ -69,7 +74,14 @@ def _directional(layers, inputs, grads, u, coef) -> torch.Tensor:
         parts.append(torch.linalg.vecdot(y.reshape(len(d), -1), d.reshape(len(d), -1)))  # Σ over the sample's cells
     if not parts:
         return torch.zeros_like(coef)
-    return (torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]) / coef
+    total = torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
+    # c_i = 0 (every loss of the sample's class is 0 under weight_norm=class_mass, or of the batch under
+    # mass, so s(w) = 0): the backward carried nothing of sample i and a_i is set to 0 instead of 0/0.
+    # Exact for the meta-gradient: `weighting.rescaled_grad` multiplies a_i by that same zero factor
+    # (s's numerator, the class's loss mass), so the term is skipped, as the limit ℓ -> 0 gives it.
+    # (c_i = 0 because w_i underflowed to 0 would need Ω's output below ~1e-38: BN bounds its logits.)
+    zero = coef == 0
+    return torch.where(zero, torch.zeros_like(total), total / torch.where(zero, torch.ones_like(coef), coef))
 
 
 class Recording:

@@ -66,7 +66,7 @@ class STORM(LossMethod):
                  class_separation: bool = True, first_order: bool = False, meta_interval: int = 1,
                  features: str = "full", meta_loss_rescaling: bool = True, meta_source: str = "noisy_train",
                  rescaler_lr: float = 1e-2, weight_norm: str = "weight_sum", lookahead: str = "persistent",
-                 bn_scope: str = "batch", trained_pass_dropout: bool = True) -> None:
+                 bn_scope: str = "batch", trained_pass_dropout: bool = True, apply_weights: bool = True) -> None:
         super().__init__(num_classes)
         _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, weight_norm,
                lookahead, first_order, meta_loss_rescaling, bn_scope)
@@ -83,6 +83,9 @@ class STORM(LossMethod):
         self.lookahead = lookahead
         self.bn_scope = bn_scope
         self.trained_pass_dropout = bool(trained_pass_dropout)
+        # false: the control baseline (the paper's "no rescaling", the public code's --simulate_only): Ω
+        # and its weights as usual, the model's update on the unweighted mean loss (`train_step`)
+        self.apply_weights = bool(apply_weights)
         self.dropout_enabled: dict | None = None  # set when STORM switched the model's dropout on
         self.needs_clean_validation = meta_source == "clean_val"
         self.rescaler = Rescaler(NUM_FULL if features == "full" else NUM_LOSS,
@@ -333,6 +336,9 @@ class STORM(LossMethod):
                 w = self.rescaler(f, head, self._bn_group(terms))
         wd = w.detach()
         params = [p for _, p, _ in self._params]
+        # apply_weights=false: the model steps on the unweighted loss; everything Ω needs is as usual
+        g_model = None if self.apply_weights else _grad(self._batch_loss(terms, torch.ones_like(wd), B, head),
+                                                          params, retain_graph=True)
         coef = self._coef(terms, wd, B, head)
         loss = self._batch_loss(terms, wd, B, head, coef)
         grad = _grad if rec is None else rec.grad  # (rec.grad also keeps each recorded layer's output gradient)
@@ -353,7 +359,7 @@ class STORM(LossMethod):
             g = grad(loss, params)
         if meta:
             self._pending = self._prepare(optimizer, x, y, g, f, head, terms, coef, B, rng0, rec)
-        self._inner.update(optimizer, g)  # step 7
+        self._inner.update(optimizer, g if g_model is None else g_model)  # step 7
         idx = batch.index if terms.plain else batch.index[terms.row]
         self._weights[idx if self._groups == 1 else idx * self._groups + terms.group] = wd.to(self._weights.dtype)
         if terms.plain:
