@@ -195,6 +195,7 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     """One attempt: the phases, with the run's log, progress bar, trackers and signal handling."""
     revision = git_revision()  # the code this attempt runs (the tree may change while it trains)
     ckpt = rd.load_checkpoint("cpu")  # verified (noisybench.rundir): a bad one is set aside
+    _begin_attempt(rd, ckpt, retry)
     r, st = setup(cfg, rd, revision)
     if ckpt is not None:
         try:
@@ -202,12 +203,8 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
         except Exception as e:  # checked, yet it does not fit this run's objects: set aside, start over
             rd.set_aside_checkpoint(f"does not fit this run ({type(e).__name__}: {one_line(e)[:120]})")
             ckpt = None
+            _begin_attempt(rd, ckpt, retry)
             r, st = setup(cfg, rd, revision)
-    rd.write_attempt("resumed" if ckpt else ("retried" if retry else "new"),
-                     **({"from_epoch": ckpt["epoch"], "from_batch": ckpt["batch"]} if ckpt else {}))
-    if ckpt is None:
-        (rd.path / "metrics.csv").unlink(missing_ok=True)  # an earlier attempt's rows
-        (rd.path / WEIGHTS).unlink(missing_ok=True)
     st.started = time.perf_counter()
     epoch_log = _run_log(rd.path)
     epoch_log.info("%s %s after %d of %d epochs", "resumed" if ckpt else "started", rd.path,
@@ -230,6 +227,15 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     train_time = st.train_time()
     bar.close()
     return finish(r, st, trackers, epoch_log, train_time)
+
+
+def _begin_attempt(rd: RunDir, ckpt: dict | None, retry: bool) -> None:
+    """attempt.json; a run that starts over loses the rows and weights of earlier attempts."""
+    rd.write_attempt("resumed" if ckpt else ("retried" if retry else "new"),
+                     **({"from_epoch": ckpt["epoch"], "from_batch": ckpt["batch"]} if ckpt else {}))
+    if ckpt is None:
+        (rd.path / "metrics.csv").unlink(missing_ok=True)  # an earlier attempt's rows
+        (rd.path / WEIGHTS).unlink(missing_ok=True)
 
 
 def setup(cfg: DictConfig, rd: RunDir, revision: str | None) -> tuple[Run, RunState]:
