@@ -219,8 +219,9 @@ class RunDir:
     # ---- checkpoints ----
     def save_checkpoint(self, state: dict) -> int:
         """Atomic torch.save, and its checksum beside it; returns the file size in bytes. The
-        checksum file lists the new checksum and the one before it while the checkpoint is replaced,
-        so a crash between the two writes leaves a checkpoint that still matches."""
+        checksum file, written first, lists the new checksum and the one before it, so a crash between
+        the two writes leaves a checkpoint that still matches (the earlier one is a genuine point of
+        this run: resuming from it gives the same numbers)."""
         import torch
 
         buf = io.BytesIO()
@@ -231,7 +232,6 @@ class RunDir:
         before = [h for h in (old or {}).get("sha256", [])[:1] if isinstance(h, str)]
         atomic_write_json(self.file(CHECKSUM), {"identity": self.hash, "sha256": [new, *before]})
         atomic_write_bytes(self.file(CHECKPOINT), data)
-        atomic_write_json(self.file(CHECKSUM), {"identity": self.hash, "sha256": [new]})
         return len(data)
 
     def load_checkpoint(self, device) -> dict | None:

@@ -6,13 +6,12 @@ import json
 import math
 
 import pytest
+from test_tables import write_run
 
 from noisybench.cli import main
 from noisybench.report.records import left_out_note, load_runs
 from noisybench.report.tables import to_markdown
 from noisybench.report.writers import write_report
-
-from test_tables import write_run
 
 
 def _sweep(root, bad: float):

@@ -10,8 +10,7 @@ from typing import Iterable
 import pandas as pd
 
 from noisybench.errors import one_line
-from noisybench.report.layout import (CONFIG_COL, METRIC_RANGES, config_value, flat_config, method_labels,
-                                      varied_keys)
+from noisybench.report.layout import CONFIG_COL, METRIC_RANGES, config_value, flat_config, method_labels, varied_keys
 from noisybench.rundir import CHECKPOINT, FAILED, IDENTITY, RESULT, identity_config, identity_hash
 
 
