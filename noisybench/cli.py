@@ -17,6 +17,7 @@ from noisybench.completion import completion_main, hydra_shell_completion
 from noisybench.config import CONFIG_NAME, config_path, hydra_context, register_resolvers
 from noisybench.errors import ConfigError, NoisybenchError, one_line
 from noisybench.hydra_errors import condense, missing_key_hint
+from noisybench.locks import Refused, release_all
 
 # preflight(args) -> (error line or None, number of jobs or None): every job checked first
 from noisybench.preflight import preflight
@@ -167,20 +168,15 @@ def train_main(args: list[str]) -> int:
     sys.argv = ["noisybench train", *args]
     try:
         app()
+    except Refused as e:  # another process holds the run or sweep directory: nothing was written
+        print(f"noisybench: error: {one_line(e.message)}", file=sys.stderr)
+        return EXIT_FAILED
     except Interrupted as e:
-        where = f" in {e.run_dir}" if e.run_dir else ""
-        if e.run_dir is None:
-            print(f"noisybench: interrupted {e.where}", file=sys.stderr)
-        elif _resume_target(e.run_dir) != e.run_dir:  # a job of a sweep
-            print(f"noisybench: sweep interrupted (a job stopped at {e.where}, checkpoint saved{where}); run "
-                  f"the same command to resume it (or noisybench train --resume {_resume_target(e.run_dir)})",
-                  file=sys.stderr)
-        else:
-            print(f"noisybench: interrupted at {e.where}; checkpoint saved{where}; run the same command to "
-                  f"resume (or noisybench train --resume {e.run_dir})", file=sys.stderr)
+        print(_interrupted_line(e, args), file=sys.stderr)
         return e.exit_code
     finally:
         sys.argv = saved
+        release_all()
     sweep = SweepTablesCallback.last
     if sweep is not None:  # a multirun: the parent's view, from the run directories on disk
         print(f"noisybench: sweep {sweep['dir']}: {sweep['line']}", file=sys.stderr)
@@ -195,6 +191,21 @@ def train_main(args: list[str]) -> int:
         print(f"noisybench: error: {_FAILURES[0][1]}", file=sys.stderr)
         return _FAILURES[0][2]
     return 0
+
+
+def _interrupted_line(e: Interrupted, args: list[str]) -> str:
+    """What a stopped `train` prints: where it stopped and the command that continues it. `the same
+    command` continues only when it names the directory (a default directory is new every time)."""
+    where = f" in {e.run_dir}" if e.run_dir else ""
+    if e.run_dir is None:
+        return f"noisybench: interrupted {e.where}"
+    target = _resume_target(e.run_dir)
+    named = any(a.split("=", 1)[0].lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") for a in args)
+    again = "run the same command to resume" + (" it" if target != e.run_dir else "") + " (or "
+    cont = f"{again if named else 'continue with: '}noisybench train --resume {target}{')' if named else ''}"
+    if target != e.run_dir:  # a job of a sweep
+        return f"noisybench: sweep interrupted (a job stopped at {e.where}, checkpoint saved{where}); {cont}"
+    return f"noisybench: interrupted at {e.where}; checkpoint saved{where}; {cont}"
 
 
 def _resume_target(run_dir: Path) -> Path:

@@ -376,15 +376,12 @@ def opened(cfg, rd, done: list[dict]) -> Iterator[Trackers]:
     group = rd.path.parent if (rd.path.parent / "multirun.yaml").is_file() else None
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("hydra", "logger")}
     ids_path = rd.path / IDS_FILE
-    try:
-        kept = json.loads(ids_path.read_text()) if ids_path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        kept = {}
+    kept = rd.read_object(IDS_FILE) or {}  # not a JSON object (not UTF-8, a list, ...): set aside, one line
     info = RunInfo(run_dir=rd.path.resolve(), name=rd.path.name,
                    group=f"{group.parent.name}/{group.name}" if group else None,
                    sweep_dir=group.resolve() if group else None, identity=rd.hash,
                    hparams={**flatten(config), "identity": rd.hash}, done=list(done),
-                   ids=kept if isinstance(kept, dict) else {})
+                   ids={k: v for k, v in kept.items() if isinstance(v, str)})
     active = Trackers()
     try:
         ids = active.start(trackers, info)

@@ -52,5 +52,5 @@ def build_data(cfg: DictConfig) -> tuple[nbdata.Dataset, dict]:
     pool, noisy, noise_report, (train_idx, val_idx) = build_noise(cfg)
     featurizer = build(cfg.dataset.features) if cfg.dataset.get("features") is not None else None
     ds = nbdata.prepare(pool, noisy, train_idx, val_idx, int(cfg.dataset.split_seed),
-                        cfg.dataset.get("subset"), featurizer)
+                        cfg.dataset.get("subset"), featurizer, cfg.dataset.get("subset_at_most"))
     return ds, noise_report

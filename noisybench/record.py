@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ def load_weights(out_dir: Path) -> dict[int, np.ndarray]:
     try:
         with np.load(out_dir / WEIGHTS) as z:
             return {int(e): w for e, w in zip(z["epoch"], z["weights"])}
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # absent or torn: none kept
         return {}
 
 

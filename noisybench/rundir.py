@@ -18,15 +18,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from noisybench.errors import NoisybenchError
+from noisybench.errors import NoisybenchError, one_line
 from noisybench.utils import atomic_write_bytes, atomic_write_json
 
 # Keys that do not change the experiment a run is: where it reads/writes, where it runs and how it
@@ -38,8 +40,14 @@ NOT_IDENTITY = ("data_dir", "noise_cache", "objective", "trainer.device", "train
                 "trainer.precision", "trainer.channels_last", "trainer.compile", "trainer.save_weights_at")
 RESULT, FAILED, CHECKPOINT, IDENTITY, ATTEMPT = ("result.json", "failed.json", "checkpoint.pt", "identity.json",
                                                  "attempt.json")
+CHECKSUM = "checkpoint.pt.sha256"  # the checkpoint's sha256 (and its identity), beside it
+# the keys a result.json must hold to count as a finished run (the CLI's result line and the tables read them)
+RESULT_KEYS = ("test_last", "test_selected", "test_best", "selected_epoch", "realized_noise_rate", "train_time_s",
+               "config")
+MAX_RECORD_BYTES = 64 << 20
 INVOCATION_ENV = "NOISYBENCH_INVOCATION"  # set by a sweep's parent; jobs record it in attempt.json
 MAX_DIRNAME = 120
+log = logging.getLogger(__name__)
 
 
 class RunDirConflict(NoisybenchError):
@@ -116,7 +124,9 @@ def _short(v: Any) -> str:
 
 
 class RunDir:
-    """The files of one run directory; see the module docstring."""
+    """The files of one run directory; see the module docstring. Every file it reads back is checked
+    (`read_object`, `load_checkpoint`): one that fails is set aside (`set_aside`) with one warning line
+    and the run goes on as if it were absent."""
 
     def __init__(self, path: Path | str, cfg: DictConfig) -> None:
         self.path = Path(path)
@@ -126,18 +136,37 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def set_aside(self, name: str, why: str, quiet: bool = False) -> Path:
+        """Rename `name` to `name.bad-<time>` (kept for inspection), with one warning line."""
+        p = self.file(name)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        dest, i = p.with_name(f"{name}.bad-{stamp}"), 1
+        while os.path.lexists(dest):
+            dest, i = p.with_name(f"{name}.bad-{stamp}-{i}"), i + 1
+        os.rename(p, dest)
+        if not quiet:
+            log.warning("noisybench: warning: %s %s; set aside as %s", p, why, dest.name)
+        return dest
+
+    def read_object(self, name: str, required: tuple[str, ...] = ()) -> dict | None:
+        """The JSON object in `name` (None if absent); a file that is not one is set aside."""
+        doc, why = read_json_object(self.file(name), required)
+        if why is not None:
+            self.set_aside(name, why)
+        return doc
+
     def saved_identity(self) -> dict | None:
         """The identity of the run already in this directory (None for a new directory). Directories
         written before identity.json existed are read from their result.json's config."""
-        for name, key in ((IDENTITY, "config"), (RESULT, "config"), (FAILED, "config")):
-            p = self.file(name)
-            if p.is_file():
-                try:
-                    doc = json.loads(p.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue
-                if isinstance(doc, dict) and isinstance(doc.get(key), dict):
-                    return doc[key] if name == IDENTITY else identity_config(doc[key])
+        ident = self.read_object(IDENTITY, ("identity", "config"))
+        if ident is not None:
+            if isinstance(ident["config"], dict) and ident["identity"] == identity_hash(ident["config"]):
+                return ident["config"]
+            self.set_aside(IDENTITY, "does not hold an identity and the config it is the hash of")
+        for name, keys in ((RESULT, RESULT_KEYS), (FAILED, ("config",))):
+            doc = self.read_object(name, keys)
+            if doc is not None and isinstance(doc["config"], dict):
+                return identity_config(doc["config"])
         return None
 
     def claim(self) -> None:
@@ -151,13 +180,16 @@ class RunDir:
         atomic_write_json(self.file(IDENTITY), {"identity": self.hash, "config": self.ident})
 
     def finished(self) -> dict | None:
-        p = self.file(RESULT)
-        if not p.is_file():
+        """This run's record, if it finished (a result.json of another identity is set aside)."""
+        doc = self.read_object(RESULT, RESULT_KEYS)
+        if doc is not None and doc.get("identity", self.hash) != self.hash:
+            self.set_aside(RESULT, f"belongs to another run (identity {_short(doc.get('identity'))})")
             return None
-        try:
-            return json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        return doc
+
+    def check_attempt(self) -> None:
+        """An attempt.json that is not a JSON object is set aside (a sweep's parent reads it)."""
+        self.read_object(ATTEMPT, ("action",))
 
     def write_attempt(self, action: str, **extra) -> None:
         atomic_write_json(self.file(ATTEMPT), {"action": action, "invocation": os.environ.get(INVOCATION_ENV),
@@ -165,46 +197,131 @@ class RunDir:
 
     def clear_failure(self) -> bool:
         """Before a retry: the earlier failed.json goes (exactly one outcome per directory)."""
-        p = self.file(FAILED)
-        existed = p.is_file()
-        p.unlink(missing_ok=True)
+        existed = os.path.lexists(self.file(FAILED))
+        self._remove(FAILED)
         return existed
 
     def fail(self, message: str, kind: str) -> None:
         """failed.json, and nothing a table could count: no result, no checkpoint."""
-        self.file(CHECKPOINT).unlink(missing_ok=True)
-        self.file(RESULT).unlink(missing_ok=True)
+        self.remove_checkpoint()
+        self._remove(RESULT)
         atomic_write_json(self.file(FAILED), {"error": message, "type": kind, "identity": self.hash,
                                               "config": self.ident})
 
+    def _remove(self, name: str) -> None:
+        """Unlink `name`; a directory in its place (nothing noisybench makes) is set aside instead."""
+        p = self.file(name)
+        if p.is_dir() and not p.is_symlink():
+            self.set_aside(name, "is a directory")
+        else:
+            p.unlink(missing_ok=True)
+
     # ---- checkpoints ----
     def save_checkpoint(self, state: dict) -> int:
-        """Atomic torch.save; returns the file size in bytes."""
+        """Atomic torch.save, and its checksum beside it; returns the file size in bytes. The
+        checksum file, written first, lists the new checksum and the one before it, so a crash between
+        the two writes leaves a checkpoint that still matches (the earlier one is a genuine point of
+        this run: resuming from it gives the same numbers)."""
         import torch
 
         buf = io.BytesIO()
         torch.save({"identity": self.hash, **state}, buf)
         data = buf.getvalue()
+        new = hashlib.sha256(data).hexdigest()
+        old = read_json_object(self.file(CHECKSUM), ("sha256",))[0]
+        before = [h for h in (old or {}).get("sha256", [])[:1] if isinstance(h, str)]
+        atomic_write_json(self.file(CHECKSUM), {"identity": self.hash, "sha256": [new, *before]})
         atomic_write_bytes(self.file(CHECKPOINT), data)
         return len(data)
 
     def load_checkpoint(self, device) -> dict | None:
-        import torch
-
+        """The checkpoint, if it passes every check (`_verify`); else it is set aside (one warning
+        line) and the run starts from epoch 0."""
         p = self.file(CHECKPOINT)
-        if not p.is_file():
+        if not os.path.lexists(p):
             return None
-        try:
-            state = torch.load(p, map_location=device, weights_only=True)
-        except Exception as e:  # a torn or foreign file: start over rather than resume from garbage
-            import logging
-
-            logging.getLogger(__name__).warning("ignoring unreadable checkpoint %s (%s); starting from epoch 0",
-                                                p, str(e).splitlines()[0] if str(e) else type(e).__name__)
-            return None
-        if state.get("identity") != self.hash:
-            return None
+        state, why = self._verify(p, device)
+        if why is not None:
+            self.set_aside_checkpoint(why)
         return state
 
+    def set_aside_checkpoint(self, why: str) -> None:
+        """The checkpoint (and its checksum file, silently) set aside: the run starts from epoch 0."""
+        self.set_aside(CHECKPOINT, f"{why}; starting from epoch 0")
+        if os.path.lexists(self.file(CHECKSUM)):
+            self.set_aside(CHECKSUM, "", quiet=True)
+
+    def _verify(self, p: Path, device) -> tuple[dict | None, str | None]:
+        """(state, None) or (None, why): a regular file, whose sha256 is in checkpoint.pt.sha256, that
+        torch loads (weights only), of this identity, whose position is inside the run."""
+        import torch
+
+        if not p.is_file() or p.is_symlink():
+            return None, "is not a regular file"
+        data = p.read_bytes()
+        sums = read_json_object(self.file(CHECKSUM), ("sha256",))[0]
+        if sums is None:
+            return None, f"has no readable checksum ({CHECKSUM})"
+        if hashlib.sha256(data).hexdigest() not in (sums["sha256"] if isinstance(sums["sha256"], list) else []):
+            return None, "does not match its checksum (damaged or edited)"
+        try:
+            state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        except Exception as e:  # a foreign file: start over rather than resume from garbage
+            return None, f"cannot be read ({one_line(e)[:120] or type(e).__name__})"
+        if not isinstance(state, dict) or state.get("identity") != self.hash:
+            return None, "belongs to another run (its identity differs)"
+        why = _position_error(state, self.ident.get("trainer") or {})
+        return (None, why) if why else (state, None)
+
     def remove_checkpoint(self) -> None:
-        self.file(CHECKPOINT).unlink(missing_ok=True)
+        self._remove(CHECKPOINT)
+        self._remove(CHECKSUM)
+
+
+def _position_error(state: dict, trainer: dict) -> str | None:
+    """Why a checkpoint's position (epoch, batch, metric rows) cannot be a point of this run, or None."""
+    epochs, bs = trainer.get("epochs"), trainer.get("batch_size")
+    epoch, batch, rows, perm = state.get("epoch"), state.get("batch"), state.get("rows"), state.get("perm")
+    if not _is_int(epoch) or not _is_int(batch) or not isinstance(rows, list):
+        return "lacks its epoch, batch or metric rows"
+    if _is_int(epochs) and not 0 <= epoch <= epochs:
+        return f"is at epoch {epoch}, outside this run's 0..{epochs}"
+    if len(rows) != epoch:
+        return f"is at epoch {epoch} but holds {len(rows)} epochs' metrics"
+    if batch < 0 or (batch > 0 and (epoch == epochs or perm is None or getattr(perm, "ndim", 0) != 1
+                                    or (_is_int(bs) and batch >= len(perm) + bs))):
+        return f"is at batch position {batch}, outside its epoch"
+    return None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_json_object(path: Path, required: tuple[str, ...] = ()) -> tuple[dict | None, str | None]:
+    """(the JSON object in `path`, None), (None, None) if there is no file, or (None, why not): not a
+    regular file, not UTF-8, not JSON, not an object, or without a `required` key."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        return None, "is not a regular file"
+    if st.st_size > MAX_RECORD_BYTES:
+        return None, f"is {st.st_size} bytes, too large for a record"
+    try:
+        doc = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror or e})"
+    except UnicodeDecodeError:
+        return None, "is not UTF-8 text"
+    except (ValueError, RecursionError):
+        return None, "is not valid JSON"
+    if not isinstance(doc, dict):
+        return None, f"is not a JSON object (it holds a {type(doc).__name__})"
+    missing = [k for k in required if k not in doc]
+    if missing:
+        return None, f"lacks {', '.join(missing)}"
+    return doc, None

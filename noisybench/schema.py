@@ -98,6 +98,7 @@ RUNNER: dict[str, tuple[Any, Any]] = {
     "dataset.val_fraction": (Annotated[float, Range(0.0, 1.0, hi_open=True)], 0.1),
     "dataset.split_seed": (Seed, 0),
     "dataset.subset": (Optional[PositiveInt], 1000),
+    "dataset.subset_at_most": (Optional[PositiveInt], 256),  # a cap, no error on smaller datasets (smoke preset)
     "dataset.asymmetric_map": (Optional[str], None),
     "dataset.human_labels": (dict, None),
     "optim.name": (str, None),

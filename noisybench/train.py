@@ -40,6 +40,7 @@ from noisybench.data import Dataset
 from noisybench.errors import ConfigError, NoisybenchError, one_line
 from noisybench.fastpath import FastPath, to_device
 from noisybench.fastpath import resolve as resolve_fast_path
+from noisybench.locks import locked
 from noisybench.methods.base import Batch
 from noisybench.record import DEFAULT_MAX_TRAIN_LOSS, WEIGHTS, diverged, load_weights, make_record, save_weights
 from noisybench.rundir import Interrupted, RunDir
@@ -159,7 +160,13 @@ class RunState:
 def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     """Train one run in `out_dir`, or resume it from its checkpoint, or (already finished) return its
     record with `skipped: True`. Owns the directory's life (noisybench.rundir): a NoisybenchError or
-    a crash leaves failed.json and nothing else; a signal leaves a checkpoint and nothing else."""
+    a crash leaves failed.json and nothing else; a signal leaves a checkpoint and nothing else. One
+    process at a time: another process's run in `out_dir` is DirBusy (noisybench.locks), nothing written."""
+    with locked(out_dir):
+        return _run_locked(cfg, out_dir, progress)
+
+
+def _run_locked(cfg: DictConfig, out_dir: Path, progress: bool) -> dict:
     rd = RunDir(out_dir, cfg)
     rd.claim()  # refuses a directory that holds another configuration (nothing written into it)
     done = rd.finished()
@@ -168,6 +175,7 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
             rd.remove_checkpoint()  # a stray one: the run crashed between result.json and its removal
         rd.write_attempt("skipped")
         return {**done, "skipped": True}
+    rd.check_attempt()
     retry = rd.clear_failure()
     try:
         check_trainer(cfg.trainer)
@@ -189,15 +197,17 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
 def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     """One attempt: the phases, with the run's log, progress bar, trackers and signal handling."""
     revision = git_revision()  # the code this attempt runs (the tree may change while it trains)
-    ckpt = rd.load_checkpoint("cpu")
-    rd.write_attempt("resumed" if ckpt else ("retried" if retry else "new"),
-                     **({"from_epoch": ckpt["epoch"], "from_batch": ckpt["batch"]} if ckpt else {}))
-    if ckpt is None:
-        (rd.path / "metrics.csv").unlink(missing_ok=True)  # an earlier attempt's rows
-        (rd.path / WEIGHTS).unlink(missing_ok=True)
+    ckpt = rd.load_checkpoint("cpu")  # verified (noisybench.rundir): a bad one is set aside
+    _begin_attempt(rd, ckpt, retry)
     r, st = setup(cfg, rd, revision)
     if ckpt is not None:
-        resume(r, st, ckpt)
+        try:
+            resume(r, st, ckpt)
+        except Exception as e:  # checked, yet it does not fit this run's objects: set aside, start over
+            rd.set_aside_checkpoint(f"does not fit this run ({type(e).__name__}: {one_line(e)[:120]})")
+            ckpt = None
+            _begin_attempt(rd, ckpt, retry)
+            r, st = setup(cfg, rd, revision)
     st.started = time.perf_counter()
     epoch_log = _run_log(rd.path)
     epoch_log.info("%s %s after %d of %d epochs", "resumed" if ckpt else "started", rd.path,
@@ -220,6 +230,15 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
     train_time = st.train_time()
     bar.close()
     return finish(r, st, trackers, epoch_log, train_time)
+
+
+def _begin_attempt(rd: RunDir, ckpt: dict | None, retry: bool) -> None:
+    """attempt.json; a run that starts over loses the rows and weights of earlier attempts."""
+    rd.write_attempt("resumed" if ckpt else ("retried" if retry else "new"),
+                     **({"from_epoch": ckpt["epoch"], "from_batch": ckpt["batch"]} if ckpt else {}))
+    if ckpt is None:
+        (rd.path / "metrics.csv").unlink(missing_ok=True)  # an earlier attempt's rows
+        (rd.path / WEIGHTS).unlink(missing_ok=True)
 
 
 def setup(cfg: DictConfig, rd: RunDir, revision: str | None) -> tuple[Run, RunState]:

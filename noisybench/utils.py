@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -77,8 +78,16 @@ def code_origin() -> str:
 
 
 def git_revision() -> str | None:
-    """Git revision of the source tree the package runs from (None for a wheel install)."""
+    """Git revision of the source tree the package runs from: noisybench's own checkout, recognised by
+    its pyproject.toml beside the package. None for a wheel install, also one inside a user's own git
+    repository (site-packages of a virtualenv in a project): that repository is not noisybench's code."""
     src = Path(__file__).resolve().parent.parent
+    try:
+        own = re.search(r'(?m)^name\s*=\s*"noisybench"\s*$', (src / "pyproject.toml").read_text(errors="replace"))
+    except OSError:
+        own = None
+    if own is None:
+        return None
     try:
         rev = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5)

@@ -119,18 +119,23 @@ def _val_fractions_keeping(n: int, k: int) -> list[float]:
 
 
 def take_subset(train_idx: np.ndarray, subset, split_seed: int, num_classes: int | None = None,
-                unit: str = "samples") -> np.ndarray:
+                unit: str = "samples", at_most=None) -> np.ndarray:
     """The seeded `dataset.subset` of the training indices (independent of the training seed). A
     subset larger than the training split, or (given num_classes) smaller than the class count, is an
-    error naming a size that works."""
+    error naming a size that works. `at_most` (`dataset.subset_at_most`, e.g. the smoke preset's 256)
+    caps it without an error: min(at_most, subset or all of them)."""
+    n = len(train_idx)
+    if subset is not None:
+        subset = int(subset)
+        if subset < 1:
+            raise ConfigError(f"dataset.subset={subset} must be a positive number of {unit} (or null for all)")
+        if subset > n:
+            raise ConfigError(f"dataset.subset={subset} is more than the {n} training {unit} (after the validation "
+                              f"split); use dataset.subset={n} or dataset.subset=null (all of them)")
+    if at_most is not None:
+        subset = min(int(at_most), n if subset is None else subset)
     if subset is None:
         return train_idx
-    subset, n = int(subset), len(train_idx)
-    if subset < 1:
-        raise ConfigError(f"dataset.subset={subset} must be a positive number of {unit} (or null for all)")
-    if subset > n:
-        raise ConfigError(f"dataset.subset={subset} is more than the {n} training {unit} (after the validation "
-                          f"split); use dataset.subset={n} or dataset.subset=null (all of them)")
     if num_classes is not None and subset < num_classes <= n:
         raise ConfigError(f"dataset.subset={subset} keeps fewer training {unit} than the {num_classes} classes; "
                           f"use dataset.subset={num_classes} or more (dataset.subset=null: all {n})")
@@ -139,12 +144,13 @@ def take_subset(train_idx: np.ndarray, subset, split_seed: int, num_classes: int
 
 
 def prepare(pool: Pool, noisy_pool_labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-            split_seed: int, subset: int | None, featurizer: Any = None) -> Dataset:
+            split_seed: int, subset: int | None, featurizer: Any = None,
+            subset_at_most: int | None = None) -> Dataset:
     """Index the pool into train/val tensors, take the training subset, and featurise.
 
     A `featurizer` (e.g. TF-IDF for text) is fitted on the training samples only, then applied to
     the validation and test inputs."""
-    train_idx = take_subset(train_idx, subset, split_seed, pool.num_classes)
+    train_idx = take_subset(train_idx, subset, split_seed, pool.num_classes, at_most=subset_at_most)
 
     x_train, x_val, x_test = pool.x_train[train_idx], pool.x_train[val_idx], pool.x_test
     info = dict(pool.info)

@@ -2,7 +2,6 @@
 end) and the sweep's `k/N done, ETA` progress line."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -15,7 +14,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
 from noisybench.report.writers import write_report
-from noisybench.rundir import ATTEMPT, FAILED, INVOCATION_ENV, RESULT
+from noisybench.rundir import ATTEMPT, FAILED, INVOCATION_ENV, RESULT, RESULT_KEYS, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -27,29 +26,23 @@ def sweep_outcome(sweep_dir: Path, invocation: str | None) -> dict:
     unfinished: list[str] = []
     diverged: list[tuple[str, str]] = []  # finished (a result.json) but marked diverged
     for path in sorted(Path(sweep_dir).rglob(ATTEMPT)):
-        try:
-            attempt = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        attempt = read_json_object(path)[0]  # a file that is not a JSON object: no attempt (the runner sets it aside)
+        if attempt is None:
             continue
         if invocation is not None and attempt.get("invocation") != invocation:
             continue  # a job of an earlier invocation that this one did not run
         d = path.parent
-        if (d / RESULT).is_file():
+        result, _ = read_json_object(d / RESULT, RESULT_KEYS)
+        if result is not None:
             action = attempt.get("action")
             counts["skipped" if action == "skipped" else "finished"] += 1
             counts["resumed"] += action == "resumed"
-            try:
-                div = json.loads((d / RESULT).read_text()).get("diverged")
-            except (OSError, json.JSONDecodeError, AttributeError):
-                div = None
+            div = result.get("diverged")
             if div:
                 diverged.append((str(d), div.get("message", "diverged") if isinstance(div, dict) else "diverged"))
         elif (d / FAILED).is_file():
-            try:
-                msg = json.loads((d / FAILED).read_text()).get("error", "?")
-            except (OSError, json.JSONDecodeError):
-                msg = "?"
-            failed.append((str(d), msg))
+            msg = (read_json_object(d / FAILED)[0] or {}).get("error", "?")
+            failed.append((str(d), str(msg)))
         else:
             unfinished.append(str(d))
     line = (f"{counts['finished']} ran to the end ({counts['resumed']} of them resumed from a checkpoint), "

@@ -17,6 +17,9 @@ METRIC_TITLES = {"acc": "test accuracy (%)", "f1": "test F1 of the positive clas
                  "macro_f1": "test macro-F1 (%)", "mcc": "test Matthews correlation (x100)",
                  "jga": "test joint goal accuracy, JGA (%)", "slot_acc": "test slot accuracy (%)"}
 
+# the range of each metric's scores (a fraction: x100 in the tables); [0, 1] unless listed. A score outside
+# it (or not finite) is named under the tables and left out of its cell (noisybench.report.records)
+METRIC_RANGES = {"mcc": (-1.0, 1.0)}
 CONFIG_COL = "_config"  # the flattened identity config of each run (not written to summary.csv)
 # shown by the table structure already: one table per dataset/model/metric, the method column (with
 # the method's varying hyperparameters), the noise column label

@@ -3,13 +3,14 @@ counted once, and the runs left out of the tables (failed, unfinished, duplicate
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
 from noisybench.errors import one_line
-from noisybench.report.layout import CONFIG_COL, config_value, flat_config, method_labels, varied_keys
+from noisybench.report.layout import CONFIG_COL, METRIC_RANGES, config_value, flat_config, method_labels, varied_keys
 from noisybench.rundir import CHECKPOINT, FAILED, IDENTITY, RESULT, identity_config, identity_hash
 
 
@@ -68,9 +69,12 @@ def load_summary(paths: Iterable[Path | str]) -> pd.DataFrame:
 
 def load_runs(paths: Iterable[Path | str]) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """(finished runs, one row each, each identity once; {"failed": [...], "unfinished": [...],
-    "duplicate": [...], "unreadable": [...]}: run dirs that are NOT in the table)."""
+    "duplicate": [...], "unreadable": [...], "bad_scores": [...]}: run dirs that are NOT in the table,
+    and those with a score that is not finite or outside its metric's range, which is left out of its
+    cells)."""
     rows = []
-    left_out: dict[str, list[str]] = {"failed": [], "unfinished": [], "duplicate": [], "unreadable": []}
+    left_out: dict[str, list[str]] = {"failed": [], "unfinished": [], "duplicate": [], "unreadable": [],
+                                      "bad_scores": []}
     seen: dict[str, str] = {}
     for run_dir, state in find_runs(paths):
         if state != "finished":
@@ -104,6 +108,10 @@ def load_runs(paths: Iterable[Path | str]) -> tuple[pd.DataFrame, dict[str, list
             for k in ("test_last", "test_best", "test_selected", "val_last", "val_selected", "realized_noise_rate"):
                 if row[k] is not None and (isinstance(row[k], bool) or not isinstance(row[k], (int, float))):
                     raise ValueError(f"{k} is {row[k]!r}, not a number")
+            bad = _bad_scores(row)
+            if bad:  # named under the tables, never in a mean: the score is blanked, the run's others stay
+                left_out["bad_scores"].append(f"{run_dir} ({', '.join(f'{k}={row[k]!r}' for k in bad)})")
+                row.update(dict.fromkeys(bad))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
                 AttributeError) as e:
             why = f"no key {e}" if isinstance(e, KeyError) else one_line(e)[:120]
@@ -124,16 +132,32 @@ def load_runs(paths: Iterable[Path | str]) -> tuple[pd.DataFrame, dict[str, list
     return df, left_out
 
 
+SCORES = ("test_last", "test_selected", "test_best", "val_last", "val_selected")
+
+
+def _bad_scores(row: dict) -> list[str]:
+    """The scores of a run that no mean may hold: not finite, or outside the metric's range."""
+    lo, hi = METRIC_RANGES.get(row["metric"], (0.0, 1.0))
+    return [k for k in SCORES if row[k] is not None and not (math.isfinite(row[k]) and lo <= row[k] <= hi)]
+
+
 def left_out_note(left_out: dict[str, list[str]], limit: int = 3) -> str:
-    """One line under the tables: the runs that are not in them, and why."""
+    """One line under the tables: the runs that are not in them, and why; then the scores left out of
+    their cells (not finite, or outside the metric's range). "Every run found is in the tables" only
+    when nothing was left out."""
     what = {"failed": "failed (failed.json)", "unfinished": "unfinished (running, interrupted or crashed; "
             "no result.json)", "duplicate": "skipped as duplicates of a counted run (same config and seed)",
             "unreadable": "skipped (unreadable result.json)"}
-    parts = []
-    for key, label in what.items():
-        dirs = left_out.get(key) or []
-        if dirs:
-            shown = ", ".join(dirs[:limit]) + (", ..." if len(dirs) > limit else "")
-            parts.append(f"{len(dirs)} {label}: {shown}")
-    return ("Not in the tables: " + "; ".join(parts) + ".") if parts else "Every run found is in the tables."
 
+    def listed(key: str, label: str) -> str | None:
+        dirs = left_out.get(key) or []
+        if not dirs:
+            return None
+        return f"{len(dirs)} {label}: " + ", ".join(dirs[:limit]) + (", ..." if len(dirs) > limit else "")
+
+    parts = [p for p in (listed(k, label) for k, label in what.items()) if p]
+    bad = listed("bad_scores", "run(s) with a score that is not finite or outside its metric's range")
+    out = ("Not in the tables: " + "; ".join(parts) + ".") if parts else ""
+    if bad:
+        out += (" " if out else "") + f"Left out of their cells (never in a mean): {bad}."
+    return out or "Every run found is in the tables."

@@ -166,7 +166,8 @@ class DSTTask(Task):
 
         injector, corrupt = _state_noise(cfg, pool)
         # after the noise checks above (a noise that cannot apply is the first thing to fix)
-        train_d = take_subset(train_d, cfg.dataset.get("subset"), int(cfg.dataset.split_seed), unit="dialogues")
+        train_d = take_subset(train_d, cfg.dataset.get("subset"), int(cfg.dataset.split_seed), unit="dialogues",
+                              at_most=cfg.dataset.get("subset_at_most"))
         slot_values = [np.unique(flat.states[:, s][flat.states[:, s] > DONTCARE_ID]) for s in range(S)]
         scope_d = np.concatenate([train_d, val_d]) if injector.apply_to_val else train_d
         scope, st_scope, prev_scope = _take(flat, dial, scope_d, flat.states)
