@@ -38,6 +38,10 @@ from noisybench.utils import atomic_write_bytes, atomic_write_json
 NOT_IDENTITY = ("data_dir", "noise_cache", "objective", "trainer.device", "trainer.progress",
                 "trainer.checkpoint_every", "trainer.keep_checkpoint", "trainer.threads", "logger",
                 "trainer.precision", "trainer.channels_last", "trainer.compile", "trainer.save_weights_at")
+# Keys added to the configs after runs were made: at these values (the behaviour from before the key
+# existed) they stay out of the identity, so a directory made before the key existed is still the same run
+# and a sweep resumed across the upgrade skips or continues it (docs/runs.md, "A run's identity and life").
+ADDED_AT_DEFAULT = {"method.apply_weights": True, "dataset.subset_at_most": None}
 RESULT, FAILED, CHECKPOINT, IDENTITY, ATTEMPT = ("result.json", "failed.json", "checkpoint.pt", "identity.json",
                                                  "attempt.json")
 CHECKSUM = "checkpoint.pt.sha256"  # the checkpoint's sha256 (and its identity), beside it
@@ -78,13 +82,23 @@ def identity_config(cfg: DictConfig | dict) -> dict:
     else:
         container = json.loads(json.dumps({k: v for k, v in cfg.items() if k != "hydra"}, default=str))
     for dotted in NOT_IDENTITY:
-        *parents, leaf = dotted.split(".")
-        node = container
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+        node, leaf = _parent(container, dotted)
+        if node is not None:
             node.pop(leaf, None)
+    for dotted, default in ADDED_AT_DEFAULT.items():
+        node, leaf = _parent(container, dotted)
+        if node is not None and leaf in node and node[leaf] == default:
+            del node[leaf]
     return container
+
+
+def _parent(container: dict, dotted: str) -> tuple[dict | None, str]:
+    """The dict that holds `dotted`'s last part (None when a parent is missing), and that part."""
+    *parents, leaf = dotted.split(".")
+    node = container
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), leaf
 
 
 def identity_hash(ident: dict) -> str:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from noisybench import class_weights
-from noisybench.methods.base import Batch
+from noisybench.methods.base import Batch, LossMethod
 from noisybench.methods.storm import STORM
 from noisybench.methods.storm.directional import directional
 from noisybench.models.mlp import MLP
@@ -40,36 +40,14 @@ def test_per_class_shares_by_hand():
     assert class_weights.starved_line(class_weights.record([{"epoch": 0, **s}])) is None
 
 
-class _Fixed(torch.nn.Module):
+class _Fixed(LossMethod):
     """A loss method with per-sample weights it never uses: class 0 gets weight 0.01, others 0.5."""
-
-    needs_clean_validation = False
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.task = None
 
     def on_train_start(self, x, y, seed):
         self._w = torch.where(y == 0, 0.01, 0.5)
 
-    def on_epoch_start(self, epoch, num_epochs):
-        pass
-
-    def train_step(self, model, optimizer, batch):
-        loss = F.cross_entropy(model(batch.x), batch.y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    def hparams(self):
-        return {}
-
-    def state(self):
-        return {}
-
-    def epoch_metrics(self, corrupted):
-        return {}
+    def forward(self, logits, targets):
+        return F.cross_entropy(logits, targets, reduction="none")
 
     def sample_weights(self):
         return self._w
@@ -147,7 +125,7 @@ def test_apply_weights_false_updates_the_model_on_the_unweighted_loss_and_still_
     assert max(float((a.detach() - b).abs().max()) for a, b in zip(method.rescaler.parameters(), omega0)) > 1e-6
     w = method.sample_weights()
     assert bool(torch.isfinite(w).all()) and float(w.std()) > 0  # recorded, and not all alike
-    assert method.hparams()["apply_weights"] is False
+    assert method.apply_weights is False  # (recorded from the config, as every method key)
 
 
 # ---- class_mass: no division by an exact zero -----------------------------------------------------------

@@ -213,7 +213,11 @@ def test_every_method_trains_on_tiny_synthwoz(make_cfg, tmp_path, method, noise)
     cfg = make_cfg("dataset=synthwoz", f"method={method}", f"noise={noise}", "dataset.subset=16",
                    "dataset.loader.num_train=40", "dataset.loader.num_test=10", "trainer.epochs=1",
                    "trainer.batch_size=64", "trainer.threads=1")
-    record = run(cfg, tmp_path, progress=False)  # 16 dialogues ~ 128 turns = 2 batches
+    try:
+        record = run(cfg, tmp_path, progress=False)  # 16 dialogues ~ 128 turns = 2 batches
+    except ConfigError as e:  # a classification-only method refuses structured labels in one line
+        assert "needs one label per sample" in str(e) and "\n" not in str(e)
+        return
     assert record["metric"] == "jga" and 0.0 <= record["test_last"] <= 1.0
     if method == "storm":  # weights per (turn, slot) gate decision, diagnosed against the gate labels
         mm = record["method_metrics"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import nb, start
+from omegaconf import OmegaConf
 
 from noisybench.report.records import load_runs
 
@@ -292,3 +293,17 @@ def test_usr2_with_a_requeue_handler_checkpoints_first_then_hands_it_on(cli_env,
     assert nb("train", *args, f"hydra.run.dir={tmp_path / 'ref'}", env=cli_env).returncode == 0
     assert_same_run(tmp_path / "ref", run_dir)
     assert result(run_dir)["resumed_from"]
+
+
+def test_keys_added_later_leave_the_identity_at_their_old_behaviour(make_cfg):
+    """A run made before `method.apply_weights` / `dataset.subset_at_most` existed is the same run as
+    one at their defaults (its directory is skipped or resumed, not refused); other values differ."""
+    from noisybench.rundir import identity_config, identity_hash
+
+    cfg = OmegaConf.to_container(make_cfg("method=storm"), resolve=True)
+    assert cfg["method"]["apply_weights"] is True and cfg["dataset"]["subset_at_most"] is None
+    old = json.loads(json.dumps(cfg))
+    del old["method"]["apply_weights"], old["dataset"]["subset_at_most"]
+    assert identity_hash(identity_config(cfg)) == identity_hash(identity_config(old))
+    cfg["method"]["apply_weights"] = False
+    assert identity_hash(identity_config(cfg)) != identity_hash(identity_config(old))

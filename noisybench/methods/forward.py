@@ -43,7 +43,8 @@ PERCENTILE = 97.0  # the public code's outlier filter
 
 def forward_loss(logits: torch.Tensor, targets: torch.Tensor, transition: torch.Tensor) -> torch.Tensor:
     p = torch.softmax(at_least_float32(logits), dim=1).clamp(EPS, 1.0 - EPS)
-    q = p @ transition.to(p.dtype)
+    with torch.autocast(device_type=p.device.type, enabled=False):  # the product in float32 (bf16 fast path)
+        q = p @ transition.to(p.dtype)
     return -torch.log(q.gather(1, targets.unsqueeze(1)).squeeze(1))
 
 
