@@ -16,9 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from noisybench.errors import ConfigError
 from noisybench.methods.base import LossMethod, at_least_float32
-from noisybench.methods.sce import rce_loss
+from noisybench.methods.sce import rce_loss, term_weights
 
 
 def nce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -29,11 +28,7 @@ def nce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class NCEandRCE(LossMethod):
     def __init__(self, num_classes: int, alpha: float = 1.0, beta: float = 1.0) -> None:
         super().__init__(num_classes)
-        alpha, beta = float(alpha), float(beta)
-        if alpha < 0 or beta < 0 or alpha + beta == 0:
-            raise ConfigError(f"method.alpha={alpha:g}, method.beta={beta:g}: both must be >= 0 and not both 0 "
-                              "(the paper's CIFAR-10 setting: method.alpha=1 method.beta=1)")
-        self.alpha, self.beta = alpha, beta
+        self.alpha, self.beta = term_weights(alpha, beta, "method.alpha=1 method.beta=1")
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = at_least_float32(logits)

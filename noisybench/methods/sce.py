@@ -33,14 +33,19 @@ def rce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -math.log(Q_MIN) * (p * off).sum(dim=1)  # log q_y = log 1 = 0
 
 
+def term_weights(alpha: float, beta: float, paper: str) -> tuple[float, float]:
+    """The two terms' weights α, β of SCE and APL, checked (`paper`: the published setting's overrides)."""
+    alpha, beta = float(alpha), float(beta)
+    if alpha < 0 or beta < 0 or alpha + beta == 0:
+        raise ConfigError(f"method.alpha={alpha:g}, method.beta={beta:g}: both must be >= 0 and not both 0 "
+                          f"(the paper's CIFAR-10 setting: {paper})")
+    return alpha, beta
+
+
 class SymmetricCrossEntropy(LossMethod):
     def __init__(self, num_classes: int, alpha: float = 0.1, beta: float = 1.0) -> None:
         super().__init__(num_classes)
-        alpha, beta = float(alpha), float(beta)
-        if alpha < 0 or beta < 0 or alpha + beta == 0:
-            raise ConfigError(f"method.alpha={alpha:g}, method.beta={beta:g}: both must be >= 0 and not both 0 "
-                              "(the paper's CIFAR-10 setting: method.alpha=0.1 method.beta=1.0)")
-        self.alpha, self.beta = alpha, beta
+        self.alpha, self.beta = term_weights(alpha, beta, "method.alpha=0.1 method.beta=1.0")
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = at_least_float32(logits)
