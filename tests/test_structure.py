@@ -4,7 +4,10 @@ too: a cycle hidden in a function-local import is still a cycle."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "noisybench"
 MAX_MODULE_LINES = 600
@@ -102,3 +105,14 @@ def test_module_and_function_sizes():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{name}:{node.name}: {n} lines")
     assert not big and not long, "\n".join(big + long)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is in the standard library from Python 3.11")
+def test_every_package_ships_in_the_wheel():
+    """pyproject lists the packages by hand: a new subpackage missing there works in a checkout and is
+    absent from `pip install .` (the wheel)."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set()
