@@ -32,7 +32,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rounds", type=int, default=2, help="runs per (method, setting), interleaved")
     p.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. dataset=digits")
     a = p.parse_args(argv)
-    methods = a.methods.split(",")
+    methods = [m for m in a.methods.split(",") if m]
+    if a.rounds < 1 or a.epochs < 1 or not methods:
+        p.error("--rounds and --epochs must be >= 1 and --methods must name at least one method")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHECKOUT), os.environ.get("PYTHONPATH", "")])}
     env.setdefault("NOISYBENCH_DATA_DIR", tempfile.mkdtemp(prefix="noisybench-bench-data-"))
     times: dict[tuple[str, str], list[float]] = {}
