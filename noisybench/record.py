@@ -74,6 +74,7 @@ def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_
         "method": {"name": cfg.method.name, **config_hparams(OmegaConf.to_container(cfg.method, resolve=True)),
                    **method.hparams()},
         "uses_clean_labels": method.uses_clean_labels,
+        "uses_noise_rate": method.uses_noise_rate,  # the config's nominal noise.rate (side information)
         "method_metrics": dict(method_metrics or {}),  # the last epoch's epoch_metrics (e.g. weight_auc)
         "method_result": method.result_extras(noise_report),  # e.g. forward correction's estimated T
         "noise": {k: noise_report[k] for k in noise_report

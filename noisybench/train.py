@@ -41,7 +41,7 @@ from noisybench.errors import ConfigError, NoisybenchError, one_line
 from noisybench.fastpath import FastPath, to_device
 from noisybench.fastpath import resolve as resolve_fast_path
 from noisybench.locks import locked
-from noisybench.methods.base import Batch
+from noisybench.methods.base import Batch, Builders
 from noisybench.record import DEFAULT_MAX_TRAIN_LOSS, WEIGHTS, diverged, load_weights, make_record, save_weights
 from noisybench.rundir import Interrupted, RunDir
 from noisybench.stopping import StopOnSignal
@@ -267,6 +267,10 @@ def setup(cfg: DictConfig, rd: RunDir, revision: str | None) -> tuple[Run, RunSt
         method.on_clean_validation(ds.x_val, ds.y_val_clean)
     if method.needs_transition_matrix:  # opt-in oracle baselines only; recorded as uses_clean_labels
         method.on_transition_matrix(torch.tensor(noise_report["transition_matrix"], dtype=torch.float32, device=device))
+    if method.needs_noise_rate:  # the config's nominal rate (side information); recorded as uses_noise_rate
+        method.on_noise_rate(cfg.noise.get("rate"))
+    method.on_model(model, optimizer, Builders(model=lambda s: _seeded_model(cfg, task, ds, device, fast, s),
+                                               optimizer=lambda params: _make_optimizer(cfg.optim, params)))
     r = Run(cfg=cfg, rd=rd, device=device, task=task, ds=ds, noise_report=noise_report,
             fast=fast, augment=augment, step_schedule=step_schedule,
             corrupted=ds.y_train != ds.y_train_clean, revision=revision, epochs=epochs,
@@ -292,13 +296,27 @@ def _build_model(cfg: DictConfig, task: Task, ds: Dataset):
     return torch.nn.Sequential(transform.normalizer(), model), augment
 
 
+def _seeded_model(cfg: DictConfig, task: Task, ds: Dataset, device: torch.device, fast: FastPath,
+                  seed: int) -> torch.nn.Module:
+    """Another model of the run's architecture initialised from `seed` (a method's own, e.g.
+    Co-teaching's second network), built as the run's; torch's global RNG state is left as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model, _ = _build_model(cfg, task, ds)
+        return fast.prepare(model.to(device))
+
+
+def _make_optimizer(optim: DictConfig, params) -> torch.optim.Optimizer:
+    try:
+        return build(optim.optimizer)(params)
+    except ValueError as e:
+        raise ConfigError(f"optim.optimizer: {e}") from None
+
+
 def _build_optimizer(optim: DictConfig, model: torch.nn.Module, steps: int):
     """(optimizer, scheduler or None, whether the scheduler steps per optimizer step); `steps`:
     the run's optimizer steps, for per-step schedules that take `total_steps`."""
-    try:
-        optimizer = build(optim.optimizer)(model.parameters())
-    except ValueError as e:
-        raise ConfigError(f"optim.optimizer: {e}") from None
+    optimizer = _make_optimizer(optim, model.parameters())
     sched_cfg = optim.get("scheduler")
     if sched_cfg is None or not sched_cfg.get("_target_"):
         return optimizer, None, False

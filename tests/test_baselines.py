@@ -11,7 +11,8 @@ from torch import nn
 
 from noisybench.errors import ConfigError
 from noisybench.methods.apl import NCEandRCE
-from noisybench.methods.base import Batch
+from noisybench.methods.base import Batch, Builders
+from noisybench.methods.coteaching import CoTeaching, forget_rate_at, rate_schedule, small_loss_exchange
 from noisybench.methods.elr import ELR
 from noisybench.methods.forward import ForwardCorrection, anchor_point_estimate
 from noisybench.methods.sce import SymmetricCrossEntropy
@@ -228,3 +229,132 @@ def test_forward_estimates_T_after_the_warm_up_and_reports_its_error():
     assert not m.uses_clean_labels
     with pytest.raises(ConfigError, match="method.warmup_epochs=3 leaves no epoch"):
         ForwardCorrection(K, warmup_epochs=3).on_epoch_start(0, 3)
+
+
+# ---- Co-teaching: bhanML/Co-teaching loss.py loss_coteaching and main.py rate_schedule --------------
+
+def ref_loss_coteaching(y_1, y_2, t, forget_rate):
+    """loss_coteaching's lines (without the pure ratios, which need the noise flags)."""
+    loss_1 = F.cross_entropy(y_1, t, reduction="none")
+    ind_1_sorted = torch.from_numpy(np.argsort(loss_1.data.cpu().numpy()))
+    loss_1_sorted = loss_1[ind_1_sorted]
+    loss_2 = F.cross_entropy(y_2, t, reduction="none")
+    ind_2_sorted = torch.from_numpy(np.argsort(loss_2.data.cpu().numpy()))
+    remember_rate = 1 - forget_rate
+    num_remember = int(remember_rate * len(loss_1_sorted))
+    ind_1_update = ind_1_sorted[:num_remember]
+    ind_2_update = ind_2_sorted[:num_remember]
+    # exchange
+    loss_1_update = F.cross_entropy(y_1[ind_2_update], t[ind_2_update])
+    loss_2_update = F.cross_entropy(y_2[ind_1_update], t[ind_1_update])
+    return (torch.sum(loss_1_update) / num_remember, torch.sum(loss_2_update) / num_remember,
+            ind_1_update, ind_2_update, num_remember)
+
+
+def ref_rate_schedule(forget_rate, num_gradual, exponent, n_epoch):
+    rate_schedule = np.ones(n_epoch) * forget_rate
+    rate_schedule[:num_gradual] = np.linspace(0, forget_rate ** exponent, num_gradual)
+    return rate_schedule
+
+
+def coteaching_on(logits_1, logits_2, lr=0.0, **kw):
+    """A CoTeaching with free logit rows as both networks (net 2 built by the Builders, as the runner does)."""
+    m = CoTeaching(K, **kw).double()
+    n = len(logits_1)
+    m.on_train_start(torch.arange(n), torch.zeros(n, dtype=torch.long), seed=0)
+    if m.needs_noise_rate:
+        m.on_noise_rate(0.4)
+    net1 = Logits(logits_1)
+    opt = torch.optim.SGD(net1.parameters(), lr=lr)
+    m.on_model(net1, opt, Builders(model=lambda seed: Logits(logits_2),
+                                   optimizer=lambda ps: torch.optim.SGD(ps, lr=lr)))
+    return m, net1, opt
+
+
+@pytest.mark.parametrize("forget_rate", [0.0, 0.2, 0.45, 0.7, 0.85])
+def test_coteaching_exchange_matches_the_public_code(forget_rate):
+    logits_1, y = fixed(10)
+    logits_2 = fixed(10)[0].flip(0) + 0.1 * torch.arange(10.0, dtype=torch.float64)[:, None]
+    m, net1, opt = coteaching_on(logits_1, logits_2, forget_rate=forget_rate, num_gradual=0)
+    assert m.current_forget_rate() == forget_rate  # num_gradual=0: tau from the first epoch
+    index = torch.arange(10)
+    loss = m.train_step(net1, opt, Batch(index, y, index))
+    x1, x2 = logits_1.clone().requires_grad_(True), logits_2.clone().requires_grad_(True)
+    ref_1, ref_2, keep_1, keep_2, num_remember = ref_loss_coteaching(x1, x2, y, forget_rate)
+    assert num_remember == int((1 - forget_rate) * 10) and not torch.equal(keep_1, keep_2)
+    mine_1, mine_2 = small_loss_exchange(F.cross_entropy(logits_1, y, reduction="none"),
+                                         F.cross_entropy(logits_2, y, reduction="none"), forget_rate)
+    assert torch.equal(mine_1, keep_1) and torch.equal(mine_2, keep_2)
+    # departure 2: the mean over the kept samples (the code divides that mean by num_remember again)
+    torch.testing.assert_close(loss, (ref_1 * num_remember).detach(), rtol=1e-12, atol=1e-14)
+    g1, g2 = torch.autograd.grad(ref_1 * num_remember + ref_2 * num_remember, (x1, x2))
+    torch.testing.assert_close(net1.w.grad, g1, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(m.net2.w.grad, g2, rtol=1e-12, atol=1e-14)
+    assert (net1.w.grad[keep_2] != 0).any() and (net1.w.grad[~torch.isin(index, keep_2)] == 0).all()
+    assert m.kept[0].sum() == m.kept[1].sum() == num_remember  # net 1's and net 2's kept samples, counted
+    assert torch.equal(m.kept[0].nonzero().squeeze(1), keep_1.sort().values)
+
+
+def test_coteaching_keeps_at_least_one_sample():
+    """Departure 3: where the code keeps int(0.5) = 0 samples (a mean over nothing: NaN), one is kept."""
+    loss_1, loss_2 = torch.tensor([3.0, 1.0, 2.0]), torch.tensor([0.5, 2.0, 0.1])
+    keep_1, keep_2 = small_loss_exchange(loss_1, loss_2, 0.8)
+    assert keep_1.tolist() == [1] and keep_2.tolist() == [2]
+
+
+def test_coteaching_nets_learn_from_each_other_with_one_schedule():
+    logits_1, y = fixed(8)
+    logits_2 = logits_1.flip(0).clone()
+    m, net1, opt = coteaching_on(logits_1, logits_2, lr=0.5, forget_rate=0.25, num_gradual=0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
+    index = torch.arange(8)
+    m.train_step(net1, opt, Batch(index, y, index))
+    sched.step()
+    m.train_step(net1, opt, Batch(index, y, index))
+    assert m.optimizer2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert not torch.equal(net1.w, m.net2.w) and not torch.equal(m.net2.w, logits_2)
+
+
+@pytest.mark.parametrize("tau,num_gradual,exponent", [(0.2, 10, 1.0), (0.45, 5, 0.5), (0.5, 15, 2.0),
+                                                      (0.3, 0, 1.0), (0.3, 1, 1.0), (0.8, 2, 1.0)])
+def test_coteaching_schedule_is_the_public_codes(tau, num_gradual, exponent):
+    ref = ref_rate_schedule(tau, num_gradual, exponent, 200)
+    np.testing.assert_array_equal(rate_schedule(tau, num_gradual, exponent, 200), ref)
+    np.testing.assert_array_equal(rate_schedule(tau, num_gradual, exponent, 3), ref[:3])  # fewer epochs than T_k
+    # the runner's epoch e is the code's training epoch e + 1 (its epoch 0 only evaluates)
+    assert [forget_rate_at(e, tau, num_gradual, exponent) for e in range(199)] == ref[1:].tolist()
+
+
+def test_coteaching_default_schedule_values():
+    assert forget_rate_at(0, 0.4, 10, 1.0) == pytest.approx(0.4 / 9)
+    assert forget_rate_at(7, 0.4, 10, 1.0) == pytest.approx(0.4 * 8 / 9)
+    assert forget_rate_at(8, 0.4, 10, 1.0) == forget_rate_at(100, 0.4, 10, 1.0) == 0.4
+
+
+def test_coteaching_takes_the_nominal_noise_rate_as_side_information():
+    m = CoTeaching(K)
+    assert m.needs_noise_rate and m.uses_noise_rate and not m.uses_clean_labels
+    m.on_noise_rate(0.35)
+    assert m.tau == 0.35 and "nominal" in m.result_extras({})["tau_from"]
+    with pytest.raises(ConfigError, match="method.forget_rate=NUMBER"):
+        CoTeaching(K).on_noise_rate(None)  # e.g. noise=real
+    assert not CoTeaching(K, forget_rate=0.2).uses_noise_rate
+    assert not CoTeaching(K, forget_rate="estimate").uses_noise_rate
+    with pytest.raises(ConfigError, match="one label per sample"):
+        CoTeaching(K).on_train_start(torch.zeros(5, 2), torch.zeros(5, 3, dtype=torch.long), 0)
+
+
+def test_coteaching_estimates_tau_from_anchor_points():
+    logits, y = fixed(8)
+    m, net1, opt = coteaching_on(logits, logits.flip(0).clone(), forget_rate="estimate", estimate_epoch=1)
+    index = torch.arange(8)
+    m.on_epoch_start(0, 2)
+    m.train_step(net1, opt, Batch(index, y, index))
+    assert m.tau is None and m.current_forget_rate() == 0.0  # before the estimate: every sample
+    m.on_epoch_start(1, 2)
+    m.train_step(net1, opt, Batch(index, y, index))
+    T = anchor_point_estimate(torch.softmax(logits, 1).numpy())
+    assert m.tau == pytest.approx(1 - np.mean(np.diag(T)), abs=1e-6) and 0 < m.tau < 1
+    assert m.result_extras({})["tau_estimated_at_epoch"] == 1
+    with pytest.raises(ConfigError, match="method.estimate_epoch=2 leaves no epoch"):
+        CoTeaching(K, forget_rate="estimate", estimate_epoch=2).on_epoch_start(0, 2)

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from noisybench.errors import ConfigError
-from noisybench.methods.base import Batch
+from noisybench.methods.base import Batch, Builders
 from noisybench.methods.ce import CrossEntropy
+from noisybench.methods.coteaching import CoTeaching
 from noisybench.methods.dal import DAL
 from noisybench.methods.elr import ELR
 from noisybench.methods.forward import ForwardCorrection
@@ -70,6 +71,15 @@ OPTIMS = {
 }
 
 
+def _seeded(make: Callable[[], nn.Module]) -> Callable[[int], nn.Module]:
+    """A model built as the runner's `Builders.model`: from its own seed, the global RNG left alone."""
+    def build(seed: int) -> nn.Module:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return make()
+    return build
+
+
 @dataclass
 class Case:
     method: Callable[[], nn.Module]
@@ -110,6 +120,9 @@ class Run:
             self.method.on_clean_validation(d["xv"], d["yv"])
         if self.method.needs_transition_matrix:  # a fixed noisy-channel matrix stands in for the realised one
             self.method.on_transition_matrix(torch.full((K, K), 0.1) + 0.7 * torch.eye(K))
+        if self.method.needs_noise_rate:  # a nominal noise.rate
+            self.method.on_noise_rate(0.3)
+        self.method.on_model(self.model, self.opt, Builders(model=_seeded(case.model), optimizer=OPTIMS[case.optim]))
         self.losses: list[torch.Tensor] = []
 
     def play(self, events) -> Run:
@@ -337,6 +350,13 @@ LOSS_CASES = {
     # T estimated mid epoch 1 (after 3 of its 5 batches): the cuts fall before and after the estimate
     "forward_estimated": Case(lambda: ForwardCorrection(num_classes=K, warmup_epochs=1.5)),
     "forward_oracle": Case(lambda: ForwardCorrection(num_classes=K, transition="oracle"), optim="adam"),
+    # two networks: net 2, its optimizer (following the run's StepLR) and the epoch's kept counts are state;
+    # forget rates 0.15, 0.3, 0.3 (tau = the nominal 0.3)
+    "coteaching": Case(lambda: CoTeaching(num_classes=K, num_gradual=3)),
+    "coteaching_adam": Case(lambda: CoTeaching(num_classes=K, forget_rate=0.5, num_gradual=2), optim="adam"),
+    # tau estimated at the first batch of epoch 1: the cuts fall before and after the estimate
+    "coteaching_estimate": Case(lambda: CoTeaching(num_classes=K, forget_rate="estimate", estimate_epoch=1),
+                                model=_cnn1d),
 }
 
 

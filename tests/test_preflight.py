@@ -91,12 +91,12 @@ def test_glob_sweeps_are_expanded_and_every_config_checked(seen):
     assert preflight(["-m", "experiment=smoke", "method=glob(*)"]) == (None, len(group_options("method")))
     assert sorted(c.method.name for c in seen) == group_options("method")
     seen.clear()
-    assert preflight(["-m", "experiment=smoke", "method=glob(c*)"]) == (None, 1)
-    assert [c.method.name for c in seen] == ["ce"]
+    assert preflight(["-m", "experiment=smoke", "method=glob(c*)"]) == (None, 2)
+    assert [c.method.name for c in seen] == ["ce", "coteaching"]
     # the jobs a glob makes are checked too: DAL has no q
     # (the baselines excluded too, so the first job is DAL's)
-    err, _ = preflight(["-m", "experiment=smoke", "method=glob(*,exclude=[ce,apl,elr,forward,sce])", "++method.q=0.5",
-                        "seed=0,1"])
+    err, _ = preflight(["-m", "experiment=smoke", "method=glob(*,exclude=[ce,apl,coteaching,elr,forward,sce])",
+                        "++method.q=0.5", "seed=0,1"])
     assert (err is not None and "method.q is not an option of method=dal" in err
             and "job 1 of 6: experiment=smoke method=dal ++method.q=0.5" in err)
     # Hydra composes the sweep's base config with the default method (ce): q is not a key there

@@ -15,6 +15,7 @@ the same numbers as never stopping. Mid-epoch, `on_epoch_start` is NOT called ag
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import torch
@@ -57,6 +58,17 @@ class Batch(NamedTuple):
     index: torch.Tensor  # positions in the training split (for per-sample state)
 
 
+class Builders(NamedTuple):
+    """What `LossMethod.on_model` gets to build models and optimizers of its own, as the runner builds
+    the run's: `model(seed)` a fresh model of the run's architecture (the dataset's normalisation
+    included), on the run's device with the fast path applied, initialised from torch's generator
+    seeded with `seed` (the run's random streams are left as they were); `optimizer(params)` the
+    run's optimizer (`optim.optimizer`: same class and hyperparameters) over `params`."""
+
+    model: Callable[[int], nn.Module]
+    optimizer: Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
+
+
 class LossMethod(nn.Module):
     #: True only when a method is configured to learn from CLEAN validation labels (e.g. STORM with
     #: meta_source=clean_val); the runner then calls `on_clean_validation` and records
@@ -66,6 +78,11 @@ class LossMethod(nn.Module):
     #: computed from the CLEAN training labels; e.g. forward correction with transition=oracle): the
     #: runner calls `on_transition_matrix` and records `uses_clean_labels: true`.
     needs_transition_matrix: bool = False
+    #: True only when a method is configured to use the NOMINAL noise rate of the run's config
+    #: (`noise.rate`: what the experimenter set, not computed from clean labels, yet side information
+    #: a method on real data does not have; e.g. Co-teaching's forget rate): the runner calls
+    #: `on_noise_rate` and records `uses_noise_rate: true` in result.json.
+    needs_noise_rate: bool = False
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -85,6 +102,21 @@ class LossMethod(nn.Module):
     def on_transition_matrix(self, transition: torch.Tensor) -> None:
         """Called once before training, and only if `needs_transition_matrix`: the realised [K, K]
         matrix T[i, j] = P(noisy label j | clean label i) of the run (noise.json)."""
+
+    def on_noise_rate(self, rate: float | None) -> None:
+        """Called once before training, and only if `needs_noise_rate`: the config's `noise.rate`
+        (None for a noise without one, e.g. noise=real)."""
+
+    def on_model(self, model: nn.Module, optimizer: torch.optim.Optimizer, builders: Builders) -> None:
+        """Called once before training (after `on_train_start`, before a checkpoint is loaded) with the
+        run's model and optimizer: a method that trains models of its own (Co-teaching's second
+        network) builds them here with `builders`, so that they are in its `state_dict()` when a
+        resumed run loads it. The run's model stays the one evaluated."""
+
+    @property
+    def uses_noise_rate(self) -> bool:
+        """Whether this method, as configured, uses the config's nominal noise rate (side information)."""
+        return bool(self.needs_noise_rate)
 
     @property
     def uses_clean_labels(self) -> bool:
