@@ -23,7 +23,7 @@ from noisybench.cli import main
     (["noise.sampling=sometimes"], "sampling"),
     (["foo=1"], "foo"),
     (["method.qq=0.5"], "qq"),
-    (["method=nosuchmethod"], "ce, dal, elr"),
+    (["method=nosuchmethod"], "ce, coteaching, dal, elr"),
     (["-m", "noise.rate=0.2,1.2"], "noise.rate"),
 ])
 def test_bad_input_one_line_error_nonzero_exit_no_result(args, expect, capsys, cli_env, monkeypatch, tmp_path):

@@ -56,12 +56,14 @@ METHOD_ARGS = {
     "storm": ["method=storm", "method.forward_passes=2"],
     "elr": ["method=elr"],  # per-sample targets in the checkpoint
     "forward": ["method=forward", "method.warmup_epochs=2.5"],  # T estimated after the kill
+    # net 2, its optimizer and the kept counts in the checkpoint; the forget rate still ramping at the kill
+    "coteaching": ["method=coteaching", "method.num_gradual=6"],
 }
 
 
-# dal, storm, elr, forward and SIGTERM take the same code paths as ce and SIGINT (their states are checked
-# bit for bit in-process by tests/test_method_state.py): `slow` keeps the default suite short
-SLOW_METHODS = ("dal", "storm", "elr", "forward")
+# dal, storm, elr, forward, coteaching and SIGTERM take the same code paths as ce and SIGINT (their states are
+# checked bit for bit in-process by tests/test_method_state.py): `slow` keeps the default suite short
+SLOW_METHODS = ("dal", "storm", "elr", "forward", "coteaching")
 
 
 @pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_METHODS else m
