@@ -358,3 +358,35 @@ def test_coteaching_estimates_tau_from_anchor_points():
     assert m.result_extras({})["tau_estimated_at_epoch"] == 1
     with pytest.raises(ConfigError, match="method.estimate_epoch=2 leaves no epoch"):
         CoTeaching(K, forget_rate="estimate", estimate_epoch=2).on_epoch_start(0, 2)
+
+
+def test_coteaching_in_the_runner_builds_net_2_from_its_own_seed(make_cfg, tmp_path):
+    """Net 1 is initialised as a CE run of the same seed (net 2's initialisation leaves torch's RNG as it
+    was); net 2 has its own weights, the same for the same seed, other for another seed; its optimizer is
+    the run's optim.optimizer; the nominal noise.rate reaches the method and result.json says so."""
+    from types import SimpleNamespace
+
+    from noisybench.train import run, setup
+
+    def built(*overrides):
+        cfg = make_cfg(*overrides, "noise.rate=0.3", "optim.optimizer.lr=0.02")
+        (tmp_path / "rd").mkdir(exist_ok=True)
+        _, st = setup(cfg, SimpleNamespace(path=tmp_path / "rd"), None)
+        return st
+
+    ce = built("method=ce")
+    rng_ce = torch.get_rng_state()
+    ct = built("method=coteaching")
+    assert torch.equal(torch.get_rng_state(), rng_ce)  # dropout and the rest draw as in a CE run
+    again, other = built("method=coteaching"), built("method=coteaching", "seed=1")
+    net1, net2 = ct.model.state_dict(), ct.method.net2.state_dict()
+    assert all(torch.equal(v, ce.model.state_dict()[k]) for k, v in net1.items())
+    assert not any(torch.equal(v, net1[k]) for k, v in net2.items() if v.is_floating_point())
+    assert all(torch.equal(v, again.method.net2.state_dict()[k]) for k, v in net2.items())
+    assert not torch.equal(next(iter(net2.values())), next(iter(other.method.net2.state_dict().values())))
+    assert type(ct.method.optimizer2) is type(ct.optimizer)
+    assert ct.method.optimizer2.defaults == ct.optimizer.defaults and ct.optimizer.defaults["lr"] == 0.02
+    assert ct.method.tau == 0.3 and f"net2.{next(iter(net2))}" in ct.method.state_dict()
+    record = run(make_cfg("method=coteaching", "noise.rate=0.3"), tmp_path / "run", progress=False)
+    assert record["uses_noise_rate"] is True and record["uses_clean_labels"] is False
+    assert record["method"]["forget_rate"] is None and record["method_result"]["tau"] == 0.3

@@ -15,9 +15,9 @@ Labels", NeurIPS 2018), as the authors' public code computes it (bhanML/Co-teach
   information (result.json says `uses_noise_rate: true`); a number gives τ; `estimate` estimates it
   from the noisy data (below).
 
-The run's model (net 1) is the one evaluated, selected and checkpointed as the model; the paper's
-plots show both networks and its tables one number per method, and the code evaluates both: net 2 is
-not evaluated here. metrics.csv logs the epoch's `forget_rate` and each net's label precision (the
+The run's model (net 1, the code's `model1`) is the one evaluated, selected and checkpointed as the
+model; the code evaluates and prints both networks (test_acc1, test_acc2), the paper gives one number
+per method; net 2 is not evaluated here. metrics.csv logs the epoch's `forget_rate` and each net's label precision (the
 share of clean labels among the samples it kept: the code's "pure ratio", evaluation only);
 `train_loss` is net 1's updating loss (its mean CE over the samples net 2 kept).
 
