@@ -17,16 +17,17 @@ Labels", NeurIPS 2018), as the authors' public code computes it (bhanML/Co-teach
 
 The run's model (net 1, the code's `model1`) is the one evaluated, selected and checkpointed as the
 model; the code evaluates and prints both networks (test_acc1, test_acc2), the paper gives one number
-per method; net 2 is not evaluated here. metrics.csv logs the epoch's `forget_rate` and each net's label precision (the
-share of clean labels among the samples it kept: the code's "pure ratio", evaluation only);
-`train_loss` is net 1's updating loss (its mean CE over the samples net 2 kept).
+per method; net 2 is not evaluated here. metrics.csv logs the epoch's `forget_rate` and each net's
+label precision (the share of clean labels among the samples it kept: the code's "pure ratio",
+evaluation only); `train_loss` is net 1's updating loss (its mean CE over the samples net 2 kept).
 
 `forget_rate: estimate`: τ̂ = 1 - mean(diag T̂), the noise rate a transition matrix implies for
 balanced classes, with T̂ forward correction's anchor-point estimate (noisybench.methods.forward,
 Patrini et al., CVPR 2017) from net 1's softmax over the training split (eval mode), taken at the start
 of epoch `estimate_epoch` (0-based; default 1, after one epoch); before it the forget rate is 0 (both
 nets learn from every sample, as the code's schedule nearly does at first), from it on the schedule
-with τ̂. result.json's `method_result` holds τ (and τ̂ with the epoch it was taken at).
+with τ̂ (clipped to [0, 0.99]); on MNIST-1D it overestimates the noise (docs/methods/coteaching.md).
+result.json's `method_result` holds τ (and τ̂ with the epoch it was taken at).
 
 Departures, each deliberate:
 1. The epochs. The code's epoch 0 only evaluates the untrained nets; its training epochs 1..n_epoch-1
@@ -38,7 +39,8 @@ Departures, each deliberate:
 2. The loss scale. The code returns `F.cross_entropy(..)` (already the mean over the kept samples)
    divided by num_remember again; here the mean (the paper's L over the kept set). With the code's
    optimizer (Adam) a constant factor changes almost nothing; with SGD it would scale the learning rate.
-3. At least one sample is kept (num_remember >= 1: a batch of one row with a high forget rate).
+3. At least one sample is kept (num_remember >= 1; the code's int() gives 0 for a small last batch
+   with a high forget rate, and a mean over nothing).
 4. The learning-rate schedule is the run's (`optim.*`), not the code's Adam plan (lr and β1 decayed
    from epoch 80). The runner's scheduler steps the run's optimizer only; before each step of net 2,
    its optimizer takes the hyperparameters the scheduler set in the run's (`lr`, and `momentum` /
