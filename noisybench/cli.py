@@ -297,9 +297,20 @@ def _write_noise(out: Path, cfg, pool, report) -> None:
     print(f"wrote {out / 'noise.json'} and {out / 'transition_matrix.png'}")
 
 
+def _bad_tune(df, tune: list[str]) -> bool:
+    """`--tune KEY` naming a key no run has: say so in one line (with the keys that do vary)."""
+    from noisybench.report.layout import CONFIG_COL, varied_keys
+
+    unknown = [k for k in tune if not df[CONFIG_COL].str.contains(f'"{k}":', regex=False).any()]
+    if unknown:
+        keys = ", ".join(varied_keys(df)) or "none"
+        print(f"noisybench: error: --tune {','.join(unknown)}: no run has this config key (as in "
+              f"noisybench train --cfg job); keys that vary across these runs: {keys}", file=sys.stderr)
+    return bool(unknown)
+
+
 def report_main(args: list[str]) -> int:
     # here, not at the top: the report package imports pandas (not for --help or TAB)
-    from noisybench.report.layout import CONFIG_COL, varied_keys
     from noisybench.report.records import left_out_note, load_runs
     from noisybench.report.tables import DEFAULT_KINDS, KINDS
     from noisybench.report.writers import WRITERS, write_report
@@ -332,11 +343,7 @@ def report_main(args: list[str]) -> int:
               + left_out_note(left_out), file=sys.stderr)
         return 1
     tune = [k for k in a.tune.split(",") if k]
-    unknown = [k for k in tune if not df[CONFIG_COL].str.contains(f'"{k}":', regex=False).any()]
-    if unknown:
-        keys = ", ".join(varied_keys(df)) or "none"
-        print(f"noisybench: error: --tune {','.join(unknown)}: no run has this config key (as in "
-              f"noisybench train --cfg job); keys that vary across these runs: {keys}", file=sys.stderr)
+    if _bad_tune(df, tune):
         return 2
     try:
         if a.out:
@@ -358,7 +365,7 @@ def report_main(args: list[str]) -> int:
 
 def plot_main(args: list[str]) -> int:
     # here, not at the top: the report package imports pandas (not for --help or TAB)
-    from noisybench.report.figures import FORMATS
+    from noisybench.report.figures import DPI, FORMATS
 
     p = argparse.ArgumentParser(prog="noisybench plot",
                                 description="Figures from run or sweep directories, grouped as `noisybench report` "
@@ -370,7 +377,12 @@ def plot_main(args: list[str]) -> int:
                    help="directory for the figures (default: PATH/figures for a single directory PATH)")
     p.add_argument("-f", "--format", default=",".join(FORMATS),
                    help=f"comma-separated: {','.join(FORMATS)}, svg (default {','.join(FORMATS)})")
-    p.add_argument("--dpi", type=int, default=150, help="resolution of the PNG files (default 150)")
+    p.add_argument("--dpi", type=int, default=DPI, help=f"resolution of the PNG files (default {DPI})")
+    p.add_argument("--titles", action="store_true",
+                   help="draw each figure's title into it (default: none; figures.md holds the captions)")
+    p.add_argument("--tune", default="", metavar="KEY[,KEY...]",
+                   help="as `noisybench report --tune`: the tuned figures, each cell drawn with the value(s) "
+                        "of KEY with the best mean validation score over seeds (files end in _tuned)")
     a = p.parse_args(args)
     formats = [f for f in a.format.split(",") if f]
     bad = [f for f in formats if f not in (*FORMATS, "svg")]
@@ -410,21 +422,26 @@ def plot_main(args: list[str]) -> int:
     if df.empty:
         print("noisybench: error: no finished run under the given paths; " + left_out_note(left_out), file=sys.stderr)
         return EXIT_FAILED
-    from noisybench.report.figures import figures, save
+    tune = [k for k in a.tune.split(",") if k]
+    if _bad_tune(df, tune):
+        return EXIT_USAGE
+    from noisybench.report.figures import CAPTIONS, figures, save_all
 
     try:
-        plots = figures(df)
+        plots = figures(df, titles=a.titles, tune=tune)
         if not plots:
             print("noisybench: error: nothing to draw: the runs have no noisy setting, no metrics.csv and no "
                   "noise.json", file=sys.stderr)
             return EXIT_FAILED
+        command = " ".join(["noisybench plot", *map(str, a.paths), *(["--tune", a.tune] if tune else []),
+                            *(["--titles"] if a.titles else [])])
+        save_all(plots, out, formats, a.dpi, command)
         for plot in plots:
-            paths = save(plot, out, formats, a.dpi)
-            print(", ".join(str(x) for x in paths))
+            print(", ".join(str(out / f"{plot.name}.{f}") for f in formats))
     except (NoisybenchError, OSError) as e:
         return _output_error(e, "the figures", out)
     diverged = df["diverged"].astype(bool).sum() if "diverged" in df else 0
-    print(f"{len(plots)} figures from {len(df) - diverged} runs -> {out}"
+    print(f"{len(plots)} figures from {len(df) - diverged} runs -> {out} (captions: {out / CAPTIONS})"
           + (f" ({diverged} diverged runs left out of the figures)" if diverged else ""))
     print(left_out_note(left_out).replace("in the tables", "in the figures"))
     return 0
