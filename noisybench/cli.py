@@ -325,6 +325,8 @@ def report_main(args: list[str]) -> int:
     p.add_argument("--tune", default="", metavar="KEY[,KEY...]",
                    help="config keys swept as hyperparameters (e.g. optim.optimizer.lr): each cell shows the "
                         "value(s) with the best mean validation score over seeds, and that setting's test score")
+    p.add_argument("--no-marks", dest="marks", action="store_false",
+                   help="do not mark each column's best mean (bold) and second (underlined) in md, latex, html")
     a = p.parse_args(args)
     formats = [f for f in a.format.split(",") if f]
     kinds = [k for k in a.kinds.split(",") if k]
@@ -351,12 +353,12 @@ def report_main(args: list[str]) -> int:
                 print(f"noisybench: error: -o {a.out} is a file; give a directory for summary.csv and the tables",
                       file=sys.stderr)
                 return EXIT_USAGE
-            df = write_report(a.paths, a.out, formats, kinds, tune)
+            df = write_report(a.paths, a.out, formats, kinds, tune, a.marks)
             print(f"{len(df)} runs -> {a.out}/summary.csv, "
                   + ", ".join(str(a.out / WRITERS[f][0]) for f in formats))
         else:
             for f in formats:
-                print(WRITERS[f][1](df, kinds, tune))
+                print(WRITERS[f][1](df, kinds, tune, a.marks))
     except (NoisybenchError, OSError) as e:
         return _output_error(e, "the report", a.out)
     print(left_out_note(left_out))

@@ -45,7 +45,8 @@ CAPTIONS = "figures.md"
 def figures(df: pd.DataFrame, titles: bool = False, tune: Iterable[str] = ()) -> list[Plot]:
     """Every figure of the runs in `df` (a `records.load_runs` table), one table set after another.
     `titles`: draw each figure's title into it (off: papers put it in the caption). `tune`: config
-    keys chosen per cell as `report --tune` chooses them (the figures' names end in `_tuned`)."""
+    keys chosen per cell as `report --tune` chooses them (the figures' names end in `_tuned`; the
+    transition matrices, which tuning does not change, are left to the untuned call)."""
     from matplotlib import rc_context
 
     cache: dict = {}
@@ -53,11 +54,11 @@ def figures(df: pd.DataFrame, titles: bool = False, tune: Iterable[str] = ()) ->
     for group in groups(df, tune):
         with rc_context(STYLE):
             plots = (accuracy_vs_noise(group) + learning_curves(group, cache) + diagnostics(group, cache)
-                     + sample_weight_histograms(group) + transition_matrices(group))
+                     + sample_weight_histograms(group) + ([] if group.tuned else transition_matrices(group)))
+            for plot in plots if titles else ():
+                suptitle(plot.figure, plot.title)
         for plot in plots:
             name = plot.name if not group.tuned or plot.name.endswith("_tuned") else plot.name + "_tuned"
-            if titles and plot.title:
-                suptitle(plot.figure, plot.title)
             runs = provenance(group.picked("selected") if "accuracy_vs_noise" not in name else group)
             out.append(plot._replace(name=name, runs=runs))
     return out

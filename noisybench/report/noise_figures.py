@@ -147,6 +147,8 @@ def _one_figure(group: Group, family: str | None, sub: pd.DataFrame) -> tuple[ob
         ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks],
                       rotation=0 if family is not None else 30, ha="center" if family is not None else "right")
         _draw_panel(ax, group, pts[kind], labels, styles, points_only)
+        if group.tuned:
+            ax.margins(y=0.1)  # room for the chosen values written above the points
         if clean:
             _clean_levels(ax, group, styles, kind, column)
         ax.set_title(title)
@@ -157,9 +159,14 @@ def _one_figure(group: Group, family: str | None, sub: pd.DataFrame) -> tuple[ob
     chance = _chance(group, axes[0])
     fit_percent_axis(axes[0], group.metric)
     handles, labs = axes[0].get_legend_handles_labels()
+    rows_first = sorted(range(len(labs)), key=lambda i: labs[i] not in labels.values())  # stable: rows, then lines
+    handles, labs = [handles[i] for i in rows_first], [labs[i] for i in rows_first]
     if clean:
         handles.append(Line2D([], [], color="0.3", linestyle=":", linewidth=0.8))
         labs.append("clean (noise 0) level")
+    if group.tuned:
+        handles.append(Line2D([], [], linestyle="none"))
+        labs.append(f"numbers: chosen {', '.join(group.tuned)}")
     legend(fig, handles, labs, 3)
     extra = ("; dotted: each row's clean (noise 0) level" if clean else "") + chance
     return fig, extra
@@ -167,17 +174,19 @@ def _one_figure(group: Group, family: str | None, sub: pd.DataFrame) -> tuple[ob
 
 def _tuned_words(group: Group) -> str:
     keys = ", ".join(group.tuned)
+    cols = [c for c in group.cols if c in set(group.runs["col"])]
     chosen = []
     for r in group.rows_present:
         per = []
         for _, _, kind in KIND_PANELS:
             runs = group.picked(kind).runs
-            mine = runs[runs["row"] == r].drop_duplicates("col")
-            per.append(", ".join(f"{c}: {v}" for c, v in zip(mine["col"], mine["chosen"])))
-        chosen.append(f"{r}: {per[0]} (last) | {per[1]} (selected)")
+            mine = dict(zip(runs.loc[runs["row"] == r, "col"], runs.loc[runs["row"] == r, "chosen"]))
+            values = [mine[c].split("=", 1)[1] if len(group.tuned) == 1 else mine[c] for c in cols if c in mine]
+            per.append(" / ".join(values))
+        chosen.append(f"{r}: {per[0]} (last), {per[1]} (selected)")
     return (f" {keys} chosen per (row, noise setting) as `noisybench report --tune` chooses: the best mean "
             "validation score over seeds (val_last for the left panel, val_selected for the right); the chosen "
-            f"value is written at each point. Chosen: {'; '.join(chosen)}.")
+            f"value is written at each point. Chosen {keys} for {' / '.join(cols)}: {'; '.join(chosen)}.")
 
 
 def accuracy_vs_noise(group: Group) -> list[Plot]:
