@@ -365,6 +365,22 @@ def report_main(args: list[str]) -> int:
     return 0
 
 
+def _a_path_without_runs(paths: list[Path]) -> bool:
+    """Every PATH must hold a finished run (a typo'd sweep dir is not silently empty): say which does not."""
+    from noisybench.report.records import find_runs
+
+    for path in paths:
+        found = find_runs([path])
+        if not any(state == "finished" for _, state in found):
+            states = ", ".join(f"{sum(s == k for _, s in found)} {k}" for k in ("failed", "unfinished")
+                               if any(s == k for _, s in found))
+            print(f"noisybench: error: {path} holds no finished run (finished runs have a result.json)"
+                  + (f"; it has {states} run(s)" if states else "; it holds no run directory at all"),
+                  file=sys.stderr)
+            return True
+    return False
+
+
 def plot_main(args: list[str]) -> int:
     # here, not at the top: the report package imports pandas (not for --help or TAB)
     from noisybench.report.figures import DPI, FORMATS
@@ -409,17 +425,10 @@ def plot_main(args: list[str]) -> int:
     if out.exists() and not out.is_dir():
         print(f"noisybench: error: -o {out} is a file; give a directory for the figures", file=sys.stderr)
         return EXIT_USAGE
-    from noisybench.report.records import find_runs, left_out_note, load_runs
+    from noisybench.report.records import left_out_note, load_runs
 
-    for path in a.paths:  # every PATH must hold a finished run (a typo'd sweep dir is not silently empty)
-        found = find_runs([path])
-        if not any(state == "finished" for _, state in found):
-            states = ", ".join(f"{sum(s == k for _, s in found)} {k}" for k in ("failed", "unfinished")
-                               if any(s == k for _, s in found))
-            print(f"noisybench: error: {path} holds no finished run (finished runs have a result.json)"
-                  + (f"; it has {states} run(s)" if states else "; it holds no run directory at all"),
-                  file=sys.stderr)
-            return EXIT_FAILED
+    if _a_path_without_runs(a.paths):
+        return EXIT_FAILED
     df, left_out = load_runs(a.paths)
     if df.empty:
         print("noisybench: error: no finished run under the given paths; " + left_out_note(left_out), file=sys.stderr)

@@ -89,7 +89,7 @@ def test_latex_table_with_special_names_has_booktabs_marks_and_compiles(tmp_path
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
     assert r"a\&b\_c\#1 \$x\$ 50\% \textasciicircum{}" in tex
     assert r"\textbf{71.00}{\scriptsize\,$\pm$1.00}" in tex  # the best, compact: mean ± std, n in the caption
-    assert r"\underline{60.00}{\scriptsize\,$\pm$0.00\,(n=2)}" in tex and "n = 3 runs" in tex  # the one cell with another n
+    assert r"\underline{60.00}{\scriptsize\,$\pm$0.00\,(n=2)}" in tex and "n = 3 runs" in tex  # another n
     engine = _engine()
     if engine is None:
         pytest.skip("no LaTeX engine (pdflatex or tectonic) installed: escaping checked, compiling skipped")
