@@ -276,7 +276,8 @@ def test_weight_auc_is_the_rank_statistic():
 
 
 # ---- errors: one line each ----------------------------------------------------------------------
-@pytest.mark.parametrize("case", ["missing", "empty", "failed-only", "format", "out-is-file", "two-paths-no-out"])
+@pytest.mark.parametrize("case", ["missing", "empty", "failed-only", "format", "out-is-file", "two-paths-no-out",
+                                  "tune-unknown-key"])
 def test_plot_errors_are_one_line(case, sweep, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -291,6 +292,7 @@ def test_plot_errors_are_one_line(case, sweep, tmp_path, capsys):
         "format": (["plot", str(sweep), "-f", "png,jpeg"], 2, "unknown format jpeg"),
         "out-is-file": (["plot", str(sweep), "-o", str(tmp_path / "afile")], 2, "is a file"),
         "two-paths-no-out": (["plot", str(sweep), str(sweep)], 2, "-o DIR"),
+        "tune-unknown-key": (["plot", str(sweep), "--tune", "optim.lr"], 2, "--tune optim.lr: no run has this"),
     }[case]
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
