@@ -87,6 +87,7 @@ def test_latex_table_with_special_names_has_booktabs_marks_and_compiles(tmp_path
     _methods(tmp_path / "runs", {SPECIAL: [0.50, 0.52, 0.51], "gce": [0.70, 0.72, 0.71], "ce": [0.6, 0.6]})
     tex = to_latex(load_runs([tmp_path / "runs"])[0], kinds=["last", "best"])
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"\begin{table}[t]" in tex and "table*" not in tex  # one noise column: fits one paper column
     assert r"a\&b\_c\#1 \$x\$ 50\% \textasciicircum{}" in tex
     assert r"\textbf{71.00}{\scriptsize\,$\pm$1.00}" in tex  # the best, compact: mean ± std, n in the caption
     assert r"\underline{60.00}{\scriptsize\,$\pm$0.00\,(n=2)}" in tex and "n = 3 runs" in tex  # another n

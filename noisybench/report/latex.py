@@ -22,7 +22,7 @@ _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": 
             "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
             ">": r"\textgreater{}", "|": r"\textbar{}", "±": r"$\pm$", "–": "--", "—": "---", "×": r"$\times$",
             "→": r"$\rightarrow$", "λ": r"$\lambda$", "≥": r"$\geq$", "≤": r"$\leq$", "\u00a0": "~"}
-WIDE = 5  # more noise columns than this: a table* over both columns of a two-column paper
+COLUMN_CHARS = 50  # about how many characters of \small text fit one column of a two-column paper (3.3 in)
 
 
 def escape(text) -> str:
@@ -30,18 +30,34 @@ def escape(text) -> str:
     return "".join(_ESCAPES.get(ch, ch) for ch in str(text))
 
 
-def _cell(st: Stats | None, mark: str | None, usual_n: int) -> str:
+def _parts(st: Stats | None, usual_n: int) -> tuple[str, list[str]]:
+    """A cell's mean and its small-type parts (± std, n where unusual, diverged runs, the tuned value), as
+    plain text."""
     if st is None or not st.n:
-        return "--"
-    mean = f"{st.mean:.2f}"
-    mean = rf"\textbf{{{mean}}}" if mark == "best" else rf"\underline{{{mean}}}" if mark == "second" else mean
-    small = [rf"$\pm${st.std:.2f}"] if st.n > 1 else []
+        return "--", []
+    small = [f"±{st.std:.2f}"] if st.n > 1 else []
     notes = ([f"n={st.n}"] if st.n != usual_n else []) + ([f"{st.diverged} div."] if st.diverged else [])
     if notes:
         small.append("(" + ", ".join(notes) + ")")
-    if st.chosen:
-        small.append(f"[{escape(st.chosen)}]")
-    return mean + (r"{\scriptsize\," + r"\,".join(small) + "}" if small else "")
+    if st.chosen:  # one tuned key: its value only (the caption names the key)
+        small.append(f"[{st.chosen.split('=', 1)[1] if st.chosen.count('=') == 1 else st.chosen}]")
+    return f"{st.mean:.2f}", small
+
+
+def _cell(st: Stats | None, mark: str | None, usual_n: int) -> str:
+    mean, small = _parts(st, usual_n)
+    mean = rf"\textbf{{{mean}}}" if mark == "best" else rf"\underline{{{mean}}}" if mark == "second" else mean
+    return mean + (r"{\scriptsize\," + r"\,".join(escape(x) for x in small) + "}" if small else "")
+
+
+def _width(t: pd.DataFrame, stats: dict, usual_n: int) -> float:
+    """About how many characters of small text the table is wide (small type counted at 0.7)."""
+    def cell(r, c) -> float:
+        mean, small = _parts(stats.get((r, c)), usual_n)
+        return len(mean) + 0.7 * (len(" ".join(small)) + bool(small))
+
+    cols = [max([len(str(c)), *(cell(r, c) for r in t.index)]) + 1 for c in t.columns]
+    return max(len(str(r)) for r in [*t.index, "method"]) + 1 + sum(cols)
 
 
 def latex_table(title: str, t: pd.DataFrame, marks: bool = True) -> str:
@@ -50,7 +66,7 @@ def latex_table(title: str, t: pd.DataFrame, marks: bool = True) -> str:
     counts = Counter(s.n for s in stats.values() if s.n)
     usual_n = counts.most_common(1)[0][0] if counts else 0
     ranks = table_marks(t) if marks else {}
-    env = "table*" if len(t.columns) > WIDE else "table"
+    env = "table*" if _width(t, stats, usual_n) > COLUMN_CHARS else "table"  # too wide: over both columns
     caption = escape(title) + (f". Cells: mean {escape('±')} std over n = {usual_n} runs"
                                + " (other n in parentheses)" if usual_n else "")
     caption += (". " + escape(MARKS_NOTE) if marks else ".")
