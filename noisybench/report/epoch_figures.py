@@ -16,7 +16,6 @@ from noisybench.report.draw import (
     COLUMN_WIDTH,
     PALETTE,
     TEXT_WIDTH,
-    epoch_ticks,
     legend,
     legend_entries,
     new_figure,
@@ -29,6 +28,7 @@ from noisybench.report.groups import (
     Plot,
     _slug,
     draw_band,
+    epoch_axis,
     epoch_band,
     fit_percent_axis,
     left_out,
@@ -111,7 +111,7 @@ def learning_curves(group: Group, cache: dict) -> list[Plot]:
                 ax.set_ylabel(f"{stack(r)}\n(%)", fontsize=7)
             if i == len(rows) - 1:
                 ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(epoch_ticks())
+            epoch_axis(ax)
     _n_titles(axes, cols, ns)
     fit_percent_axis(axes[0, 0], group.metric)
     handles, labels = legend_entries(axes)
@@ -206,7 +206,7 @@ def diagnostics(group: Group, cache: dict) -> list[Plot]:
             ax.set_title(title)
             ax.set_ylabel(ylab)
             ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(epoch_ticks())
+            epoch_axis(ax)
         handles, labels = legend_entries(axes)
         if any(c in columns for c in DIAG_STYLES):
             from matplotlib.lines import Line2D

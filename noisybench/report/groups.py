@@ -231,13 +231,28 @@ def epoch_band(frames: list[pd.DataFrame], column: str):
             stats["count"].to_numpy())
 
 
+POINT_MARKERS = {"-": "o", "--": "s", "-.": "^", ":": "D"}
+
+
+def epoch_axis(ax) -> None:
+    """Whole epochs on the x axis; a single epoch centred with one tick (not 0.95 ... 1.05)."""
+    from noisybench.report.draw import epoch_ticks
+
+    ax.xaxis.set_major_locator(epoch_ticks())
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:
+        c = round((lo + hi) / 2)
+        ax.set_xlim(c - 1, c + 1)
+
+
 def draw_band(ax, x, m, s, color, label: str | None = None, **line) -> None:
     """A mean line with its ± std band; a single point gets a visible error bar instead (a band of one
     point has no width)."""
     x, m, s = np.asarray(x, dtype=float), np.asarray(m, dtype=float), np.asarray(s, dtype=float)
-    if len(x) == 1:
-        ax.errorbar(x, m, yerr=s, color=color, capsize=2.5, elinewidth=0.9, label=label,
-                    marker=line.get("marker") or "o", linestyle="none")
+    if len(x) == 1:  # the marker tells the line styles apart (a point has no dashes)
+        marker = line.get("marker") or POINT_MARKERS.get(line.get("linestyle", "-"), "o")
+        ax.errorbar(x, m, yerr=s, color=color, capsize=2.5, elinewidth=0.9, label=label, marker=marker,
+                    linestyle="none")
         return
     ax.plot(x, m, color=color, label=label, **line)
     ax.fill_between(x, m - s, m + s, color=color, alpha=0.15, linewidth=0)

@@ -37,7 +37,7 @@ from noisybench.report.groups import (
     ylabel,
 )
 
-KIND_PANELS = (("test_last", "last epoch", "last"), ("test_selected", "selected on noisy validation", "selected"))
+KIND_PANELS = (("test_last", "last epoch", "last"), ("test_selected", "selected on validation", "selected"))
 CHANCE = {"acc": "1/K", "mcc": "0"}  # metrics with a chance level the figure can draw
 
 
@@ -140,7 +140,7 @@ def _one_figure(group: Group, family: str | None, sub: pd.DataFrame) -> tuple[ob
     points_only = family is None or len(ticks) == 1
     pts = {kind: _points(group, family, ticks, column, kind) for column, _, kind in KIND_PANELS}
     labels = {r: f"{r} ({n_label(p[3] for kind in pts for p in pts[kind][r])})" for r in group.rows_present}
-    fig = new_figure(COLUMN_WIDTH * 2 if len(group.rows_present) > 6 else COLUMN_WIDTH + 0.6, 2.9)
+    fig = new_figure(COLUMN_WIDTH * 2 if len(group.rows_present) > 6 else COLUMN_WIDTH, 2.9)  # one column
     axes = fig.subplots(1, 2, sharey=True)
     clean = bool(group.runs["clean"].any()) and family is not None and len(ticks) > 1
     for ax, (column, title, kind) in zip(axes, KIND_PANELS):
