@@ -39,6 +39,9 @@ def test_column_marks_rule():
     assert column_marks({"a": s(90)}) == {}  # one ranked row: nothing to mark
     assert column_marks({"a": s(99), "a [ORACLE: clean labels]": s(100), "b": s(50)}) == {"a": "best", "b": "second"}
     assert column_marks({"a": s(90), "b": Stats(math.nan, math.nan, 0), "c": s(70)}) == {"a": "best", "c": "second"}
+    # a lower-is-better score: the lowest mean is best, within one std above it too
+    assert column_marks({"a": s(10, 2.0), "b": s(11.5), "c": s(20)}, lower_is_better=True) == {
+        "a": "best", "b": "best", "c": "second"}
 
 
 def test_markdown_and_html_mark_best_and_second_csv_does_not(tmp_path):

@@ -7,7 +7,9 @@ The rule, per column (a noise setting) of one table, over the rows that have a v
 - means are compared as printed (two decimals, in %), so equal-looking cells get the same mark; a column
   with fewer than two ranked rows gets no mark;
 - rows that learnt from clean labels (`[ORACLE: clean labels]`) are not ranked: an upper bound, not a rival.
-Every score the tables show is higher-is-better. `noisybench report --no-marks` turns the marks off.
+The scores are higher-is-better unless a table says otherwise (`table.attrs["lower_is_better"]`, set by
+`tables.tables` for the kinds in `LOWER_IS_BETTER`: there the lowest mean is best and "within one std"
+counts upwards). `noisybench report --no-marks` turns the marks off.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import pandas as pd
 MARKS_NOTE = ("Bold: the best mean of each column and every mean within one std (the best cell's) of it; "
               "underlined: the best of the other rows; rows that learnt from clean labels are not ranked.")
 UNRANKED = "[ORACLE: clean labels]"
+LOWER_IS_BETTER: set[str] = set()  # table kinds (`report -k`) whose scores are better when lower
 
 
 class Stats(NamedTuple):
@@ -39,9 +42,10 @@ def cell_stats(values: pd.Series, diverged: pd.Series | None = None, chosen: str
     return Stats(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v), n_div, chosen)
 
 
-def column_marks(stats: dict[str, Stats]) -> dict[str, str]:
+def column_marks(stats: dict[str, Stats], lower_is_better: bool = False) -> dict[str, str]:
     """{row: "best" | "second"} for one column's cells {row: Stats} (rows without a mark left out)."""
-    ranked = {r: (round(s.mean, 2), round(s.std, 2)) for r, s in stats.items()
+    sign = -1.0 if lower_is_better else 1.0  # rank -mean: the same rule for lower-is-better scores
+    ranked = {r: (round(sign * s.mean, 2), round(s.std, 2)) for r, s in stats.items()
               if s.n and math.isfinite(s.mean) and UNRANKED not in r}
     if len(ranked) < 2:
         return {}
@@ -61,7 +65,7 @@ def table_marks(table: pd.DataFrame) -> dict[tuple[str, str], str]:
     out = {}
     for c in table.columns:
         col = {r: stats[(r, c)] for r in table.index if (r, c) in stats}
-        out.update({(r, c): m for r, m in column_marks(col).items()})
+        out.update({(r, c): m for r, m in column_marks(col, table.attrs.get("lower_is_better", False)).items()})
     return out
 
 

@@ -22,7 +22,7 @@ from noisybench.report.layout import (
     table_layout,
     tuned_choice,
 )
-from noisybench.report.marks import MARKS_NOTE, Stats, cell_stats, mark_text, table_marks
+from noisybench.report.marks import LOWER_IS_BETTER, MARKS_NOTE, Stats, cell_stats, mark_text, table_marks
 
 KINDS = {
     "last": ("test_last", "last epoch"),
@@ -96,6 +96,7 @@ def tables(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterabl
             table = pd.DataFrame([[cells.get((r, c), "–") for c in col_order] for r in row_order],
                                  index=pd.Index(row_order, name="method_label"), columns=col_order)
             table.attrs["stats"] = stats  # per cell: mean, std, n (for the marks and the LaTeX cells)
+            table.attrs["lower_is_better"] = kind in LOWER_IS_BETTER
             yield title, kind, table
 
 
