@@ -436,7 +436,9 @@ def plot_main(args: list[str]) -> int:
     tune = [k for k in a.tune.split(",") if k]
     if _bad_tune(df, tune):
         return EXIT_USAGE
-    from noisybench.report.figures import CAPTIONS, figures, save_all
+    from noisybench.report.figures import CAPTIONS, CAPTIONS_TUNED, figures, save_all
+
+    captions = out / (CAPTIONS_TUNED if tune else CAPTIONS)
 
     try:
         plots = figures(df, titles=a.titles, tune=tune)
@@ -446,13 +448,13 @@ def plot_main(args: list[str]) -> int:
             return EXIT_FAILED
         command = " ".join(["noisybench plot", *map(str, a.paths), *(["--tune", a.tune] if tune else []),
                             *(["--titles"] if a.titles else [])])
-        save_all(plots, out, formats, a.dpi, command)
+        save_all(plots, out, formats, a.dpi, command, captions.name)
         for plot in plots:
             print(", ".join(str(out / f"{plot.name}.{f}") for f in formats))
     except (NoisybenchError, OSError) as e:
         return _output_error(e, "the figures", out)
     diverged = df["diverged"].astype(bool).sum() if "diverged" in df else 0
-    print(f"{len(plots)} figures from {len(df) - diverged} runs -> {out} (captions: {out / CAPTIONS})"
+    print(f"{len(plots)} figures from {len(df) - diverged} runs -> {out} (captions: {captions})"
           + (f" ({diverged} diverged runs left out of the figures)" if diverged else ""))
     print(left_out_note(left_out).replace("in the tables", "in the figures"))
     return 0

@@ -40,6 +40,7 @@ __all__ = ["FORMATS", "Group", "Plot", "accuracy_vs_noise", "auc", "captions", "
 FORMATS = ("png", "pdf")
 DPI = 300  # PNG resolution for print (the PDF is vector)
 CAPTIONS = "figures.md"
+CAPTIONS_TUNED = "figures_tuned.md"  # `plot --tune` into the same directory keeps the untuned captions
 
 
 def figures(df: pd.DataFrame, titles: bool = False, tune: Iterable[str] = ()) -> list[Plot]:
@@ -98,12 +99,13 @@ def save(plot: Plot, out_dir: Path, formats: Iterable[str] = FORMATS, dpi: int |
 
 
 def save_all(plots: Sequence[Plot], out_dir: Path, formats: Iterable[str] = FORMATS, dpi: int | None = None,
-             command: str = "") -> list[Path]:
-    """Every figure, then figures.md beside them (written last: it names only files that exist)."""
+             command: str = "", captions_name: str = CAPTIONS) -> list[Path]:
+    """Every figure, then their captions file beside them (written last: it names only files that
+    exist)."""
     formats = list(formats)
     paths = [p for plot in plots for p in save(plot, out_dir, formats, dpi)]
-    atomic_write_text(Path(out_dir) / CAPTIONS, captions(plots, formats, command))
-    return paths + [Path(out_dir) / CAPTIONS]
+    atomic_write_text(Path(out_dir) / captions_name, captions(plots, formats, command))
+    return paths + [Path(out_dir) / captions_name]
 
 
 def png_bytes(plot: Plot, dpi: int = 150) -> bytes:
