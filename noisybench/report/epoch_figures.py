@@ -105,8 +105,9 @@ def learning_curves(group: Group, cache: dict) -> list[Plot]:
             if not fs:
                 ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="0.5")
             if group.tuned and not cell.empty:
-                ax.text(0.98, 0.04, cell["chosen"].iloc[0], transform=ax.transAxes, ha="right", va="bottom",
-                        fontsize=6, color="0.3")
+                ax.text(0.03, 0.96, cell["chosen"].iloc[0], transform=ax.transAxes, ha="left", va="top",
+                        fontsize=6, color="0.2", bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0,
+                                                       "pad": 1})
             if j == 0:
                 ax.set_ylabel(f"{stack(r)}\n(%)", fontsize=7)
             if i == len(rows) - 1:
@@ -138,8 +139,8 @@ def _n_titles(axes, cols: list[str], ns: dict) -> None:
         axes[0, j].set_title(f"{c} (n={n_all})" if same and n_all else c)
     if not same:
         for (i, j), n in ns.items():
-            axes[i, j].text(0.02, 0.96, f"n={n}", transform=axes[i, j].transAxes, ha="left", va="top",
-                            fontsize=6, color="0.3")
+            axes[i, j].text(0.03, 0.80, f"n={n}", transform=axes[i, j].transAxes, ha="left", va="top",
+                            fontsize=6, color="0.3")  # under a tuned panel's chosen value
 
 
 # ---- method diagnostics -------------------------------------------------------------------------
