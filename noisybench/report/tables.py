@@ -1,4 +1,4 @@
-"""Paper-style tables: mean ± std (n) over seeds, as Markdown, CSV and LaTeX.
+"""Paper-style tables: mean ± std (n) over seeds, as Markdown and CSV (LaTeX: `noisybench.report.latex`).
 
 Rows are methods (with the hyperparameters that vary inside the table), columns are noise
 settings, one table per (dataset, model, metric) and per accuracy kind: last epoch, selected by
@@ -40,10 +40,6 @@ def cell_text(st: Stats) -> str:
     if st.n == 1:
         return f"{st.mean:.2f} (1{mark})"
     return f"{st.mean:.2f} ± {st.std:.2f} ({st.n}{mark})"
-
-
-def _cell(values: pd.Series, diverged: pd.Series | None = None) -> str:
-    return cell_text(cell_stats(values, diverged))
 
 
 def tables(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()):
