@@ -60,7 +60,8 @@ def to_html(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterab
             data = base64.b64encode(png_bytes(plot, dpi=150)).decode("ascii")
             width = round(plot.figure.get_figwidth() * 130)  # px: a 7-inch figure fills the page
             parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" width=\"{width}\" "
-                         f"alt=\"{escape(plot.name)}\"><figcaption>{escape(plot.caption)}</figcaption></figure>")
+                         f"alt=\"{escape(plot.name)}\"><figcaption><b>{escape(plot.title)}.</b> {escape(plot.caption)} "
+                         f"Runs: {escape(plot.runs.replace('`', ''))}</figcaption></figure>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>noisybench report</title>"
             f"<style>{HTML_STYLE}</style></head><body><h1>noisybench report</h1>\n" + "\n".join(parts)
             + "\n</body></html>\n")

@@ -67,8 +67,8 @@ def latex_table(title: str, t: pd.DataFrame, marks: bool = True) -> str:
     usual_n = counts.most_common(1)[0][0] if counts else 0
     ranks = table_marks(t) if marks else {}
     env = "table*" if _width(t, stats, usual_n) > COLUMN_CHARS else "table"  # too wide: over both columns
-    caption = escape(title) + (f". Cells: mean {escape('±')} std over n = {usual_n} runs"
-                               + " (other n in parentheses)" if usual_n else "")
+    title = title.replace("mean ± std (n) over", "mean ± std over")  # n: once below, not in every cell
+    caption = escape(title) + (f". n = {usual_n} runs per cell (other n in parentheses)" if usual_n else "")
     caption += (". " + escape(MARKS_NOTE) if marks else ".")
     lines = [rf"\begin{{{env}}}[t]", r"\centering", r"\small", r"\setlength{\tabcolsep}{4pt}",
              r"\caption{" + caption + "}", r"\begin{tabular}{l" + "r" * len(t.columns) + "}", r"\toprule",
