@@ -199,6 +199,8 @@ def test_plot_tune_draws_the_tuned_figure(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "s"), "--tune", "optim.optimizer.lr", "-o", str(out)]) == 0
     assert (out / "mnist1d_cnn1d_accuracy_vs_noise_tuned.pdf").is_file()
     assert "--tune optim.optimizer.lr" in (out / "figures_tuned.md").read_text() and not (out / "figures.md").exists()
+    assert main(["report", str(tmp_path / "s"), "--tune", "optim.optimizer.lr", "-f", "html", "-o", str(out)]) == 0
+    assert 'alt="mnist1d_cnn1d_accuracy_vs_noise_tuned"' in (out / "report.html").read_text()  # the tuned figure
     capsys.readouterr()
     assert main(["plot", str(tmp_path / "s"), "--tune", "optim.optimizer.lrr", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
