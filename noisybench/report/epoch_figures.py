@@ -53,7 +53,7 @@ DIAG_PANELS = ((("q",), "DAL: GCE exponent q", "q", None),
                (("weight_auc",), "weight AUC", "AUC, clean vs corrupted", 0.5),
                (("starved_max_share_clean", "starved_max_share"), "most starved class", "share with w < 0.05", 0.25),
                (("min_class_mean_weight",), "lowest class mean", "weight", None))
-SAME = "every noise setting (identical)"
+SAME = "every noise setting, identical"
 DIAG_STYLES = {"mean_weight_clean": ("-", "clean samples"), "mean_weight_corrupted": ("--", "corrupted samples"),
                "starved_max_share": ("-.", "all samples of a class")}
 
