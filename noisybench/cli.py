@@ -297,9 +297,20 @@ def _write_noise(out: Path, cfg, pool, report) -> None:
     print(f"wrote {out / 'noise.json'} and {out / 'transition_matrix.png'}")
 
 
+def _bad_tune(df, tune: list[str]) -> bool:
+    """`--tune KEY` naming a key no run has: say so in one line (with the keys that do vary)."""
+    from noisybench.report.layout import CONFIG_COL, varied_keys
+
+    unknown = [k for k in tune if not df[CONFIG_COL].str.contains(f'"{k}":', regex=False).any()]
+    if unknown:
+        keys = ", ".join(varied_keys(df)) or "none"
+        print(f"noisybench: error: --tune {','.join(unknown)}: no run has this config key (as in "
+              f"noisybench train --cfg job); keys that vary across these runs: {keys}", file=sys.stderr)
+    return bool(unknown)
+
+
 def report_main(args: list[str]) -> int:
     # here, not at the top: the report package imports pandas (not for --help or TAB)
-    from noisybench.report.layout import CONFIG_COL, varied_keys
     from noisybench.report.records import left_out_note, load_runs
     from noisybench.report.tables import DEFAULT_KINDS, KINDS
     from noisybench.report.writers import WRITERS, write_report
@@ -314,6 +325,8 @@ def report_main(args: list[str]) -> int:
     p.add_argument("--tune", default="", metavar="KEY[,KEY...]",
                    help="config keys swept as hyperparameters (e.g. optim.optimizer.lr): each cell shows the "
                         "value(s) with the best mean validation score over seeds, and that setting's test score")
+    p.add_argument("--no-marks", dest="marks", action="store_false",
+                   help="do not mark each column's best mean (bold) and second (underlined) in md, latex, html")
     a = p.parse_args(args)
     formats = [f for f in a.format.split(",") if f]
     kinds = [k for k in a.kinds.split(",") if k]
@@ -332,11 +345,7 @@ def report_main(args: list[str]) -> int:
               + left_out_note(left_out), file=sys.stderr)
         return 1
     tune = [k for k in a.tune.split(",") if k]
-    unknown = [k for k in tune if not df[CONFIG_COL].str.contains(f'"{k}":', regex=False).any()]
-    if unknown:
-        keys = ", ".join(varied_keys(df)) or "none"
-        print(f"noisybench: error: --tune {','.join(unknown)}: no run has this config key (as in "
-              f"noisybench train --cfg job); keys that vary across these runs: {keys}", file=sys.stderr)
+    if _bad_tune(df, tune):
         return 2
     try:
         if a.out:
@@ -344,21 +353,37 @@ def report_main(args: list[str]) -> int:
                 print(f"noisybench: error: -o {a.out} is a file; give a directory for summary.csv and the tables",
                       file=sys.stderr)
                 return EXIT_USAGE
-            df = write_report(a.paths, a.out, formats, kinds, tune)
+            df = write_report(a.paths, a.out, formats, kinds, tune, a.marks)
             print(f"{len(df)} runs -> {a.out}/summary.csv, "
                   + ", ".join(str(a.out / WRITERS[f][0]) for f in formats))
         else:
             for f in formats:
-                print(WRITERS[f][1](df, kinds, tune))
+                print(WRITERS[f][1](df, kinds, tune, a.marks))
     except (NoisybenchError, OSError) as e:
         return _output_error(e, "the report", a.out)
     print(left_out_note(left_out))
     return 0
 
 
+def _a_path_without_runs(paths: list[Path]) -> bool:
+    """Every PATH must hold a finished run (a typo'd sweep dir is not silently empty): say which does not."""
+    from noisybench.report.records import find_runs
+
+    for path in paths:
+        found = find_runs([path])
+        if not any(state == "finished" for _, state in found):
+            states = ", ".join(f"{sum(s == k for _, s in found)} {k}" for k in ("failed", "unfinished")
+                               if any(s == k for _, s in found))
+            print(f"noisybench: error: {path} holds no finished run (finished runs have a result.json)"
+                  + (f"; it has {states} run(s)" if states else "; it holds no run directory at all"),
+                  file=sys.stderr)
+            return True
+    return False
+
+
 def plot_main(args: list[str]) -> int:
     # here, not at the top: the report package imports pandas (not for --help or TAB)
-    from noisybench.report.figures import FORMATS
+    from noisybench.report.figures import DPI, FORMATS
 
     p = argparse.ArgumentParser(prog="noisybench plot",
                                 description="Figures from run or sweep directories, grouped as `noisybench report` "
@@ -370,7 +395,12 @@ def plot_main(args: list[str]) -> int:
                    help="directory for the figures (default: PATH/figures for a single directory PATH)")
     p.add_argument("-f", "--format", default=",".join(FORMATS),
                    help=f"comma-separated: {','.join(FORMATS)}, svg (default {','.join(FORMATS)})")
-    p.add_argument("--dpi", type=int, default=150, help="resolution of the PNG files (default 150)")
+    p.add_argument("--dpi", type=int, default=DPI, help=f"resolution of the PNG files (default {DPI})")
+    p.add_argument("--titles", action="store_true",
+                   help="draw each figure's title into it (default: none; figures.md holds the captions)")
+    p.add_argument("--tune", default="", metavar="KEY[,KEY...]",
+                   help="as `noisybench report --tune`: the tuned figures, each cell drawn with the value(s) "
+                        "of KEY with the best mean validation score over seeds (files end in _tuned)")
     a = p.parse_args(args)
     formats = [f for f in a.format.split(",") if f]
     bad = [f for f in formats if f not in (*FORMATS, "svg")]
@@ -395,36 +425,36 @@ def plot_main(args: list[str]) -> int:
     if out.exists() and not out.is_dir():
         print(f"noisybench: error: -o {out} is a file; give a directory for the figures", file=sys.stderr)
         return EXIT_USAGE
-    from noisybench.report.records import find_runs, left_out_note, load_runs
+    from noisybench.report.records import left_out_note, load_runs
 
-    for path in a.paths:  # every PATH must hold a finished run (a typo'd sweep dir is not silently empty)
-        found = find_runs([path])
-        if not any(state == "finished" for _, state in found):
-            states = ", ".join(f"{sum(s == k for _, s in found)} {k}" for k in ("failed", "unfinished")
-                               if any(s == k for _, s in found))
-            print(f"noisybench: error: {path} holds no finished run (finished runs have a result.json)"
-                  + (f"; it has {states} run(s)" if states else "; it holds no run directory at all"),
-                  file=sys.stderr)
-            return EXIT_FAILED
+    if _a_path_without_runs(a.paths):
+        return EXIT_FAILED
     df, left_out = load_runs(a.paths)
     if df.empty:
         print("noisybench: error: no finished run under the given paths; " + left_out_note(left_out), file=sys.stderr)
         return EXIT_FAILED
-    from noisybench.report.figures import figures, save
+    tune = [k for k in a.tune.split(",") if k]
+    if _bad_tune(df, tune):
+        return EXIT_USAGE
+    from noisybench.report.figures import CAPTIONS, CAPTIONS_TUNED, figures, save_all
+
+    captions = out / (CAPTIONS_TUNED if tune else CAPTIONS)
 
     try:
-        plots = figures(df)
+        plots = figures(df, titles=a.titles, tune=tune)
         if not plots:
             print("noisybench: error: nothing to draw: the runs have no noisy setting, no metrics.csv and no "
                   "noise.json", file=sys.stderr)
             return EXIT_FAILED
+        command = " ".join(["noisybench plot", *map(str, a.paths), *(["--tune", a.tune] if tune else []),
+                            *(["--titles"] if a.titles else [])])
+        save_all(plots, out, formats, a.dpi, command, captions.name)
         for plot in plots:
-            paths = save(plot, out, formats, a.dpi)
-            print(", ".join(str(x) for x in paths))
+            print(", ".join(str(out / f"{plot.name}.{f}") for f in formats))
     except (NoisybenchError, OSError) as e:
         return _output_error(e, "the figures", out)
     diverged = df["diverged"].astype(bool).sum() if "diverged" in df else 0
-    print(f"{len(plots)} figures from {len(df) - diverged} runs -> {out}"
+    print(f"{len(plots)} figures from {len(df) - diverged} runs -> {out} (captions: {captions})"
           + (f" ({diverged} diverged runs left out of the figures)" if diverged else ""))
     print(left_out_note(left_out).replace("in the tables", "in the figures"))
     return 0

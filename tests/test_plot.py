@@ -71,7 +71,8 @@ def write_run(root, method: str, rate: float, seed: int, diverged: bool = False)
         "realized_noise_rate": rate * 0.9, "seed": seed, "noise_seed": 0, "epochs": EPOCHS,
         "test_last": float(test[-1]), "val_last": float(rows["val"][-1]), "test_selected": float(test[sel]),
         "val_selected": float(rows["val"][sel]), "selected_epoch": sel, "test_best": float(test[best]),
-        "best_epoch": best, "memorized_noisy_frac": None, "diverged": {"message": "diverged"} if diverged else None,
+        "best_epoch": best, "memorized_noisy_frac": None, "num_classes": 10,
+        "diverged": {"message": "diverged"} if diverged else None,
         "config": cfg,
     }
     (d / "result.json").write_text(json.dumps(record))
@@ -120,8 +121,11 @@ def test_plot_writes_every_figure_as_png_and_pdf(sweep, tmp_path, capsys):
     for stem in STEMS:
         _png_ok(out / f"mnist1d_cnn1d_{stem}.png")
         _pdf_ok(out / f"mnist1d_cnn1d_{stem}.pdf")
-    expected = sorted(f"mnist1d_cnn1d_{s}.{f}" for s in STEMS for f in ("png", "pdf"))
+    expected = sorted(["figures.md", *(f"mnist1d_cnn1d_{s}.{f}" for s in STEMS for f in ("png", "pdf"))])
     assert sorted(p.name for p in out.iterdir()) == expected
+    captions = (out / "figures.md").read_text()  # one caption per figure, naming the runs it draws
+    assert captions.count("\n## ") == len(STEMS) and f"`{sweep}`" in captions
+    assert "16 finished runs" in captions and "seeds [0, 1]" in captions
     assert "6 figures from 16 runs" in printed and "Every run found is in the figures." in printed
     # GCE has no diagnostics of its own and no weights: no figure for it
     assert not list(out.glob("*gce*"))
@@ -129,7 +133,7 @@ def test_plot_writes_every_figure_as_png_and_pdf(sweep, tmp_path, capsys):
 
 def test_plot_defaults_to_the_sweep_dir_and_takes_formats(sweep, capsys):
     assert main(["plot", str(sweep), "-f", "svg"]) == 0
-    files = sorted((sweep / "figures").iterdir())
+    files = sorted(f for f in (sweep / "figures").iterdir() if f.name != "figures.md")
     assert len(files) == len(STEMS) and all(f.suffix == ".svg" for f in files)
     assert "<svg" in files[0].read_text()[:2000]
 
@@ -151,7 +155,8 @@ def test_figures_group_like_the_report_and_leave_diverged_runs_out(sweep, tmp_pa
     assert "ORACLE" in plots["mnist1d_cnn1d_learning_curves"].caption
     # the lines are the report's rows: one per method, the clean level drawn as a reference
     ax = plots["mnist1d_cnn1d_accuracy_vs_noise"].figure.axes[0]
-    assert [ln.get_label() for ln in ax.get_lines() if not ln.get_label().startswith("_")] == group.rows
+    assert [ln.get_label() for ln in ax.get_lines()
+            if not ln.get_label().startswith("_")] == [f"{r} (n=2)" for r in group.rows]
     assert main(["plot", str(sweep), str(tmp_path / "failed"), "-o", str(tmp_path / "o")]) == 1  # no finished run
     assert main(["plot", str(sweep), "-o", str(tmp_path / "o"), "-f", "png"]) == 0
     out = capsys.readouterr().out
@@ -168,7 +173,8 @@ def test_the_learning_curves_show_ce_memorising(sweep):
     from noisybench.report.records import load_runs
 
     with rc_context(STYLE):
-        ((_, _, fig),) = learning_curves(groups(load_runs([sweep])[0])[0], {})
+        (plot,) = learning_curves(groups(load_runs([sweep])[0])[0], {})
+    fig = plot.figure
     axes = fig.axes[:8]  # rows ce, dal, gce, storm x columns noise 0, 0.4
     ce_noisy, dal_noisy = axes[1], axes[3]
 
@@ -180,7 +186,7 @@ def test_the_learning_curves_show_ce_memorising(sweep):
     assert mem[-1] - mem[0] > 50  # percent points
     assert line(ce_noisy, "test (clean labels)")[-1] < line(ce_noisy, "test (clean labels)")[0] - 15
     assert np.ptp(line(dal_noisy, "memorised: corrupted → noisy label")) < 1
-    assert ce_noisy.get_title() == "symmetric 0.4" and "ce" in axes[0].get_ylabel()
+    assert ce_noisy.get_title() == "symmetric 0.4 (n=2)" and "ce" in axes[0].get_ylabel()
 
 
 def test_settings_without_a_rate_are_points_beside_the_clean_level(tmp_path):
@@ -270,7 +276,8 @@ def test_weight_auc_is_the_rank_statistic():
 
 
 # ---- errors: one line each ----------------------------------------------------------------------
-@pytest.mark.parametrize("case", ["missing", "empty", "failed-only", "format", "out-is-file", "two-paths-no-out"])
+@pytest.mark.parametrize("case", ["missing", "empty", "failed-only", "format", "out-is-file", "two-paths-no-out",
+                                  "tune-unknown-key"])
 def test_plot_errors_are_one_line(case, sweep, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -285,6 +292,7 @@ def test_plot_errors_are_one_line(case, sweep, tmp_path, capsys):
         "format": (["plot", str(sweep), "-f", "png,jpeg"], 2, "unknown format jpeg"),
         "out-is-file": (["plot", str(sweep), "-o", str(tmp_path / "afile")], 2, "is a file"),
         "two-paths-no-out": (["plot", str(sweep), str(sweep)], 2, "-o DIR"),
+        "tune-unknown-key": (["plot", str(sweep), "--tune", "optim.lr"], 2, "--tune optim.lr: no run has this"),
     }[case]
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()

@@ -113,7 +113,7 @@ def test_tune_picks_the_best_validation_value_not_the_best_test(tmp_path, capsys
                   optim__optimizer__lr=0.001)
         write_run(tmp_path, f"gce-lr0.2-s{seed}", val=0.7, test=0.6 + seed / 10, method="gce", hp={"q": 0.7},
                   seed=seed, optim__optimizer__lr=0.2)
-    assert main(["report", str(tmp_path), "--tune", "optim.optimizer.lr", "-k", "selected,best"]) == 0
+    assert main(["report", str(tmp_path), "--tune", "optim.optimizer.lr", "-k", "selected,best", "--no-marks"]) == 0
     out = capsys.readouterr().out
     assert "| ce | 50.50 ± 0.71 (2) [lr=0.001] |" in out
     assert "| gce | 65.00 ± 7.07 (2) [lr=0.2] |" in out

@@ -31,12 +31,27 @@ def format_matrix(T: np.ndarray, counts: np.ndarray, names: Sequence[str] | None
     return "\n".join(lines)
 
 
+def text_color(rgba) -> str:
+    """Black or white, whichever contrasts more with a cell of colour `rgba` (WCAG relative luminance:
+    black when the luminance exceeds 0.179, where the two contrasts are equal)."""
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    return "black" if 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2] > 0.179 else "white"
+
+
 def draw_heatmap(ax, T: np.ndarray, names: Sequence[str] | None = None, fontsize: float = 7,
                  colorbar: bool = True, percent: bool = False):
     """T[true, noisy] on the axes `ax` (values written in the cells for K <= 20, as fractions with two
-    decimals or, with `percent`, as whole percentages: narrower); returns the image."""
+    decimals or, with `percent`, as whole percentages: narrower; the colour scale in the same unit, so a
+    colour bar reads like the cells); the numbers black or white by their cell's luminance. Drawn as a
+    mesh of cells (vector in a PDF); returns it."""
     k = len(T)
-    im = ax.imshow(T, vmin=0.0, vmax=1.0, cmap="viridis")
+    scale = 100.0 if percent else 1.0
+    values = np.asarray(T, dtype=float) * scale
+    im = ax.pcolormesh(np.arange(k + 1) - 0.5, np.arange(k + 1) - 0.5, values, vmin=0.0, vmax=scale,
+                       cmap="viridis", edgecolors="none")
+    ax.set_xlim(-0.5, k - 0.5)
+    ax.set_ylim(k - 0.5, -0.5)  # row 0 at the top, as a matrix is read
+    ax.set_aspect("equal")
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if k <= _FULL_MATRIX_MAX:
@@ -47,8 +62,7 @@ def draw_heatmap(ax, T: np.ndarray, names: Sequence[str] | None = None, fontsize
             for j in range(k):
                 if T[i, j] >= 0.005:
                     ax.text(j, i, f"{100 * T[i, j]:.0f}" if percent else f"{T[i, j]:.2f}", ha="center",
-                            va="center", fontsize=fontsize,
-                            color="black" if T[i, j] > 0.6 else "white")
+                            va="center", fontsize=fontsize, color=text_color(im.cmap(im.norm(values[i, j]))))
     ax.set_xlabel("noisy label")
     ax.set_ylabel("true class")
     return im

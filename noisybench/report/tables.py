@@ -1,4 +1,4 @@
-"""Paper-style tables: mean ± std (n) over seeds, as Markdown, CSV and LaTeX.
+"""Paper-style tables: mean ± std (n) over seeds, as Markdown and CSV (LaTeX: `noisybench.report.latex`).
 
 Rows are methods (with the hyperparameters that vary inside the table), columns are noise
 settings, one table per (dataset, model, metric) and per accuracy kind: last epoch, selected by
@@ -22,6 +22,7 @@ from noisybench.report.layout import (
     table_layout,
     tuned_choice,
 )
+from noisybench.report.marks import LOWER_IS_BETTER, MARKS_NOTE, Stats, cell_stats, mark_text, table_marks
 
 KINDS = {
     "last": ("test_last", "last epoch"),
@@ -31,16 +32,14 @@ KINDS = {
 DEFAULT_KINDS = ("last", "selected", "best")
 
 
-def _cell(values: pd.Series, diverged: pd.Series | None = None) -> str:
+def cell_text(st: Stats) -> str:
     """mean ± std (n); runs that diverged (result.json `diverged`) are counted and named in the cell."""
-    n_div = int(diverged[values.notna()].sum()) if diverged is not None else 0
-    mark = f", {n_div} diverged" if n_div else ""
-    v = values.dropna() * 100
-    if v.empty:
+    mark = f", {st.diverged} diverged" if st.diverged else ""
+    if not st.n:
         return "–"
-    if len(v) == 1:
-        return f"{v.iloc[0]:.2f} (1{mark})"
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f} ({len(v)}{mark})"
+    if st.n == 1:
+        return f"{st.mean:.2f} (1{mark})"
+    return f"{st.mean:.2f} ± {st.std:.2f} ({st.n}{mark})"
 
 
 def tables(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()):
@@ -79,46 +78,45 @@ def tables(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterabl
             frame = pd.DataFrame({"row": rows, "col": cols, "value": group[column].to_numpy(),
                                   "diverged": group["diverged"].to_numpy() if "diverged" in group else False,
                                   "choice": choice, "score": group[TUNE_SCORE[kind]].to_numpy() if tuned else 0.0})
-            cells = {}
+            cells, stats = {}, {}
             for (r, c), cell in frame.groupby(["row", "col"], sort=False):
                 if not tuned:
-                    cells[(r, c)] = _cell(cell["value"], cell["diverged"])
+                    stats[(r, c)] = cell_stats(cell["value"], cell["diverged"])
+                    cells[(r, c)] = cell_text(stats[(r, c)])
                     continue
                 best = tuned_choice(cell)
                 picked = cell[[ch == best for ch in cell["choice"]]]
                 chosen = ", ".join(f"{names[t]}={fmt_value(v)}" for t, v in zip(tuned, best))
-                cells[(r, c)] = f"{_cell(picked['value'], picked['diverged'])} [{chosen}]"
+                stats[(r, c)] = cell_stats(picked["value"], picked["diverged"], chosen)
+                cells[(r, c)] = f"{cell_text(stats[(r, c)])} [{chosen}]"
             table = pd.DataFrame([[cells.get((r, c), "–") for c in col_order] for r in row_order],
                                  index=pd.Index(row_order, name="method_label"), columns=col_order)
+            table.attrs["stats"] = stats  # per cell: mean, std, n (for the marks and the LaTeX cells)
+            table.attrs["lower_is_better"] = kind in LOWER_IS_BETTER
             yield title, kind, table
 
 
-def to_markdown(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()) -> str:
+def to_markdown(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = (),
+                marks: bool = True) -> str:
+    """The tables in Markdown; with `marks`, each column's best mean bold and the second underlined
+    (`noisybench.report.marks`)."""
     out = []
     for title, _, t in tables(df, kinds, tune):
+        ranks = table_marks(t) if marks else {}
         header = "| method | " + " | ".join(t.columns) + " |"
         sep = "|---|" + "---|" * len(t.columns)
-        body = ["| " + " | ".join([idx, *map(str, row)]) + " |" for idx, row in zip(t.index, t.values)]
+        body = ["| " + " | ".join([idx, *(mark_text(str(v), ranks.get((idx, c)), "**{}**", "<u>{}</u>")
+                                         for c, v in zip(t.columns, row))]) + " |"
+                for idx, row in zip(t.index, t.values)]
         out.append(f"### {title}\n\n" + "\n".join([header, sep, *body]) + "\n")
+    if marks and out:
+        out.append(MARKS_NOTE + "\n")
     return "\n".join(out)
 
 
-def to_latex(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()) -> str:
-    def esc(s: str) -> str:
-        return str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")
-
-    out = []
-    for title, _, t in tables(df, kinds, tune):
-        lines = [r"\begin{table}[t]", r"\centering", r"\caption{" + esc(title) + "}",
-                 r"\begin{tabular}{l" + "c" * len(t.columns) + "}", r"\toprule",
-                 "method & " + " & ".join(esc(c) for c in t.columns) + r" \\", r"\midrule"]
-        lines += [esc(i) + " & " + " & ".join(esc(v) for v in row) + r" \\" for i, row in zip(t.index, t.values)]
-        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-        out.append("\n".join(lines))
-    return "\n".join(out)
-
-
-def to_csv(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = ()) -> str:
+def to_csv(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = (),
+           marks: bool = True) -> str:
+    """The tables as one CSV, cells as text and never marked (`marks` is accepted and ignored)."""
     frames = []
     for title, kind, t in tables(df, kinds, tune):
         t = t.copy()
