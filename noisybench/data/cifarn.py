@@ -9,78 +9,20 @@ training labels (which also proves the sample order matches).
 """
 from __future__ import annotations
 
-import codecs
-import collections
-import pickle
 import re
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from noisybench.data.safe_pickle import ArrayUnpickler as _ArrayUnpickler
+from noisybench.data.safe_pickle import HasTensors as _HasTensors
+from noisybench.data.safe_pickle import Refused as _Refused
 from noisybench.errors import DataError, one_line
 
 _MAGIC = 0x1950A86A20F9469CFC6C  # torch's legacy (pre-1.6) serialization magic number
 _LEGACY_PROTOCOL = 1001
 _SOURCE = "the UCSC-REAL/cifar-10-100n release (data/)"
-
-
-def _numpy_allowed() -> dict[tuple[str, str], object]:
-    """The globals a pickled numpy array may name, by (module, name) with `numpy.core` spelled
-    `numpy._core`: reconstruction helpers, ndarray, dtype and its classes, `_codecs.encode` (how
-    protocol 2 stores bytes) and OrderedDict. Each builds plain data; none runs other code."""
-    if int(np.__version__.split(".")[0]) >= 2:
-        from numpy._core import multiarray, numeric
-    else:
-        from numpy.core import multiarray, numeric
-    allowed: dict[tuple[str, str], object] = {
-        ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
-        ("numpy._core.multiarray", "scalar"): multiarray.scalar,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-    }
-    if hasattr(numeric, "_frombuffer"):  # protocol-5 pickles of arrays
-        allowed[("numpy._core.numeric", "_frombuffer")] = numeric._frombuffer
-    try:  # numpy >= 1.25: the dtype classes have public names
-        import numpy.dtypes as dtypes
-    except ImportError:
-        dtypes = None
-    for name in dir(dtypes) if dtypes else ():
-        cls = getattr(dtypes, name)
-        if isinstance(cls, type) and issubclass(cls, np.dtype):
-            allowed[("numpy.dtypes", name)] = cls
-    return allowed
-
-
-class _Refused(Exception):
-    """The pickle names a global outside the allow-list (raised before anything is called)."""
-
-
-class _HasTensors(Exception):
-    """The pickle holds torch tensors (torch globals, persistent ids): hand it to torch's
-    weights-only loader, itself an unpickler with an allow-list (torch >= 1.13)."""
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """An unpickler that can only build numpy arrays and plain Python containers."""
-
-    _allowed: dict[tuple[str, str], object] | None = None
-
-    def find_class(self, module: str, name: str):
-        if _ArrayUnpickler._allowed is None:
-            _ArrayUnpickler._allowed = _numpy_allowed()
-        canon = "numpy._core" + module[len("numpy.core"):] if (module + ".").startswith("numpy.core.") else module
-        obj = _ArrayUnpickler._allowed.get((canon, name))
-        if obj is None and module.split(".")[0] == "torch":  # tensors: torch's own restricted loader
-            raise _HasTensors
-        if obj is None:
-            raise _Refused(f"{module}.{name}")
-        return obj
-
-    def persistent_load(self, pid):
-        raise _HasTensors
 
 
 def _short(text: str) -> str:
