@@ -5,12 +5,12 @@ import argparse
 import logging
 import os
 import secrets
+import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
 from noisybench import __version__
 from noisybench.completion import completion_main, hydra_shell_completion
@@ -21,6 +21,8 @@ from noisybench.locks import Refused, release_all
 
 # preflight(args) -> (error line or None, number of jobs or None): every job checked first
 from noisybench.preflight import preflight
+from noisybench.resume import HYDRA_FLAGS as _HYDRA_FLAGS
+from noisybench.resume import resume_args
 from noisybench.rundir import Interrupted
 from noisybench.threads import ThreadsCallback
 from noisybench.utils import atomic_write_json
@@ -57,8 +59,6 @@ EXIT_USAGE, EXIT_FAILED = 2, 1
 
 def exit_code(e: BaseException) -> int:
     return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_FAILED
-# Hydra's multirun flags (a resumed command gets its own).
-_HYDRA_FLAGS = {"-m", "--multirun"}
 
 
 def _output_error(e: Exception, what: str, out) -> int:
@@ -79,12 +79,14 @@ def _train_task(cfg) -> float:
     from hydra.types import RunMode
 
     from noisybench.class_weights import starved_line
+    from noisybench.targets import check_config, registered, sources_of
     from noisybench.train import run  # here: the runner imports torch (not for --help or TAB)
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
-    try:
+    try:  # preflight checked the jobs it could foresee; an optimising sweeper's are checked here
+        check_config(cfg, registered(sources_of(hc)))
         record = run(cfg, out_dir, progress=bool(cfg.trainer.progress) and not multirun)
     except NoisybenchError as e:  # run() wrote failed.json (not for a directory of another config)
         _FAILURES.append((str(out_dir), one_line(e), exit_code(e)))
@@ -116,28 +118,6 @@ def _train_task(cfg) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _resume_args(args: list[str]) -> list[str]:
-    """`--resume DIR [overrides]`: the command that made DIR (a run or a sweep), into DIR again."""
-    i = args.index("--resume")
-    if i + 1 >= len(args) or args[i + 1].startswith("-"):
-        raise NoisybenchError("--resume needs a run or sweep directory, e.g. noisybench train --resume "
-                              "outputs/2026-11-30/12-00-00-ab12cd")
-    d, extra = Path(args[i + 1]), args[:i] + args[i + 2:]
-    keep = lambda o: not o.startswith(("hydra.run.dir", "hydra.sweep.dir", "hydra.mode"))  # noqa: E731  (a one-line filter, local to this function)
-    if (d / "multirun.yaml").is_file():  # a sweep: its grid, launcher and sweeper again
-        hydra_cfg = OmegaConf.load(d / "multirun.yaml").hydra
-        task, hyd = list(hydra_cfg.overrides.task), [o for o in hydra_cfg.overrides.hydra if keep(o)]
-        return ["-m", *task, *hyd, f"hydra.sweep.dir={d}", *[a for a in extra if a not in _HYDRA_FLAGS]]
-    if (d / ".hydra" / "overrides.yaml").is_file():  # a run (or one job of a sweep)
-        task = list(OmegaConf.load(d / ".hydra" / "overrides.yaml"))
-        hyd = []
-        if (d / ".hydra" / "hydra.yaml").is_file():
-            hyd = [o for o in OmegaConf.load(d / ".hydra" / "hydra.yaml").hydra.overrides.hydra if keep(o)]
-        return [*task, *hyd, f"hydra.run.dir={d}", *[a for a in extra if a not in _HYDRA_FLAGS]]
-    raise NoisybenchError(f"--resume {d}: not a run or sweep directory (it has no .hydra/overrides.yaml "
-                          "and no multirun.yaml); give the directory that noisybench train printed")
-
-
 def train_main(args: list[str]) -> int:
     import hydra  # here: Hydra's app machinery is not needed for --help or TAB
 
@@ -145,11 +125,11 @@ def train_main(args: list[str]) -> int:
 
     if "--resume" in args:
         try:
-            args = _resume_args(args)
+            args = resume_args(args)
         except NoisybenchError as e:
             print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
             return 2
-        print(f"noisybench: resuming: noisybench train {' '.join(args)}", file=sys.stderr)
+        print(f"noisybench: resuming: noisybench train {shlex.join(args)}", file=sys.stderr)
     if _HYDRA_FLAGS & set(args) and {"-c", "--cfg"} & set(args):
         print("noisybench: error: --cfg prints one composed config; drop -m (e.g. noisybench train "
               "hydra/launcher=slurm --cfg hydra shows the launcher a sweep would use)", file=sys.stderr)
@@ -246,12 +226,14 @@ def noise_main(args: list[str]) -> int:
     # here: checks and the pipeline import torch (not for --help or TAB)
     from noisybench.checks import validate
     from noisybench.pipeline import build_noise
+    from noisybench.targets import check_config, registered, sources_of
 
     register_resolvers()
     overrides = [a for a in args if not a.lstrip("+~").startswith("hydra")]
     try:
         with hydra_context():
             cfg = compose(CONFIG_NAME, overrides=overrides)
+        check_config(cfg, registered(sources_of(None)))  # the package's config tree (no -cd here)
         validate(cfg)
         pool, noisy, report, _ = build_noise(cfg)
     except NoisybenchError as e:

@@ -42,6 +42,7 @@ from omegaconf.errors import OmegaConfBaseException
 from noisybench.config import CONFIG_NAME, config_path, register_resolvers
 from noisybench.errors import ConfigError, NoisybenchError, one_line
 from noisybench.hydra_errors import condense, missing_key_hint
+from noisybench.targets import check_config, check_overrides, registered, sources_of
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 COMBINATION_LIMIT = 4096  # non-basic sweepers: checked axis values are combined in full up to this
@@ -134,12 +135,24 @@ class _Checker:
         # here, not at the top: checks imports torch, and the CLI imports this module for --help and TAB
         from noisybench.checks import validate
 
-        self.loader, self.config_name, self.validate = loader, config_name, validate
+        self.loader, self.config_name, self._validate = loader, config_name, validate
+        self.allowed: set[str] | None = None  # the `_target_`s the config search path registers
         self.parser = OverridesParser.create(config_loader=loader)
         self._parsed: dict[str, Any] = {}
         self._kinds: dict[str, bool] = {}
         self._bases: dict[tuple[str, ...], Any] = {}
         self._repo = None
+
+    def validate(self, cfg) -> None:
+        if self.allowed is not None:
+            check_config(cfg, self.allowed)
+        self._validate(cfg)
+
+    def allow(self, full, overrides: list[str]) -> None:
+        """The `_target_`s registered by the config sources of `full` (a compose with its hydra node); the
+        command line's overrides may name no other (noisybench.targets)."""
+        self.allowed = registered(sources_of(full))
+        check_overrides(overrides, self.allowed)
 
     def compose(self, overrides: list[str], run_mode=None):
         """Hydra's full compose (hydra node included), as the app does it (from the shell)."""
@@ -186,6 +199,7 @@ class _Checker:
         hydra_overrides = list(master.hydra.overrides.hydra)
         params = OmegaConf.select(master, "hydra.sweeper.params") or {}
         arguments = [f"{k}={v}" for k, v in params.items()] + list(master.hydra.overrides.task)
+        self.allow(master, [*overrides, *arguments])
         parsed = self.parser.parse_overrides(arguments)
         if OmegaConf.select(master, "hydra.sweeper._target_") == BASIC_SWEEPER:
             jobs = BasicSweeper.split_arguments(parsed, None)[0]
@@ -278,8 +292,10 @@ def preflight(args: list[str]) -> tuple[str | None, int | None]:
         loader, config_name = config_loader(ns, config_path(), CONFIG_NAME)
         checker = _Checker(loader, config_name)
         if not checker.mode_is_multirun(ns):
+            full = checker.compose(list(ns.overrides))
+            checker.allow(full, list(ns.overrides))
             checker.check_full(list(ns.overrides))
-            check_output_dir(checker.compose(list(ns.overrides)), "hydra.run.dir")
+            check_output_dir(full, "hydra.run.dir")
             return None, None
         hydra_overrides, jobs, planned = checker.jobs(list(ns.overrides))
         for i, job in enumerate(jobs):
