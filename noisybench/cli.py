@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from noisybench import __version__
 from noisybench.completion import completion_main, hydra_shell_completion
 from noisybench.config import CONFIG_NAME, config_path, hydra_context, register_resolvers
