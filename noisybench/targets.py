@@ -102,23 +102,24 @@ def sources_of(cfg) -> list[tuple[str, str]]:
     return [("pkg", CONFIG_MODULE) if path.startswith("pkg://") else ("file", path)]
 
 
-def _named(value: Any, key: str) -> list[tuple[str, Any]]:
-    """(dotted key, target) for every `_target_` an override sets: its key, or inside its value."""
+def _named(value: Any, key: str, strings: bool = True) -> list[tuple[str, Any]]:
+    """(dotted key, target) for every `_target_` an override sets: its key, or inside its value (and,
+    with `strings`, a string that mentions one: what an interpolation's resolver may build from it)."""
     from hydra.core.override_parser.types import ChoiceSweep, Sweep
 
     if isinstance(value, ChoiceSweep):
-        return [t for v in value.list for t in _named(v, key)]
+        return [t for v in value.list for t in _named(v, key, strings)]
     if isinstance(value, Sweep):  # range / interval / glob: no callable name in them
         return [(key, value)] if key.split(".")[-1] == TARGET else []
     out = [(key, value)] if key.split(".")[-1] == TARGET else []
-    if isinstance(value, str) and not out and TARGET in value:  # e.g. ${oc.create:'{_target_: ...}'}
+    if strings and isinstance(value, str) and not out and TARGET in value:  # e.g. ${oc.create:'{_target_: ...}'}
         out = [(key, value)]
     if isinstance(value, dict):
         for k, v in value.items():
-            out += _named(v, f"{key}.{k}")
+            out += _named(v, f"{key}.{k}", strings)
     elif isinstance(value, list):
         for v in value:
-            out += _named(v, key)
+            out += _named(v, key, strings)
     return out
 
 
@@ -157,6 +158,6 @@ def check_config(cfg, allowed: set[str]) -> None:
         container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
     except Exception:  # an interpolation that does not resolve: the config checks report it in their words
         return
-    for key, target in _named(container, ""):
+    for key, target in _named(container, "", strings=False):
         if target is not None and (not isinstance(target, str) or target not in allowed):
             raise _refuse(key.lstrip("."), target)
