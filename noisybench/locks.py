@@ -24,6 +24,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from noisybench.errors import NoisybenchError
+from noisybench.rundir import unplant
 
 try:
     import fcntl
@@ -130,9 +131,15 @@ class LockCallback(Callback):
 
     def on_run_start(self, config, **kwargs) -> None:
         self._take(config.hydra.run.dir, "run")
+        unplant(str(config.hydra.run.dir))  # Hydra writes .hydra/*.yaml next, following symlinks
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        self._take(config.hydra.sweep.dir, "sweep")
+        sweep = Path(str(config.hydra.sweep.dir))
+        self._take(sweep, "sweep")
+        unplant(sweep, ("multirun.yaml",))
+        for job in sweep.iterdir():  # jobs run earlier: Hydra rewrites their .hydra/ before the runner starts
+            if job.is_dir() and not job.is_symlink():
+                unplant(job, (".hydra",))
 
     def on_run_end(self, config, **kwargs) -> None:
         release(str(config.hydra.run.dir))

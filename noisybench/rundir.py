@@ -49,6 +49,11 @@ CHECKSUM = "checkpoint.pt.sha256"  # the checkpoint's sha256 (and its identity),
 RESULT_KEYS = ("test_last", "test_selected", "test_best", "selected_epoch", "realized_noise_rate", "train_time_s",
                "config")
 MAX_RECORD_BYTES = 64 << 20
+# what a run writes into its directory besides the atomic records (which replace a symlink, never write
+# through it): its log (appended to), the trackers' folders, Hydra's saved config. A symlink under one of
+# these names was planted (noisybench makes none): it is set aside before anything is written.
+APPENDED = ("train.log", "tb", "mlruns", "wandb", ".hydra")
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 INVOCATION_ENV = "NOISYBENCH_INVOCATION"  # set by a sweep's parent; jobs record it in attempt.json
 MAX_DIRNAME = 120
 log = logging.getLogger(__name__)
@@ -161,6 +166,10 @@ class RunDir:
         if not quiet:
             log.warning("noisybench: warning: %s %s; set aside as %s", p, why, dest.name)
         return dest
+
+    def unplant(self) -> None:
+        """Set aside every symlink where this run (or Hydra, or a tracker) writes by name (`APPENDED`)."""
+        unplant(self.path)
 
     def read_object(self, name: str, required: tuple[str, ...] = ()) -> dict | None:
         """The JSON object in `name` (None if absent); a file that is not one is set aside."""
@@ -290,6 +299,29 @@ class RunDir:
     def remove_checkpoint(self) -> None:
         self._remove(CHECKPOINT)
         self._remove(CHECKSUM)
+
+
+def unplant(directory: Path | str, names: tuple[str, ...] = APPENDED) -> None:
+    """Rename each symlink named `names` in `directory` (and in its `.hydra/`) to NAME.bad-<time>, with one
+    warning line: writes never follow a symlink that noisybench did not make."""
+    d = Path(directory)
+    subs = [d / n for n in names] + [d / ".hydra" / n for n in HYDRA_FILES]
+    for p in subs:
+        if p.is_symlink():
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            dest, i = p.with_name(f"{p.name}.bad-{stamp}"), 1
+            while os.path.lexists(dest):
+                dest, i = p.with_name(f"{p.name}.bad-{stamp}-{i}"), i + 1
+            os.rename(p, dest)
+            log.warning("noisybench: warning: %s is a symlink (noisybench never makes one, and does not write "
+                        "through it); set aside as %s", p, dest.name)
+
+
+def open_append(path: Path):
+    """`path` opened for appending without following a symlink (O_NOFOLLOW): a symlink put there after
+    `unplant` fails with ELOOP instead of being written through. Returns a text file object."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    return os.fdopen(os.open(path, flags, 0o666), "a", encoding="utf-8")
 
 
 def _position_error(state: dict, trainer: dict) -> str | None:

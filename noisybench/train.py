@@ -19,9 +19,11 @@ noisybench.rundir and docs/runs.md.
 from __future__ import annotations
 
 import csv
+import errno
 import inspect
 import io
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +45,7 @@ from noisybench.fastpath import resolve as resolve_fast_path
 from noisybench.locks import locked
 from noisybench.methods.base import Batch, Builders
 from noisybench.record import DEFAULT_MAX_TRAIN_LOSS, WEIGHTS, diverged, load_weights, make_record, save_weights
-from noisybench.rundir import Interrupted, RunDir
+from noisybench.rundir import CHECKPOINT, Interrupted, RunDir, open_append
 from noisybench.stopping import StopOnSignal
 from noisybench.tasks import Task, make_task
 from noisybench.threads import thread_pools
@@ -168,6 +170,7 @@ def run(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
 
 def _run_locked(cfg: DictConfig, out_dir: Path, progress: bool) -> dict:
     rd = RunDir(out_dir, cfg)
+    rd.unplant()  # a symlink where the run appends (train.log, trackers' folders) is set aside, not followed
     rd.claim()  # refuses a directory that holds another configuration (nothing written into it)
     done = rd.finished()
     if done is not None:
@@ -188,10 +191,28 @@ def _run_locked(cfg: DictConfig, out_dir: Path, progress: bool) -> dict:
         rd.fail(one_line(e), type(e).__name__)
         raise
     except Exception as e:  # a crash (a bug, out of memory): still never a result a table counts
+        if isinstance(e, OSError) and e.errno in DISK_FULL:  # nothing more can be written: keep what is there
+            raise DiskFull(_disk_full_line(rd, e)) from None
         rd.fail(f"{type(e).__name__}: {one_line(e)[:500]}", type(e).__name__)
         raise
     finally:
         _close_log(logging.getLogger(f"noisybench.run.{out_dir}"))
+
+
+class DiskFull(NoisybenchError):
+    """The disk filled up during the run: its last checkpoint is kept (written to a temporary file and
+    renamed, so a failed write leaves the previous one), no failed.json (it could not be written either)."""
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _disk_full_line(rd: RunDir, e: OSError) -> str:
+    kept = rd.load_checkpoint("cpu") if os.path.lexists(rd.file(CHECKPOINT)) else None
+    at = f"its last checkpoint (after epoch {kept['epoch']}) is kept" if kept else "it has no checkpoint yet"
+    target = rd.path.parent if (rd.path.parent / "multirun.yaml").is_file() else rd.path
+    return (f"the disk of {rd.path} is full ({e.strerror or 'no space left'}); {at}; free some space, then continue "
+            f"with: noisybench train --resume {target}")
 
 
 def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
@@ -490,6 +511,26 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return " ".join(parts)
 
 
+class _RunLogHandler(logging.StreamHandler):
+    """train.log, appended to without following a symlink (noisybench.rundir.open_append). A failed
+    write (a full disk) is raised to the run, which stops with one line, instead of logging's printed
+    traceback."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(open_append(path))
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        except OSError:  # a full disk: the write that failed already ended the run with one line
+            pass
+        finally:
+            super().close()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise  # called inside logging's `except`: the write's own exception
+
+
 def _run_log(out_dir: Path) -> logging.Logger:
     """train.log in the run directory: one line per epoch and the result, so a long job's progress can
     be followed (tail -f) wherever it runs; appended to across resumed attempts."""
@@ -497,7 +538,13 @@ def _run_log(out_dir: Path) -> logging.Logger:
     logger.propagate = False
     logger.setLevel(logging.INFO)
     _close_log(logger)
-    handler = logging.FileHandler(out_dir / "train.log")
+    try:
+        handler = _RunLogHandler(out_dir / "train.log")
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise NoisybenchError(f"{out_dir / 'train.log'} was replaced by a symlink while the run started; remove "
+                              "it (noisybench never makes one) and run the command again") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger.addHandler(handler)
     return logger

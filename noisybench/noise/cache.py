@@ -10,6 +10,13 @@ the key, and a sha256 of the labels). It is used only if it verifies: the sideca
 for this key and payload, the labels' checksum matches, and the labels have shape (n,), dtype int64
 and values in [0, K). Anything else (a damaged or hand-edited file, an entry from an older version
 without a checksum) is recomputed and rewritten, with one warning.
+
+A checksum in the cache proves nothing against someone who can write the cache (a shared data
+directory): they rewrite the labels and their checksum together. So an entry that verifies is also
+compared with the labels the noise definition generates (every injector is deterministic given its
+seed): a mismatch (a forged entry, or one made by another version of the generator) is one warning,
+and the generated labels are used and written. A hit thus costs one generation; what the cache adds is
+that a change in the labels a definition gives is noticed instead of silently used.
 """
 from __future__ import annotations
 
@@ -102,12 +109,18 @@ def cached(cache_dir: Path | None, key: str, payload: dict, n: int,
         return compute(), False
     k = int(num_classes if num_classes is not None else payload["num_classes"])
     path = Path(cache_dir) / f"{key}.npy"
+    fresh = None
     if path.is_file():
         labels, reason = _verify(path, key, payload, n, k)
-        if labels is not None:
-            return labels, True
+        if labels is not None:  # the generator is deterministic: the entry must be what it generates
+            fresh = np.ascontiguousarray(compute(), dtype=np.int64)
+            if np.array_equal(fresh, labels):
+                return labels, True
+            rate = f"; {np.mean(labels != fresh):.1%} of them differ" if len(fresh) else ""
+            reason = ("its labels differ from the ones this noise definition generates (forged together with its "
+                      f"checksum, or made by another version of the generator{rate})")
         log.warning("noisybench: warning: noise cache entry %s failed verification (%s); recomputed", path, reason)
-    labels = np.ascontiguousarray(compute(), dtype=np.int64)
+    labels = fresh if fresh is not None else np.ascontiguousarray(compute(), dtype=np.int64)
     # sidecar first: a reader between the two writes finds no .npy (a plain miss) or, when an entry
     # is being replaced, a checksum that does not match the old .npy (recomputed), never a false hit
     atomic_write_json(path.with_suffix(".json"), {**payload, "cache_key": key, "num_samples": int(n),
