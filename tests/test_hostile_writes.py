@@ -189,3 +189,23 @@ def test_a_noise_cache_entry_forged_with_its_checksum_is_caught(make_cfg, tmp_pa
     with caplog.at_level(logging.WARNING, logger="noisybench"):
         _, noisy2, rep2, _ = build_noise(cfg)
     assert rep2["from_cache"] is True and _warnings(caplog) == [] and np.array_equal(noisy2, noisy0)
+
+
+def test_a_sweeps_planted_symlinks_are_set_aside_before_hydra_writes(tmp_path):
+    from omegaconf import OmegaConf
+
+    from noisybench.locks import LockCallback, release_all
+
+    sweep = tmp_path / "sweep"
+    _plant(sweep, "multirun.yaml", tmp_path / "outside.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (sweep / "job@12345678").mkdir()
+    (sweep / "job@12345678" / ".hydra").symlink_to(elsewhere, target_is_directory=True)
+    try:
+        LockCallback().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    finally:
+        release_all()
+    assert not os.path.lexists(sweep / "multirun.yaml") and not os.path.lexists(sweep / "job@12345678" / ".hydra")
+    assert len(list(sweep.glob("multirun.yaml.bad-*"))) == 1 and len(list(sweep.glob("job@*/.hydra.bad-*"))) == 1
+    assert (tmp_path / "outside.yaml").read_text() == PRECIOUS
