@@ -11,35 +11,26 @@ anything runs. Config files themselves are trusted: they are the user's, chosen 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-import yaml
-
 from noisybench.errors import ConfigError
 
 TARGET = "_target_"
+_PATTERN = re.compile(r"""_target_['"]?\s*:\s*['"]?([A-Za-z_][\w.]*)""")
 MAX_FILES = 5000  # a search-path folder is a config folder, not a home directory: stop walking after this
 
 
-def _targets_in(node: Any, found: set[str]) -> None:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == TARGET and isinstance(v, str):
-                found.add(v)
-            _targets_in(v, found)
-    elif isinstance(node, list):
-        for v in node:
-            _targets_in(v, found)
-
-
 def _yaml_targets(text: str, found: set[str]) -> None:
-    try:
-        for doc in yaml.safe_load_all(text):
-            _targets_in(doc, found)
-    except yaml.YAMLError:  # Hydra reports a broken config file in its own words when it is used
-        pass
+    """The `_target_: NAME` values of a YAML text, block or flow style (comments left out). A pattern,
+    not a YAML parse: parsing every file of Hydra's and noisybench's config trees took about a second."""
+    if TARGET not in text:
+        return
+    for line in text.splitlines():
+        code = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
+        found.update(t for t in _PATTERN.findall(code) if t not in ("null", "None", "~"))
 
 
 @lru_cache(maxsize=64)
