@@ -15,6 +15,7 @@ import errno
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -136,8 +137,10 @@ class LockCallback(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep = Path(str(config.hydra.sweep.dir))
         self._take(sweep, "sweep")
-        unplant(sweep, ("multirun.yaml",))
-        for job in sweep.iterdir():  # jobs run earlier: Hydra rewrites their .hydra/ before the runner starts
+        # job directories (`<overrides>@<hash>`, made by noisybench) that are symlinks, then the .hydra/ of
+        # jobs run earlier: Hydra rewrites it before the runner starts
+        unplant(sweep, ("multirun.yaml", *(j.name for j in sweep.iterdir() if re.search(r"@[0-9a-f]{8}$", j.name))))
+        for job in sweep.iterdir():
             if job.is_dir() and not job.is_symlink():
                 unplant(job, (".hydra",))
 

@@ -158,11 +158,7 @@ class RunDir:
     def set_aside(self, name: str, why: str, quiet: bool = False) -> Path:
         """Rename `name` to `name.bad-<time>` (kept for inspection), with one warning line."""
         p = self.file(name)
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        dest, i = p.with_name(f"{name}.bad-{stamp}"), 1
-        while os.path.lexists(dest):
-            dest, i = p.with_name(f"{name}.bad-{stamp}-{i}"), i + 1
-        os.rename(p, dest)
+        dest = _rename_aside(p)
         if not quiet:
             log.warning("noisybench: warning: %s %s; set aside as %s", p, why, dest.name)
         return dest
@@ -308,13 +304,19 @@ def unplant(directory: Path | str, names: tuple[str, ...] = APPENDED) -> None:
     subs = [d / n for n in names] + [d / ".hydra" / n for n in HYDRA_FILES]
     for p in subs:
         if p.is_symlink():
-            stamp = time.strftime("%Y%m%dT%H%M%S")
-            dest, i = p.with_name(f"{p.name}.bad-{stamp}"), 1
-            while os.path.lexists(dest):
-                dest, i = p.with_name(f"{p.name}.bad-{stamp}-{i}"), i + 1
-            os.rename(p, dest)
+            dest = _rename_aside(p)
             log.warning("noisybench: warning: %s is a symlink (noisybench never makes one, and does not write "
                         "through it); set aside as %s", p, dest.name)
+
+
+def _rename_aside(p: Path) -> Path:
+    """Rename `p` to `NAME.bad-<time>` (a free name) and return the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    dest, i = p.with_name(f"{p.name}.bad-{stamp}"), 1
+    while os.path.lexists(dest):
+        dest, i = p.with_name(f"{p.name}.bad-{stamp}-{i}"), i + 1
+    os.rename(p, dest)
+    return dest
 
 
 def open_append(path: Path):

@@ -202,10 +202,12 @@ def test_a_sweeps_planted_symlinks_are_set_aside_before_hydra_writes(tmp_path):
     elsewhere.mkdir()
     (sweep / "job@12345678").mkdir()
     (sweep / "job@12345678" / ".hydra").symlink_to(elsewhere, target_is_directory=True)
+    (sweep / "seed=1@abcdef12").symlink_to(elsewhere, target_is_directory=True)  # a job directory
     try:
         LockCallback().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
     finally:
         release_all()
     assert not os.path.lexists(sweep / "multirun.yaml") and not os.path.lexists(sweep / "job@12345678" / ".hydra")
     assert len(list(sweep.glob("multirun.yaml.bad-*"))) == 1 and len(list(sweep.glob("job@*/.hydra.bad-*"))) == 1
+    assert not os.path.lexists(sweep / "seed=1@abcdef12") and len(list(sweep.glob("seed=1@abcdef12.bad-*"))) == 1
     assert (tmp_path / "outside.yaml").read_text() == PRECIOUS
