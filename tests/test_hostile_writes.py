@@ -211,3 +211,35 @@ def test_a_sweeps_planted_symlinks_are_set_aside_before_hydra_writes(tmp_path):
     assert len(list(sweep.glob("multirun.yaml.bad-*"))) == 1 and len(list(sweep.glob("job@*/.hydra.bad-*"))) == 1
     assert not os.path.lexists(sweep / "seed=1@abcdef12") and len(list(sweep.glob("seed=1@abcdef12.bad-*"))) == 1
     assert (tmp_path / "outside.yaml").read_text() == PRECIOUS
+
+
+FULL_DISK_CLI = """
+import errno, os, sys
+from pathlib import Path
+from noisybench import rundir
+real, n = rundir.atomic_write_bytes, []
+def full(path, data):
+    n.append(path)
+    if Path(path).name == "checkpoint.pt" and len([p for p in n if Path(p).name == "checkpoint.pt"]) == 2:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real(path, data)
+rundir.atomic_write_bytes = full
+from noisybench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_is_one_error_line_from_the_cli(cli_env, tmp_path):
+    d = tmp_path / "run"
+    args = ["train", "experiment=smoke", "trainer.epochs=3", "trainer.checkpoint_every=1", f"hydra.run.dir={d}"]
+    p = subprocess.run([sys.executable, "-c", FULL_DISK_CLI, *args], env=cli_env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"noisybench: error: the disk of {d} is full (No space left on device); its last checkpoint (after epoch 1) "
+        f"is kept; free some space, then continue with: noisybench train --resume {d}"], p.stderr
+    assert "Traceback" not in p.stdout + p.stderr and not (d / "failed.json").exists()
+    again = subprocess.run([sys.executable, "-m", "noisybench", "train", "--resume", str(d)], env=cli_env,
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((d / RESULT).read_text())["resumed_from"] == [{"epochs_done": 1, "batches_done": 0}]
