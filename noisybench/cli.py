@@ -302,7 +302,8 @@ def report_main(args: list[str]) -> int:
     p.add_argument("-o", "--out", type=Path, help="write summary.csv and the tables here (default: print Markdown)")
     p.add_argument("-f", "--format", default="md", help=f"comma-separated: {','.join(WRITERS)} (default md)")
     p.add_argument("-k", "--kinds", default=",".join(DEFAULT_KINDS),
-                   help=f"which accuracies, comma-separated: {','.join(KINDS)} (best is the oracle)")
+                   help=f"which tables, comma-separated: {','.join(KINDS)} (best is the oracle; detection*: "
+                        "how well the training loss separates clean from corrupted samples)")
     p.add_argument("--tune", default="", metavar="KEY[,KEY...]",
                    help="config keys swept as hyperparameters (e.g. optim.optimizer.lr): each cell shows the "
                         "value(s) with the best mean validation score over seeds, and that setting's test score")

@@ -54,6 +54,32 @@ def memorization(pred: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor) -
     return accuracy(pred[corrupted], noisy[corrupted]), accuracy(pred[corrupted], clean[corrupted])
 
 
+def detection(loss: torch.Tensor, corrupted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How well a per-sample training loss (lower = clean) tells the clean training samples from the
+    corrupted ones (noisy label != clean label; the clean labels score, they never train):
+
+    - AUC: P(a clean sample's loss < a corrupted one's), ties counted 1/2 (= sklearn's
+      roc_auc_score(clean, -loss)); 0.5: no separation, 1: every clean sample below every corrupted one;
+    - noisy_in_lowk: the share of corrupted samples among the k lowest-loss samples, k = the number of
+      clean samples (the small-loss selection of Co-teaching with the true clean count; 0: perfect, the
+      noise rate: chance). Ties at the k-th loss are broken by sample index.
+
+    Both NaN when nothing (or everything) is corrupted. Computed on the CPU in float64 (one host copy
+    of the N losses per evaluation)."""
+    loss = loss.detach().reshape(-1).double().cpu()
+    bad = corrupted.detach().reshape(-1).bool().cpu()
+    n_bad = int(bad.sum())
+    n_clean = bad.numel() - n_bad
+    if n_bad == 0 or n_clean == 0:
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        return nan, nan.clone()
+    _, inverse, counts = torch.unique(loss, sorted=True, return_inverse=True, return_counts=True)
+    ranks = (torch.cumsum(counts, 0) - (counts - 1) / 2.0).double()[inverse]  # 1-based, ties averaged
+    auc = (ranks[bad].sum() - n_bad * (n_bad + 1) / 2.0) / (n_bad * n_clean)
+    lowest = torch.argsort(loss, stable=True)[:n_clean]
+    return auc, bad[lowest].double().mean()
+
+
 # Metrics a dataset config may name as its headline in `dataset.metric`; all are logged for
 # datasets that list them in `dataset.extra_metrics`.
 METRICS = {"acc": accuracy, "f1": f1_positive, "macro_f1": macro_f1, "mcc": mcc}

@@ -59,6 +59,20 @@ def diverged(train_loss: float, max_loss: float | None, epoch: int) -> dict | No
                        "there and result.json marks it diverged; lower the learning rate (optim.optimizer.lr)"}
 
 
+DETECTION_NOTE = ("plain cross-entropy of the model's logits against the noisy training labels after the epoch "
+                  "(every method alike; lower = clean), scored against the clean labels (evaluation only): auc = "
+                  "P(clean loss < corrupted loss); noisy_in_lowk = share of corrupted samples among the k lowest "
+                  "losses, k = number of clean samples. null: no corrupted (or no clean) training sample")
+
+
+def detection_history(evaluated: list[dict]) -> dict | None:
+    """result.json's `detection`: the score at every evaluated epoch; None for a task without it (DST)."""
+    if not any("detect_auc" in r for r in evaluated):
+        return None
+    return {"epoch": [r["epoch"] for r in evaluated], "auc": [r.get("detect_auc") for r in evaluated],
+            "noisy_in_lowk": [r.get("detect_noisy_in_lowk") for r in evaluated], "score": DETECTION_NOTE}
+
+
 def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_time,
                 method_metrics: dict | None = None, revision: str | None = None) -> dict:
     evaluated = [r for r in rows if "test" in r]
@@ -100,6 +114,12 @@ def make_record(cfg, rows, noise_report, ds, method, metric_name, device, train_
         "test_best_note": "oracle: best clean-test epoch, not a valid model-selection protocol",
         "memorized_noisy_frac": last["memorized_noisy_frac"],
         "memorized_clean_frac": last["memorized_clean_frac"],
+        # the detection score (noisybench.metrics.detection): last, selected epoch, every evaluated epoch
+        "detect_auc": last.get("detect_auc"),
+        "detect_noisy_in_lowk": last.get("detect_noisy_in_lowk"),
+        "detect_auc_selected": selected.get("detect_auc") if selected else None,
+        "detect_noisy_in_lowk_selected": selected.get("detect_noisy_in_lowk") if selected else None,
+        "detection": detection_history(evaluated),
         "num_train": int(len(ds.y_train)), "num_val": int(len(ds.y_val)), "num_test": int(len(ds.y_test)),
         "num_classes": int(ds.num_classes),
         "train_time_s": round(train_time, 3),

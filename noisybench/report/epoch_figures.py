@@ -2,8 +2,9 @@
 
 - learning_curves: one panel per (method row, noise column): the metric on the noisy training labels, on
   the noisy validation split and on the clean test set, and over the corrupted training samples the
-  share predicted as their noisy label (memorised) and as their clean label; markers: the epoch selected
-  on validation and the ORACLE best test epoch of each seed. The y axis is fitted to the data.
+  share predicted as their noisy label (memorised) and as their clean label; dotted, the detection AUC of the
+  per-sample training loss (docs/definitions.md) and, for a reweighting method, its weight AUC; markers: the
+  epoch selected on validation and the ORACLE best test epoch of each seed. The y axis is fitted to the data.
 - diagnostics_<row>: a method's own metrics.csv columns over epochs (DAL's q and λ, STORM's mean weight of
   clean and corrupted samples and weight_auc).
 """
@@ -39,13 +40,16 @@ from noisybench.report.groups import (
 from noisybench.report.layout import METRIC_TITLES
 
 # metrics.csv columns every classification/DST run writes; anything else is a method's own diagnostic
-STANDARD = {"epoch", "train_loss", "lr", "val", "test", "train_noisy", "memorized_noisy_frac", "memorized_clean_frac"}
+STANDARD = {"epoch", "train_loss", "lr", "val", "test", "train_noisy", "memorized_noisy_frac", "memorized_clean_frac",
+            "detect_auc", "detect_noisy_in_lowk"}  # (the detection score: drawn in the learning curves)
 # learning-curve lines: (metrics.csv column, label, colour, line style)
 CURVES = (("train_noisy", "train (noisy labels)", PALETTE[1], "-"),
           ("val", "validation (noisy labels)", PALETTE[4], "-"),
           ("test", "test (clean labels)", PALETTE[0], "-"),
           ("memorized_noisy_frac", "memorised: corrupted → noisy label", PALETTE[3], "--"),
-          ("memorized_clean_frac", "corrected: corrupted → clean label", PALETTE[2], "--"))
+          ("memorized_clean_frac", "corrected: corrupted → clean label", PALETTE[2], "--"),
+          ("detect_auc", "detection AUC of the training loss", PALETTE[6], ":"),
+          ("weight_auc", "weight AUC (reweighting methods)", PALETTE[5], ":"))
 # diagnostic panels: (columns drawn together, title, y label, reference line or None)
 DIAG_PANELS = ((("q",), "DAL: GCE exponent q", "q", None),
                (("lambda",), "DAL: bootstrap weight λ", "λ", None),
@@ -123,7 +127,9 @@ def learning_curves(group: Group, cache: dict) -> list[Plot]:
     caption = (f"{group.dataset} / {group.model}: learning curves per method (rows) and noise setting (columns): "
                f"{METRIC_TITLES.get(group.metric, group.metric).replace('test ', '', 1)} on the noisy training "
                "labels, the noisy validation split and the clean test set; dashed, over the corrupted training "
-               "samples: the share predicted as their noisy label (memorised) and as their clean label; "
+               "samples: the share predicted as their noisy label (memorised) and as their clean label; dotted: "
+               "the detection AUC of the per-sample training loss (P(a clean sample's loss < a corrupted one's); "
+               "50: chance) and, for a reweighting method, its weight AUC; "
                f"{over(group)} (band: ± std; n: runs per panel). ▲ each seed's epoch selected on validation; "
                "× each seed's ORACLE best test epoch (chosen on test labels: not a valid selection). The y axis "
                "is fitted to the data." + tuned + left_out(group))

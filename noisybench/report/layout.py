@@ -153,7 +153,8 @@ def method_labels(df: pd.DataFrame) -> pd.Series:
 
 
 # the score a tuned key is chosen by, per accuracy kind (best: the oracle test score)
-TUNE_SCORE = {"last": "val_last", "selected": "val_selected", "best": "test_best"}
+TUNE_SCORE = {"last": "val_last", "selected": "val_selected", "best": "test_best",
+              "detection": "val_last", "detection_selected": "val_selected", "detection_lowk": "val_last"}
 
 
 def tuned_choice(cell: pd.DataFrame) -> tuple:

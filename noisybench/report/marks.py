@@ -6,7 +6,8 @@ The rule, per column (a noise setting) of one table, over the rows that have a v
 - second (underlined): the highest mean of the rows that are not bold, and its ties;
 - means are compared as printed (two decimals, in %), so equal-looking cells get the same mark; a column
   with fewer than two ranked rows gets no mark;
-- rows that learnt from clean labels (`[ORACLE: clean labels]`) are not ranked: an upper bound, not a rival.
+- rows that learnt from clean labels (`[ORACLE: clean labels]`) are not ranked: an upper bound, not a rival;
+  nor are a method's own scores shown beside the detection score (`[weight AUC]`): another quantity.
 The scores are higher-is-better unless a table says otherwise (`table.attrs["lower_is_better"]`, set by
 `tables.tables` for the kinds in `LOWER_IS_BETTER`: there the lowest mean is best and "within one std"
 counts upwards). `noisybench report --no-marks` turns the marks off.
@@ -19,9 +20,10 @@ from typing import NamedTuple
 import pandas as pd
 
 MARKS_NOTE = ("Bold: the best mean of each column and every mean within one std (the best cell's) of it; "
-              "underlined: the best of the other rows; rows that learnt from clean labels are not ranked.")
-UNRANKED = "[ORACLE: clean labels]"
-LOWER_IS_BETTER: set[str] = set()  # table kinds (`report -k`) whose scores are better when lower
+              "underlined: the best of the other rows; rows that learnt from clean labels (and a method's own weight "
+              "AUC beside the detection score) are not ranked.")
+UNRANKED = ("[ORACLE: clean labels]", "[weight AUC]")  # rows (by a label part) that are not ranked
+LOWER_IS_BETTER = {"detection_lowk"}  # table kinds (`report -k`) whose scores are better when lower
 
 
 class Stats(NamedTuple):
@@ -46,7 +48,7 @@ def column_marks(stats: dict[str, Stats], lower_is_better: bool = False) -> dict
     """{row: "best" | "second"} for one column's cells {row: Stats} (rows without a mark left out)."""
     sign = -1.0 if lower_is_better else 1.0  # rank -mean: the same rule for lower-is-better scores
     ranked = {r: (round(sign * s.mean, 2), round(s.std, 2)) for r, s in stats.items()
-              if s.n and math.isfinite(s.mean) and UNRANKED not in r}
+              if s.n and math.isfinite(s.mean) and not any(u in r for u in UNRANKED)}
     if len(ranked) < 2:
         return {}
     top = max(m for m, _ in ranked.values())

@@ -95,6 +95,8 @@ def load_runs(paths: Iterable[Path | str]) -> tuple[pd.DataFrame, dict[str, list
                 "test_last": r["test_last"], "test_selected": r["test_selected"],
                 "selected_epoch": r["selected_epoch"], "test_best": r["test_best"], "best_epoch": r.get("best_epoch"),
                 "memorized_noisy_frac": r.get("memorized_noisy_frac"), "train_time_s": r.get("train_time_s"),
+                # the detection score (None: no corrupted sample, a task without it, or an older record)
+                **{k: r.get(k) for k in DETECTION},
                 "device": r.get("device"), "uses_clean_labels": r.get("uses_clean_labels", False),
                 # method diagnostics of the last epoch (e.g. STORM's weight_auc)
                 **{f"method_{k}": v for k, v in (r.get("method_metrics") or {}).items()},
@@ -135,10 +137,18 @@ def load_runs(paths: Iterable[Path | str]) -> tuple[pd.DataFrame, dict[str, list
 SCORES = ("test_last", "test_selected", "test_best", "val_last", "val_selected")
 
 
+# result.json's detection scores, fractions in [0, 1] whatever the metric; None (e.g. at noise 0) is no bad value
+DETECTION = ("detect_auc", "detect_noisy_in_lowk", "detect_auc_selected", "detect_noisy_in_lowk_selected")
+
+
 def _bad_scores(row: dict) -> list[str]:
-    """The scores of a run that no mean may hold: not finite, or outside the metric's range."""
+    """The scores of a run that no mean may hold: not finite, or outside the metric's range (detection
+    scores: outside [0, 1]). None is no score, not a bad one."""
     lo, hi = METRIC_RANGES.get(row["metric"], (0.0, 1.0))
-    return [k for k in SCORES if row[k] is not None and not (math.isfinite(row[k]) and lo <= row[k] <= hi)]
+    ranges = [(k, lo, hi) for k in SCORES] + [(k, 0.0, 1.0) for k in DETECTION]
+    return [k for k, a, b in ranges
+            if row[k] is not None and not (isinstance(row[k], (int, float)) and not isinstance(row[k], bool)
+                                           and math.isfinite(row[k]) and a <= row[k] <= b)]
 
 
 def left_out_note(left_out: dict[str, list[str]], limit: int = 3) -> str:

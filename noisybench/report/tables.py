@@ -2,7 +2,9 @@
 
 Rows are methods (with the hyperparameters that vary inside the table), columns are noise
 settings, one table per (dataset, model, metric) and per accuracy kind: last epoch, selected by
-the noisy validation split, and the oracle best test epoch (labelled as such).
+the noisy validation split, and the oracle best test epoch (labelled as such); on request
+(`-k detection,detection_selected,detection_lowk`) the detection score of the per-sample training loss
+(docs/definitions.md), with a reweighting method's weight AUC in a row of its own.
 """
 from __future__ import annotations
 
@@ -28,7 +30,20 @@ KINDS = {
     "last": ("test_last", "last epoch"),
     "selected": ("test_selected", "selected by validation (noisy labels unless the column says clean val)"),
     "best": ("test_best", "ORACLE best test epoch (not a valid selection protocol)"),
+    # the detection score (result.json; docs/definitions.md): not a test score, its own title
+    "detection": ("detect_auc", "last epoch"),
+    "detection_selected": ("detect_auc_selected", "at the epoch selected by validation (noisy labels)"),
+    "detection_lowk": ("detect_noisy_in_lowk", "last epoch"),
 }
+# what a kind's tables show when it is not the dataset's test metric
+KIND_TITLES = {
+    "detection": "detection AUC (x100): P(clean sample's training CE < corrupted one's), clean labels score only",
+    "detection_selected": "detection AUC (x100): P(clean sample's training CE < corrupted one's), "
+                          "clean labels score only",
+    "detection_lowk": "corrupted samples among the k lowest training CE, k = clean count (%; lower is better)",
+}
+# a method's own score shown beside a kind's, as an extra row "<method> [label]" (e.g. STORM's weight AUC)
+KIND_EXTRA = {"detection": ("method_weight_auc", "weight AUC")}
 DEFAULT_KINDS = ("last", "selected", "best")
 
 
@@ -73,11 +88,13 @@ def tables(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterabl
                 how = ("ORACLE: chosen by mean test score" if kind == "best" else
                        f"chosen per cell by the best mean {score} over seeds")
                 tuned_note = f"; tuned {', '.join(names[t] for t in tuned)} ({how}; [chosen value])"
-            title = (f"{dataset} / {model}: {METRIC_TITLES.get(metric, metric)}, {desc}; mean ± std (n) over {over}"
+            what = KIND_TITLES.get(kind, METRIC_TITLES.get(metric, metric))
+            title = (f"{dataset} / {model}: {what}, {desc}; mean ± std (n) over {over}"
                      + "".join(f"; {f}" for f in facts) + tuned_note)
             frame = pd.DataFrame({"row": rows, "col": cols, "value": group[column].to_numpy(),
                                   "diverged": group["diverged"].to_numpy() if "diverged" in group else False,
                                   "choice": choice, "score": group[TUNE_SCORE[kind]].to_numpy() if tuned else 0.0})
+            frame, order = _extra_rows(frame, group, kind, row_order)
             cells, stats = {}, {}
             for (r, c), cell in frame.groupby(["row", "col"], sort=False):
                 if not tuned:
@@ -89,11 +106,24 @@ def tables(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterabl
                 chosen = ", ".join(f"{names[t]}={fmt_value(v)}" for t, v in zip(tuned, best))
                 stats[(r, c)] = cell_stats(picked["value"], picked["diverged"], chosen)
                 cells[(r, c)] = f"{cell_text(stats[(r, c)])} [{chosen}]"
-            table = pd.DataFrame([[cells.get((r, c), "–") for c in col_order] for r in row_order],
-                                 index=pd.Index(row_order, name="method_label"), columns=col_order)
+            table = pd.DataFrame([[cells.get((r, c), "–") for c in col_order] for r in order],
+                                 index=pd.Index(order, name="method_label"), columns=col_order)
             table.attrs["stats"] = stats  # per cell: mean, std, n (for the marks and the LaTeX cells)
             table.attrs["lower_is_better"] = kind in LOWER_IS_BETTER
             yield title, kind, table
+
+
+def _extra_rows(frame: pd.DataFrame, group: pd.DataFrame, kind: str, row_order: list[str]):
+    """KIND_EXTRA: each row with that score gets a row "<row> [label]" below it holding it (not ranked
+    against the others: `noisybench.report.marks.UNRANKED`)."""
+    column, label = KIND_EXTRA.get(kind, (None, None))
+    if column not in group or group[column].isna().all():
+        return frame, row_order
+    has = group[column].notna().to_numpy()
+    extra = frame[has].assign(row=frame["row"][has] + f" [{label}]", value=group[column].to_numpy()[has])
+    rows = list(dict.fromkeys(extra["row"]))
+    order = [x for r in row_order for x in [r] + [e for e in rows if e == f"{r} [{label}]"]]
+    return pd.concat([frame, extra], ignore_index=True), order
 
 
 def to_markdown(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterable[str] = (),

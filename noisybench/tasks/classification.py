@@ -4,9 +4,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from noisybench.errors import ConfigError
-from noisybench.metrics import METRICS, memorization
+from noisybench.metrics import METRICS, detection, memorization
 from noisybench.pipeline import build_data
 from noisybench.tasks.base import LossTerms, Task
 
@@ -17,6 +18,23 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.T
     if len(x) == 0:
         return torch.empty(0, dtype=torch.int64, device=x.device)
     return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def predict_with_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted labels, per-sample cross-entropy against `y`) in one pass: the predictions of
+    `predict`, and plain CE of the same logits (float32, whatever the method's loss) for the
+    detection score (noisybench.metrics.detection)."""
+    model.eval()
+    if len(x) == 0:
+        return torch.empty(0, dtype=torch.int64, device=x.device), torch.empty(0, device=x.device)
+    preds, losses = [], []
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size])
+        preds.append(logits.argmax(dim=1))
+        losses.append(F.cross_entropy(logits.float(), y[i:i + batch_size], reduction="none"))
+    return torch.cat(preds), torch.cat(losses)
 
 
 def _num(t: torch.Tensor) -> float | None:
@@ -75,8 +93,9 @@ class ClassificationTask(Task):
 
     def evaluate(self, model, ds, batch_size):
         metric = METRICS[self.metric]
-        pred_train = predict(model, ds.x_train, batch_size)
+        pred_train, loss_train = predict_with_loss(model, ds.x_train, ds.y_train, batch_size)
         mem_noisy, mem_clean = memorization(pred_train, ds.y_train, ds.y_train_clean)
+        detect_auc, noisy_in_lowk = detection(loss_train, ds.y_train != ds.y_train_clean)
         pred_test = predict(model, ds.x_test, batch_size)
         return {  # host syncs, once per evaluated epoch
             "val": _num(metric(predict(model, ds.x_val, batch_size), ds.y_val)),
@@ -85,4 +104,7 @@ class ClassificationTask(Task):
             "train_noisy": _num(metric(pred_train, ds.y_train)),
             "memorized_noisy_frac": _num(mem_noisy),
             "memorized_clean_frac": _num(mem_clean),
+            # per-sample CE against the noisy labels, scored with the clean ones (evaluation only)
+            "detect_auc": _num(detect_auc),
+            "detect_noisy_in_lowk": _num(noisy_in_lowk),
         }
