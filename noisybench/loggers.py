@@ -6,8 +6,10 @@ it); a tracker is an extra copy for the tools users already watch. `logger=csv` 
 as lightning-hydra-template's do: `logger.wandb.project=...`).
 
 Every tracker gets, per epoch, the row the runner appends to metrics.csv (step = the 0-based epoch, as
-the `epoch` column), once at its start the flattened resolved config (hyperparameters), and at the end
-the result (`result/test_last`, `result/test_selected`, `result/test_best` ...).
+the `epoch` column) under grouped tags (`tag`: `train/loss`, `train/lr`, `train/<metric>`, `val/<metric>`,
+`test/<metric>`, `noise/...`, `method/...`: the sections TensorBoard, W&B and MLflow group panels by), once
+at its start the flattened resolved config (hyperparameters), and at the end the result (`result/test_last`,
+`result/test_selected`, `result/test_best` ...).
 
 Resume: a tracker started on a checkpoint re-logs exactly the epochs the checkpoint holds, so its
 record ends up with each epoch once, whatever an earlier attempt logged after its last checkpoint:
@@ -44,7 +46,11 @@ log = logging.getLogger(__name__)
 IDS_FILE = "trackers.json"  # the tracker run ids of this run directory (W&B, MLflow), for resume
 # the numbers of result.json every tracker gets at the end, as result/<key>
 FINAL = ("test_last", "val_last", "test_selected", "val_selected", "selected_epoch", "test_best", "best_epoch",
-         "realized_noise_rate", "memorized_noisy_frac", "memorized_clean_frac", "train_time_s")
+         "realized_noise_rate", "memorized_noisy_frac", "memorized_clean_frac", "detect_auc", "detect_auc_selected",
+         "train_time_s")
+# metrics.csv columns -> tracker tags; the rest: see `tag`
+TAGS = {"train_loss": "train/loss", "lr": "train/lr"}
+NOISE = ("memorized_noisy_frac", "memorized_clean_frac", "detect_auc", "detect_noisy_in_lowk")
 
 
 class MissingPackage(ConfigError):
@@ -69,13 +75,32 @@ class RunInfo:
     sweep_dir: Path | None         # the sweep's directory, None for a single run
     identity: str                  # the run's identity hash (noisybench.rundir)
     hparams: dict[str, Any]        # the flattened resolved config
+    metric: str = "acc"            # the dataset's headline metric (dataset.metric): the val/test tags
     done: list[dict] = field(default_factory=list)  # the epochs a checkpoint holds (resume), else []
     ids: dict[str, str] = field(default_factory=dict)  # tracker run ids kept in trackers.json
 
 
-def numbers(row: dict) -> dict[str, float]:
-    """The numeric entries of a metrics row or a record (None, strings and flags left out)."""
-    return {k: float(v) for k, v in row.items()
+def tag(column: str, metric: str) -> str:
+    """The tracker tag of a metrics.csv column, grouped as Lightning users expect: train_loss -> train/loss,
+    lr -> train/lr, train_noisy -> train/<metric> (on the noisy training labels, as val's), val and test ->
+    val/<metric> and test/<metric>, test_<m> -> test/<m> (the dataset's extra metrics), memorisation and the
+    detection score -> noise/<column>, anything else (a method's own columns: DAL's q, STORM's weight_auc,
+    the class-weight statistics) -> method/<column>."""
+    if column in TAGS:
+        return TAGS[column]
+    if column == "train_noisy":
+        return f"train/{metric}"
+    if column in ("val", "test"):
+        return f"{column}/{metric}"
+    if column.startswith("test_"):
+        return f"test/{column[5:]}"
+    return f"noise/{column}" if column in NOISE else f"method/{column}"
+
+
+def numbers(row: dict, metric: str) -> dict[str, float]:
+    """The numeric entries of a metrics row (None, strings and flags left out) by their tracker tag
+    (`metric`: the dataset's headline metric)."""
+    return {tag(k, metric): float(v) for k, v in row.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
 
 
@@ -143,6 +168,7 @@ class TensorBoard(Tracker):
                         else info.run_dir / "tb")
         # purge_step=0: TensorBoard drops every earlier attempt's events; this attempt logs all epochs again
         self.writer = self.summary.SummaryWriter(log_dir=str(self.log_dir), purge_step=0)
+        self.metric = info.metric
         self.hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
                         for k, v in info.hparams.items()}
         text = "\n".join(f"    {k}: {v}" for k, v in info.hparams.items())  # markdown code block
@@ -153,7 +179,7 @@ class TensorBoard(Tracker):
         return {}
 
     def _scalars(self, row: dict) -> None:
-        for k, v in numbers(row).items():
+        for k, v in numbers(row, self.metric).items():
             self.writer.add_scalar(k, v, global_step=int(row["epoch"]))
 
     def log_epoch(self, row: dict) -> None:
@@ -198,6 +224,7 @@ class WandB(Tracker):
                                    id=run_id, resume="allow", name=info.name, group=info.group,
                                    tags=self.tags or None, config=info.hparams, job_type="train",
                                    settings=settings, reinit="create_new")
+        self.metric = info.metric
         first = int(getattr(self.run, "step", 0) or 0)  # online, resumed: the server's next step
         for row in info.done:
             if int(row["epoch"]) >= first:
@@ -205,7 +232,7 @@ class WandB(Tracker):
         return {"wandb": run_id}
 
     def log_epoch(self, row: dict) -> None:
-        self.run.log(numbers(row), step=int(row["epoch"]))
+        self.run.log(numbers(row, self.metric), step=int(row["epoch"]))
 
     def finish(self, record: dict) -> None:
         self.run.summary.update(final_metrics(record))
@@ -219,38 +246,56 @@ class WandB(Tracker):
 
 
 class MLflow(Tracker):
-    """An MLflow run in `experiment`, in a file store (`mlruns/` in the run directory, or in the sweep
-    directory for a sweep's jobs, tagged `noisybench.sweep`) unless `tracking_uri` says otherwise: params =
-    the flattened config (values cut to MLflow's length limit), metrics per epoch (step = epoch), `result/*`
-    at the end."""
+    """An MLflow run in `experiment`, in MLflow's default store, a SQLite database (`mlflow.db` in the run
+    directory, or in the sweep directory for a sweep's jobs, tagged `noisybench.sweep`), unless
+    `tracking_uri` says otherwise: params = the flattened config (values cut to MLflow's length limit),
+    metrics per epoch (step = epoch), `result/*` at the end. A sweep's parallel jobs take turns (a file lock
+    beside the database) to open it, so only one creates its tables."""
 
     choice = "mlflow"
+    DB = "mlflow.db"
 
     def __init__(self, tracking_uri: Optional[str] = None, experiment: str = "noisybench") -> None:
         _require("mlflow", self.choice, "mlflow")
+        if tracking_uri is None or urlparse(str(tracking_uri)).scheme == "sqlite":
+            for module in ("sqlalchemy", "alembic"):  # a SQLite store's (not in mlflow-skinny's own requirements)
+                _require(module, self.choice, module)
         self.tracking_uri, self.experiment = tracking_uri, experiment
         self.client = self.run_id = None
 
     def start(self, info: RunInfo) -> dict[str, str]:
-        from mlflow.entities import Param  # (the package is there: __init__ checked)
-
         # one store per sweep (its jobs side by side in one experiment), else per run directory
+        db = ((info.sweep_dir or info.run_dir) / self.DB).resolve()
+        uri = self.tracking_uri or f"sqlite:///{db}"
+        if urlparse(uri).scheme in ("", "file"):
+            # MLflow 3 keeps its file store in maintenance mode behind this opt-in; the user chose one
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        # MLflow logs its database set-up (tables created, migrations) at INFO on stderr: not the run's news
+        quiet = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic")]
+        levels = [q.level for q in quiet]
+        try:
+            for q in quiet:
+                q.setLevel(logging.WARNING)
+            with _file_lock(db.with_name(self.DB + ".lock") if self.tracking_uri is None else None):
+                return self._start(info, uri)
+        finally:
+            for q, level in zip(quiet, levels):
+                q.setLevel(level)
+
+    def _start(self, info: RunInfo, uri: str) -> dict[str, str]:
+        from mlflow.entities import Param  # (the package is there: __init__ checked)
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        uri = self.tracking_uri or ((info.sweep_dir or info.run_dir) / "mlruns").resolve().as_uri()
-        if urlparse(uri).scheme in ("", "file"):
-            # MLflow 3 keeps its file store in maintenance mode behind this opt-in; a file store needs no
-            # database set-up (a SQLite store takes seconds per run to create) and is what the user chose
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
+        self.metric = info.metric
         self.run_id = info.ids.get("mlflow") if info.done else None
         self.logged: set[int] = set()
         if self.run_id is not None:
             try:
                 self.client.get_run(self.run_id)
                 self.client.update_run(self.run_id, status="RUNNING")
-                self.logged = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
+                self.logged = {m.step for m in self.client.get_metric_history(self.run_id, TAGS["train_loss"])}
             except MlflowException:
                 self.run_id = None  # e.g. another tracking_uri than the first attempt's: a new run
         if self.run_id is None:
@@ -296,7 +341,7 @@ class MLflow(Tracker):
         epoch = int(row["epoch"])
         if epoch in self.logged:  # an earlier attempt logged it (resume is bit-exact: the same numbers)
             return
-        self._metrics(numbers(row), epoch)
+        self._metrics(numbers(row, self.metric), epoch)
         self.logged.add(epoch)
 
     def finish(self, record: dict) -> None:
@@ -306,6 +351,21 @@ class MLflow(Tracker):
     def close(self, status) -> None:
         if self.client is not None and self.run_id is not None:
             self.client.set_terminated(self.run_id, "KILLED" if status == "interrupted" else "FAILED")
+
+
+@contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive OS lock on `path` (created) while inside; nothing without a path or without flock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    if path is None or fcntl is None:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def build_all(cfg) -> list[Tracker]:
@@ -381,6 +441,7 @@ def opened(cfg, rd, done: list[dict]) -> Iterator[Trackers]:
                    group=f"{group.parent.name}/{group.name}" if group else None,
                    sweep_dir=group.resolve() if group else None, identity=rd.hash,
                    hparams={**flatten(config), "identity": rd.hash}, done=list(done),
+                   metric=str(cfg.dataset.get("metric", "acc")),
                    ids={k: v for k, v in kept.items() if isinstance(v, str)})
     active = Trackers()
     try:

@@ -6,6 +6,9 @@ load hits both alike).
     python scripts/bench_detection.py                  # 2 repeats of the full default job
     python scripts/bench_detection.py --repeats 3 --epochs 20
 
+Then one evaluation of the default job's model (`task.evaluate`, all three splits) is timed with and
+without the score, alternated `--eval-rounds` times: its extra milliseconds against a training epoch.
+
 "Without" is the evaluation as it was before the score: the training split's predictions only
 (`predict`), no per-sample cross-entropy, no AUC. Printed per repeat and as medians: the training time
 (result.json `train_time_s`, evaluations included) with and without, their ratio, and the seconds spent
@@ -84,18 +87,43 @@ def one_run(data_dir: str, with_score: bool, epochs: int | None, threads: int) -
     return rec["train_time_s"]
 
 
+def eval_pass(data_dir: str, rounds: int, threads: int) -> tuple[float, float]:
+    """Median seconds of one evaluation (task.evaluate: the training, validation and test splits) of the
+    default job's model with and without the score, alternated `rounds` times (load drift hits both)."""
+    from noisybench.tasks import make_task
+
+    torch.set_num_threads(threads)
+    with hydra_context():
+        cfg = compose("train", overrides=[f"data_dir={data_dir}", "trainer.device=cpu"])
+    task = make_task(cfg.dataset)
+    ds, _ = task.build_data(cfg)
+    torch.manual_seed(0)
+    model = task.build_model(cfg.model, ds)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(rounds):
+        for with_score in (True, False) if r % 2 == 0 else (False, True):
+            if not with_score:
+                classification.predict_with_loss, classification.detection = _without_predict, _without_detection
+            t = time.perf_counter()
+            task.evaluate(model, ds, int(cfg.trainer.eval_batch_size))
+            times[with_score].append(time.perf_counter() - t)
+            classification.predict_with_loss, classification.detection = ORIGINAL
+    return statistics.median(times[True]), statistics.median(times[False])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--epochs", type=int, default=None, help="default: the default job's (100)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the runs (default 1)")
     p.add_argument("--data-dir", default=None, help="default: the default job's data_dir")
+    p.add_argument("--eval-rounds", type=int, default=30, help="evaluations timed with and without (default 30)")
     a = p.parse_args()
-    if a.repeats < 1 or (a.epochs is not None and a.epochs < 1):
-        p.error("--repeats and --epochs must be at least 1")
+    if a.repeats < 1 or a.eval_rounds < 1 or (a.epochs is not None and a.epochs < 1):
+        p.error("--repeats, --epochs and --eval-rounds must be at least 1")
     register_resolvers()
     data_dir = a.data_dir or tempfile.mkdtemp(prefix="bench-detect-data-")
-    ratios, shares = [], []
+    ratios, shares, per_epoch = [], [], []
     for r in range(a.repeats):
         times = {}
         for with_score in (True, False) if r % 2 == 0 else (False, True):
@@ -103,12 +131,20 @@ def main() -> None:
             times[with_score] = one_run(data_dir, with_score, a.epochs, a.threads)
             if with_score:
                 shares.append(SPENT["seconds"] / times[True])
+            else:
+                per_epoch.append(times[False] / (a.epochs or 100))
         ratios.append(times[True] / times[False])
         print(f"  repeat {r}: train time {times[True]:.2f} s with the score, {times[False]:.2f} s without "
               f"(ratio {ratios[-1]:.3f}); the score's own work {shares[-1] * 100:.2f} % of training time", flush=True)
     print(f"default job{f' ({a.epochs} epochs)' if a.epochs else ''}, evaluated every epoch: training time with / "
           f"without the detection score {statistics.median(ratios):.3f}; the score's own work "
           f"{statistics.median(shares) * 100:.2f} % of training time (medians of {a.repeats}, {a.threads} thread(s))")
+    with_s, without_s = eval_pass(data_dir, a.eval_rounds, a.threads)
+    extra = with_s - without_s
+    print(f"one evaluation of the default job's model: {with_s * 1000:.1f} ms with the score, "
+          f"{without_s * 1000:.1f} ms without (medians of {a.eval_rounds}, alternated): {extra * 1000:.1f} ms more "
+          f"= {extra / statistics.median(per_epoch) * 100:.2f} % of an epoch (training and evaluation) without it "
+          f"({statistics.median(per_epoch):.2f} s)")
 
 
 if __name__ == "__main__":

@@ -36,12 +36,14 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def _per_epoch(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    keys = [k for k in rows[0] if k != "epoch"]
-    return {k: [(int(r["epoch"]), r[k]) for r in rows if k in r] for k in keys}
+    """{tracker tag: [(epoch, value)]} of metrics.csv's rows (the tags of the dataset metric acc)."""
+    keys = dict.fromkeys(k for r in rows for k in r if k != "epoch")
+    return {loggers.tag(k, "acc"): [(int(r["epoch"]), r[k]) for r in rows if k in r] for k in keys}
 
 
 def _same(got: dict[str, list[tuple[int, float]]], rows: list[dict]) -> None:
-    """Every metrics.csv column, every epoch exactly once, the same value (float32 in some trackers)."""
+    """Every metrics.csv column under its grouped tag, every epoch exactly once, the same value (float32 in
+    some trackers)."""
     want = _per_epoch(rows)
     for key, points in want.items():
         assert [s for s, _ in got[key]] == [s for s, _ in points], key
@@ -125,7 +127,7 @@ def _wandb_once(offline_run: Path) -> tuple[str, dict, dict, dict]:
 def _mlflow(run_dir: Path, run_id: str):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir.resolve() / 'mlflow.db'}")
     r = client.get_run(run_id)
     history = {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in r.data.metrics}
     return r, history, client
@@ -149,7 +151,29 @@ def test_tensorboard_event_files_hold_every_epoch_the_config_and_the_result(make
     assert hparams["trainer.epochs"] == 2 and hparams["identity"] == record["identity"]
 
 
-def test_mlflow_file_store_holds_every_epoch_the_params_and_the_result(make_cfg, tmp_path):
+def test_tensorboard_tags_are_grouped_train_val_test_noise_method(make_cfg, tmp_path):
+    """Read back from the event files: every scalar sits under a section (TensorBoard's panel groups), none
+    under the flat metrics.csv names."""
+    pytest.importorskip("tensorboard")
+    run(make_cfg("logger=tensorboard", "method=dal", *TINY), tmp_path / "r", progress=False)
+    scalars, _ = _tensorboard(tmp_path / "r" / "tb")
+    assert {"train/loss", "train/lr", "train/acc", "val/acc", "test/acc", "noise/memorized_noisy_frac",
+            "noise/detect_auc", "noise/detect_noisy_in_lowk", "method/q", "method/lambda"} <= set(scalars)
+    assert not set(scalars) & {"train_loss", "lr", "val", "test", "train_noisy", "q", "detect_auc"}
+    assert {t.split("/", 1)[0] for t in scalars} == {"train", "val", "test", "noise", "method", "result"}
+    assert [s for s, _ in scalars["val/acc"]] == [0, 1]
+
+
+def test_tags_follow_the_datasets_metric():
+    assert loggers.tag("val", "jga") == "val/jga" and loggers.tag("train_noisy", "f1") == "train/f1"
+    assert loggers.tag("test_macro_f1", "f1") == "test/macro_f1" and loggers.tag("test", "mcc") == "test/mcc"
+    assert loggers.tag("weight_auc", "acc") == "method/weight_auc"
+    assert loggers.tag("memorized_clean_frac", "acc") == "noise/memorized_clean_frac"
+    row = {"epoch": 3, "train_loss": 0.5, "val": None, "note": "x", "flag": True, "q": 1}
+    assert loggers.numbers(row, "acc") == {"train/loss": 0.5, "method/q": 1.0}
+
+
+def test_mlflow_sqlite_store_holds_every_epoch_the_params_and_the_result(make_cfg, tmp_path):
     pytest.importorskip("mlflow")
     cfg = make_cfg("logger=mlflow", *TINY)
     record = run(cfg, tmp_path / "r", progress=False)
@@ -182,7 +206,7 @@ def test_a_failure_after_training_closes_the_mlflow_run_as_failed_and_writes_no_
     run_id = json.loads((out / "trackers.json").read_text())["mlflow"]
     r, history, _ = _mlflow(out, run_id)
     assert r.info.status == "FAILED"
-    assert [s for s, _ in history["train_loss"]] == [0, 1]  # the epochs it trained are there
+    assert [s for s, _ in history["train/loss"]] == [0, 1]  # the epochs it trained are there
 
 
 def test_mlflow_param_values_are_cut_to_its_limit():
@@ -237,7 +261,7 @@ def test_a_resumed_run_has_each_epoch_once_in_every_tracker(make_cfg, tmp_path, 
         run(cfg, out, progress=False)
     assert (out / "checkpoint.pt").is_file() and not (out / "result.json").exists()
     run_id = json.loads((out / "trackers.json").read_text())["mlflow"]
-    assert [s for s, _ in _mlflow(out, run_id)[1]["train_loss"]] == [0, 1, 2]
+    assert [s for s, _ in _mlflow(out, run_id)[1]["train/loss"]] == [0, 1, 2]
     assert _mlflow(out, run_id)[0].info.status == "FAILED"
 
     monkeypatch.setattr(loggers.Trackers, "log_epoch", real)
@@ -281,7 +305,8 @@ def test_a_sweeps_jobs_share_one_mlflow_store_tagged_with_the_sweep(tmp_path, mo
     code = main(["train", "-m", "experiment=smoke", "trainer.threads=1", "logger=mlflow", "seed=0,1",
                  f"hydra.sweep.dir={sweep}"])
     assert code == 0
-    client = MlflowClient(tracking_uri=(sweep / "mlruns").as_uri())
+    assert not (sweep / "mlruns").exists()
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep.resolve() / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("noisybench").experiment_id])
     jobs = sorted(p.name for p in sweep.iterdir() if (p / "result.json").is_file())
     assert sorted(r.info.run_name for r in runs) == jobs and len(jobs) == 2
