@@ -315,7 +315,8 @@ def test_a_sweeps_jobs_share_one_mlflow_store_tagged_with_the_sweep(tmp_path, mo
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
-@pytest.mark.parametrize("choice,module", [("tensorboard", "tensorboard"), ("wandb", "wandb"), ("mlflow", "mlflow")])
+@pytest.mark.parametrize("choice,module", [("tensorboard", "tensorboard"), ("wandb", "wandb"), ("mlflow", "mlflow"),
+                                           ("mlflow", "sqlalchemy"), ("mlflow", "alembic")])
 def test_a_missing_tracker_package_is_one_line_before_anything_is_written(choice, module, tmp_path, monkeypatch,
                                                                            capsys, data_dir):
     monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError
