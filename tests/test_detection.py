@@ -164,3 +164,21 @@ def test_the_learning_curves_draw_the_score(tmp_path):
     (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "detection AUC of the training loss"]
     assert list(line.get_ydata()) == pytest.approx([90.0, 70.0])
     assert "detection AUC" in caption
+
+
+def test_a_task_without_the_score_records_none():
+    """DST (several decisions per sample) has no detection score: result.json says null, not a made-up value."""
+    from noisybench.record import detection_history
+
+    assert detection_history([{"epoch": 0, "test": 0.5}, {"epoch": 1, "test": 0.6}]) is None
+    hist = detection_history([{"epoch": 0, "detect_auc": None, "detect_noisy_in_lowk": None},
+                              {"epoch": 2, "detect_auc": 0.7, "detect_noisy_in_lowk": 0.2}])
+    assert hist["epoch"] == [0, 2] and hist["auc"] == [None, 0.7] and hist["noisy_in_lowk"] == [None, 0.2]
+
+
+def test_old_records_without_the_score_table_as_empty_cells(tmp_path):
+    write_record(tmp_path, "old", val=0.8, test=0.5)  # a result.json written before the score existed
+    df, left_out = load_runs([tmp_path])
+    assert left_out["bad_scores"] == []
+    md = to_markdown(df, kinds=["detection"])
+    assert "| ce | – |" in md
