@@ -505,7 +505,7 @@ def _fmt(v) -> str:
 
 def _epoch_line(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch'] + 1}/{epochs}", f"loss={row['train_loss']:.4f}"]
-    for key in ("val", "test", "memorized_noisy_frac"):
+    for key in ("val", "test", "memorized_noisy_frac", "detect_auc"):
         if key in row:
             parts.append(f"{key}={_fmt(row[key])}")
     return " ".join(parts)

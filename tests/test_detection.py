@@ -62,6 +62,7 @@ def test_every_method_records_the_score(make_cfg, tmp_path, method):
     assert record["detect_auc_selected"] == pytest.approx(float(rows[sel]["detect_auc"]))
     hist = record["detection"]
     assert hist["epoch"] == [0, 1] and hist["auc"][-1] == record["detect_auc"] and "cross-entropy" in hist["score"]
+    assert f"detect_auc={record['detect_auc']:.4f}" in (tmp_path / "train.log").read_text()
     if method == "storm":  # its own weight AUC stays beside it
         assert "weight_auc" in rows[-1] and "weight_auc" in record["method_metrics"]
 
