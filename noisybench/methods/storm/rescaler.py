@@ -27,7 +27,7 @@ def _bn(x: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
         return torch.nn.functional.batch_norm(x, None, None, training=True, eps=BN_EPS)  # one fused op each way
     # group sums as a matrix product with the one-hot membership (deterministic, unlike index_add_)
     onehot = torch.nn.functional.one_hot(group, int(group.max()) + 1 if len(group) else 1).to(x.dtype)  # [B, n]
-    count = onehot.sum(0)[:, None]
+    count = onehot.sum(0)[:, None].clamp(min=1)  # (a group with no row here: 0, not 0/0)
     mean = onehot.t() @ x / count
     centred = x - onehot @ mean
     var = onehot.t() @ (centred * centred) / count

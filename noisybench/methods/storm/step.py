@@ -24,7 +24,7 @@ from noisybench.tasks import LossTerms
 from noisybench.tasks.classification import ClassificationTask
 
 FEATURES = ("full", "loss")
-BN_SCOPES = ("batch", "group")
+BN_SCOPES = ("batch", "class", "group")
 META_SOURCES = ("noisy_train", "clean_val")
 
 
@@ -50,7 +50,8 @@ def _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, we
                           "gradient at all; set one of them to the other value")
     if bn_scope not in BN_SCOPES:
         raise ConfigError(f"method.bn_scope={bn_scope!r} is unknown; use batch (Ω's BatchNorm over the whole "
-                          "batch) or group (per DST slot, as the public DST code calls Ω per slot)")
+                          "batch), class (over the rows of each Ω head's class) or group (per DST slot, as "
+                          "the public DST code calls Ω per slot)")
     if first_order and weight_norm in ("mass", "class_mass"):
         raise ConfigError(f"method.first_order=true with method.weight_norm={weight_norm} gives Ω no gradient "
                           "(the mass-preserved meta loss does not depend on w'); set method.first_order=false "
@@ -249,7 +250,12 @@ class STORM(LossMethod):
         return self._second.jvp_fn(primals, x, y, rng0)
 
     def _bn_group(self, terms: LossTerms) -> torch.Tensor | None:
-        """The group whose statistics Ω's BatchNorm uses for each sample (bn_scope=group), or None."""
+        """The group whose statistics Ω's BatchNorm uses for each sample, or None (the whole batch):
+        bn_scope=group: the sample's DST slot; bn_scope=class: its Ω head (its target class), so that
+        each head normalises over the rows it serves and cannot park a class's weights at 0 (issue of
+        whole starved classes, docs/methods/storm.md)."""
+        if self.bn_scope == "class" and self.class_separation:
+            return terms.target
         return terms.group if self.bn_scope == "group" and self._groups > 1 else None
 
     def _keys(self, terms: LossTerms) -> tuple[torch.Tensor, torch.Tensor]:
