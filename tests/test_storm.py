@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import statistics
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -759,3 +760,45 @@ def test_public_dst_mass_preservation_leaves_omega_without_gradient(detached):
         assert norm > 1e-3
     else:
         assert norm < 1e-10  # rounding only: the public code's Ω is not trained by its meta loss
+
+
+def test_bn_scope_class_cannot_starve_a_class():
+    """bn_scope=class: each Ω head's BatchNorm uses the statistics of the rows of its own class, so the
+    logit z1 - z0 has mean 0 over every class present: whatever Ω's parameters, every class keeps a
+    sample with w >= 0.5. With the pooled statistics (bn_scope=batch), parameters exist that send a
+    whole class below 0.05 (the starvation of a class)."""
+    from noisybench.methods.storm import Rescaler
+
+    omega = Rescaler(19, 3).double()
+    omega.reset_parameters(torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    f = torch.randn(60, 19, dtype=torch.float64, generator=gen)
+    head = torch.arange(60) % 2 * 2  # classes 0 and 2 ...
+    head[:4] = 1  # ... and a rare class 1 (4 rows), apart in feature space
+    f[head == 1, 0] += 20.0
+    with torch.no_grad():  # a head that separates its class's rows from the rest of the batch
+        omega.w1.zero_()
+        omega.w1[1, :, 0] = 1.0
+        omega.w2.zero_()
+        omega.w2[1, 0, :] = 5.0
+    method = STORM(num_classes=3, bn_scope="class")
+    with torch.no_grad():
+        pooled = omega(f, head)
+        per_class = omega(f, head, method._bn_group(SimpleNamespace(target=head, group=None)))
+    assert float(pooled[head == 1].max()) < 0.05  # starved under pooled statistics
+    for c in range(3):
+        assert float(per_class[head == c].max()) >= 0.5
+        with torch.no_grad():
+            torch.testing.assert_close(per_class[head == c], omega(f[head == c], head[head == c]))
+
+
+def test_bn_scope_class_with_a_class_absent_from_the_batch():
+    """A class without any row in the batch leaves the others' statistics finite (no 0/0)."""
+    from noisybench.methods.storm import Rescaler
+
+    omega = Rescaler(19, 4).double()
+    omega.reset_parameters(torch.Generator().manual_seed(1))
+    f = torch.randn(12, 19, dtype=torch.float64)
+    head = torch.tensor([0, 0, 0, 0, 2, 2, 2, 2, 3, 3, 3, 3])  # class 1 absent
+    w = omega(f, head, head)
+    assert torch.isfinite(w).all()
