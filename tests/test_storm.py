@@ -802,3 +802,29 @@ def test_bn_scope_class_with_a_class_absent_from_the_batch():
     head = torch.tensor([0, 0, 0, 0, 2, 2, 2, 2, 3, 3, 3, 3])  # class 1 absent
     w = omega(f, head, head)
     assert torch.isfinite(w).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_own_head_compiled_equals_autograd(dtype):
+    """bn_scope=class on a CPU: the compiled forward/backward (`_OwnHead`) gives the weights and Ω's
+    gradients of autograd through `Rescaler._own_head` (one head absent, one with a single row)."""
+    from noisybench.methods.storm import Rescaler
+
+    omega = Rescaler(19, 5).to(dtype)
+    omega.reset_parameters(torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(4)
+    f = torch.randn(40, 19, dtype=torch.float64, generator=gen)
+    head = torch.randint(3, (40,), generator=gen)
+    head[7] = 4  # class 4: one row; class 3: none
+    dw = torch.randn(40, dtype=dtype, generator=gen)
+    w = omega(f, head, head)
+    (w * dw).sum().backward()
+    compiled = [p.grad.clone() for p in omega.parameters()]
+    omega.zero_grad()
+    ref = omega._own_head(f.to(dtype), head)
+    (ref * dw).sum().backward()
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(w, ref, **tol)
+    for got, want in zip(compiled, (p.grad for p in omega.parameters())):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want, **tol)
