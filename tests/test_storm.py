@@ -828,3 +828,27 @@ def test_own_head_compiled_equals_autograd(dtype):
     for got, want in zip(compiled, (p.grad for p in omega.parameters())):
         assert got.dtype == dtype
         torch.testing.assert_close(got, want, **tol)
+
+
+def test_class_floor_lifts_a_starving_class_and_keeps_the_meta_gradient_exact():
+    """class_floor=0.5: a class whose mean weight is far below the batch's is lifted to half the batch
+    mean (its relative weights kept); classes above the floor are untouched. The closed-form
+    w-gradient of the rescaled loss is autograd's with the lift held constant."""
+    from noisybench.methods.storm import weighting
+
+    gen = torch.Generator().manual_seed(0)
+    head = torch.arange(30) % 3
+    w = torch.rand(30, dtype=torch.float64, generator=gen) * 0.5 + 0.4
+    w[head == 1] *= 0.01  # class 1 starves
+    phi = weighting.class_boost(w, head, 3, 0.5)
+    lifted = w * phi
+    assert float(lifted[head == 1].mean()) == pytest.approx(0.5 * float(w.mean()))
+    torch.testing.assert_close(lifted[head != 1], w[head != 1])
+    torch.testing.assert_close(lifted[head == 1] / lifted[head == 1].sum(), w[head == 1] / w[head == 1].sum())
+    method = STORM(num_classes=3, class_floor=0.5).double()
+    loss = torch.rand(30, dtype=torch.float64, generator=gen) * 3
+    wv = w.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(method._rescaled(1.0, loss, wv, 30, loss, head), wv)
+    torch.testing.assert_close(method._rescaled_grad(1.0, loss, w, 30, loss, head), auto)
+    with pytest.raises(ConfigError, match="class_floor"):
+        STORM(num_classes=3, class_floor=1.5)

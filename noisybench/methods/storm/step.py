@@ -67,7 +67,8 @@ class STORM(LossMethod):
                  class_separation: bool = True, first_order: bool = False, meta_interval: int = 1,
                  features: str = "full", meta_loss_rescaling: bool = True, meta_source: str = "noisy_train",
                  rescaler_lr: float = 1e-2, weight_norm: str = "weight_sum", lookahead: str = "persistent",
-                 bn_scope: str = "batch", trained_pass_dropout: bool = True, apply_weights: bool = True) -> None:
+                 bn_scope: str = "batch", trained_pass_dropout: bool = True, apply_weights: bool = True,
+                 class_floor: float = 0.0) -> None:
         super().__init__(num_classes)
         _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, weight_norm,
                lookahead, first_order, meta_loss_rescaling, bn_scope)
@@ -87,6 +88,10 @@ class STORM(LossMethod):
         # false: the control baseline (the paper's "no rescaling", the public code's --simulate_only): Ω
         # and its weights as usual, the model's update on the unweighted mean loss (`train_step`)
         self.apply_weights = bool(apply_weights)
+        if not 0.0 <= float(class_floor) <= 1.0:
+            raise ConfigError(f"method.class_floor={class_floor} must be in [0, 1] (0 = off; 0.5 = no class's mean "
+                              "weight in a batch below half the batch's mean weight)")
+        self.class_floor = float(class_floor)  # lift a starving class's weights (`weighting.class_boost`)
         self.dropout_enabled: dict | None = None  # set when STORM switched the model's dropout on
         self.needs_clean_validation = meta_source == "clean_val"
         self.rescaler = Rescaler(NUM_FULL if features == "full" else NUM_LOSS,
@@ -299,20 +304,34 @@ class STORM(LossMethod):
     def _scale(self, w: torch.Tensor, loss: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
         return weighting.scale(*self._norm(), w, loss, head)
 
+    def _boost(self, w: torch.Tensor, head: torch.Tensor) -> torch.Tensor | None:
+        """class_floor > 0: the constant factor φ that lifts a starving class's weights (`weighting.class_boost`)."""
+        if self.class_floor <= 0:
+            return None
+        return weighting.class_boost(w.detach(), head, self.rescaler.w1.shape[0], self.class_floor)
+
+    def _effective(self, w: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """The weights the losses get: φ ⊙ w (w without a class floor)."""
+        phi = self._boost(w, head)
+        return w if phi is None else w * phi
+
     def _rescaled(self, share: float, values: torch.Tensor, w: torch.Tensor, rows: int,
                   ell: torch.Tensor, head: torch.Tensor):
-        return weighting.rescaled(*self._norm(), share, values, w, rows, ell, head)
+        return weighting.rescaled(*self._norm(), share, values, self._effective(w, head), rows, ell, head)
 
     def _rescaled_grad(self, share: float, values: torch.Tensor, w: torch.Tensor, rows: int,
                        ell: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        return weighting.rescaled_grad(*self._norm(), share, values, w, rows, ell, head)
+        phi = self._boost(w, head)
+        if phi is None:
+            return weighting.rescaled_grad(*self._norm(), share, values, w, rows, ell, head)
+        return phi * weighting.rescaled_grad(*self._norm(), share, values, w * phi, rows, ell, head)
 
     def _coef(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor) -> torch.Tensor:
-        return weighting.coefficients(*self._norm(), terms, w, rows, head)
+        return weighting.coefficients(*self._norm(), terms, self._effective(w, head), rows, head)
 
     def _batch_loss(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor,
                     coef: torch.Tensor | None = None) -> torch.Tensor:
-        return weighting.batch_loss(*self._norm(), terms, w, rows, head, coef)
+        return weighting.batch_loss(*self._norm(), terms, self._effective(w, head), rows, head, coef)
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
         self._setup(model, optimizer, len(batch.y))
@@ -367,7 +386,8 @@ class STORM(LossMethod):
             self._pending = self._prepare(optimizer, x, y, g, f, head, terms, coef, B, rng0, rec)
         self._inner.update(optimizer, g if g_model is None else g_model)  # step 7
         idx = batch.index if terms.plain else batch.index[terms.row]
-        self._weights[idx if self._groups == 1 else idx * self._groups + terms.group] = wd.to(self._weights.dtype)
+        self._weights[idx if self._groups == 1 else idx * self._groups + terms.group] = (
+            self._effective(wd, head).to(self._weights.dtype))
         if terms.plain:
             return terms.loss.detach().mean()  # unweighted mean row loss
         return ((terms.rest.sum() + terms.share * terms.loss.sum()) / B).detach()
