@@ -622,7 +622,9 @@ def test_storm_trains_every_model_for_two_batches(tmp_path, model):
 @pytest.mark.parametrize("overrides", [
     ["method.base_loss=dal"],
     ["method@method.base_loss=gce", "method.base_loss.q=0.5"],
-    ["method.first_order=true", "method.meta_interval=2", "method.features=loss", "method.class_separation=false"],
+    ["method.first_order=true", "method.meta_interval=2", "method.features=loss", "method.class_separation=false",
+     "method.bn_scope=batch"],
+    ["method.bn_scope=batch", "method.class_floor=0.5"],
     ["method.meta_loss_rescaling=false", "optim=adam"],
     ["method.weight_norm=mass", "optim=adam"],
     ["method.weight_norm=none", "method.lookahead=fresh_adam", "optim=adam"],
@@ -852,3 +854,5 @@ def test_class_floor_lifts_a_starving_class_and_keeps_the_meta_gradient_exact():
     torch.testing.assert_close(method._rescaled_grad(1.0, loss, w, 30, loss, head), auto)
     with pytest.raises(ConfigError, match="class_floor"):
         STORM(num_classes=3, class_floor=1.5)
+    with pytest.raises(ConfigError, match="method.class_separation=true"):
+        STORM(num_classes=3, bn_scope="class", class_separation=False)

@@ -92,6 +92,9 @@ class STORM(LossMethod):
             raise ConfigError(f"method.class_floor={class_floor} must be in [0, 1] (0 = off; 0.5 = no class's mean "
                               "weight in a batch below half the batch's mean weight)")
         self.class_floor = float(class_floor)  # lift a starving class's weights (`weighting.class_boost`)
+        if bn_scope == "class" and not class_separation:
+            raise ConfigError("method.bn_scope=class needs one Ω head per class (method.class_separation=true); "
+                              "with a shared head set method.bn_scope=batch")
         self.dropout_enabled: dict | None = None  # set when STORM switched the model's dropout on
         self.needs_clean_validation = meta_source == "clean_val"
         self.rescaler = Rescaler(NUM_FULL if features == "full" else NUM_LOSS,
