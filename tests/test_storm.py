@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import statistics
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -621,7 +622,9 @@ def test_storm_trains_every_model_for_two_batches(tmp_path, model):
 @pytest.mark.parametrize("overrides", [
     ["method.base_loss=dal"],
     ["method@method.base_loss=gce", "method.base_loss.q=0.5"],
-    ["method.first_order=true", "method.meta_interval=2", "method.features=loss", "method.class_separation=false"],
+    ["method.first_order=true", "method.meta_interval=2", "method.features=loss", "method.class_separation=false",
+     "method.bn_scope=batch"],
+    ["method.bn_scope=batch", "method.class_floor=0.5"],
     ["method.meta_loss_rescaling=false", "optim=adam"],
     ["method.weight_norm=mass", "optim=adam"],
     ["method.weight_norm=none", "method.lookahead=fresh_adam", "optim=adam"],
@@ -759,3 +762,97 @@ def test_public_dst_mass_preservation_leaves_omega_without_gradient(detached):
         assert norm > 1e-3
     else:
         assert norm < 1e-10  # rounding only: the public code's Ω is not trained by its meta loss
+
+
+def test_bn_scope_class_cannot_starve_a_class():
+    """bn_scope=class: each Ω head's BatchNorm uses the statistics of the rows of its own class, so the
+    logit z1 - z0 has mean 0 over every class present: whatever Ω's parameters, every class keeps a
+    sample with w >= 0.5. With the pooled statistics (bn_scope=batch), parameters exist that send a
+    whole class below 0.05 (the starvation of a class)."""
+    from noisybench.methods.storm import Rescaler
+
+    omega = Rescaler(19, 3).double()
+    omega.reset_parameters(torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    f = torch.randn(60, 19, dtype=torch.float64, generator=gen)
+    head = torch.arange(60) % 2 * 2  # classes 0 and 2 ...
+    head[:4] = 1  # ... and a rare class 1 (4 rows), apart in feature space
+    f[head == 1, 0] += 20.0
+    with torch.no_grad():  # a head that separates its class's rows from the rest of the batch
+        omega.w1.zero_()
+        omega.w1[1, :, 0] = 1.0
+        omega.w2.zero_()
+        omega.w2[1, 0, :] = 5.0
+    method = STORM(num_classes=3, bn_scope="class")
+    with torch.no_grad():
+        pooled = omega(f, head)
+        per_class = omega(f, head, method._bn_group(SimpleNamespace(target=head, group=None)))
+    assert float(pooled[head == 1].max()) < 0.05  # starved under pooled statistics
+    for c in range(3):
+        assert float(per_class[head == c].max()) >= 0.5
+        with torch.no_grad():
+            torch.testing.assert_close(per_class[head == c], omega(f[head == c], head[head == c]))
+
+
+def test_bn_scope_class_with_a_class_absent_from_the_batch():
+    """A class without any row in the batch leaves the others' statistics finite (no 0/0)."""
+    from noisybench.methods.storm import Rescaler
+
+    omega = Rescaler(19, 4).double()
+    omega.reset_parameters(torch.Generator().manual_seed(1))
+    f = torch.randn(12, 19, dtype=torch.float64)
+    head = torch.tensor([0, 0, 0, 0, 2, 2, 2, 2, 3, 3, 3, 3])  # class 1 absent
+    w = omega(f, head, head)
+    assert torch.isfinite(w).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_own_head_compiled_equals_autograd(dtype):
+    """bn_scope=class on a CPU: the compiled forward/backward (`_OwnHead`) gives the weights and Ω's
+    gradients of autograd through `Rescaler._own_head` (one head absent, one with a single row)."""
+    from noisybench.methods.storm import Rescaler
+
+    omega = Rescaler(19, 5).to(dtype)
+    omega.reset_parameters(torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(4)
+    f = torch.randn(40, 19, dtype=torch.float64, generator=gen)
+    head = torch.randint(3, (40,), generator=gen)
+    head[7] = 4  # class 4: one row; class 3: none
+    dw = torch.randn(40, dtype=dtype, generator=gen)
+    w = omega(f, head, head)
+    (w * dw).sum().backward()
+    compiled = [p.grad.clone() for p in omega.parameters()]
+    omega.zero_grad()
+    ref = omega._own_head(f.to(dtype), head)
+    (ref * dw).sum().backward()
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(w, ref, **tol)
+    for got, want in zip(compiled, (p.grad for p in omega.parameters())):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want, **tol)
+
+
+def test_class_floor_lifts_a_starving_class_and_keeps_the_meta_gradient_exact():
+    """class_floor=0.5: a class whose mean weight is far below the batch's is lifted to half the batch
+    mean (its relative weights kept); classes above the floor are untouched. The closed-form
+    w-gradient of the rescaled loss is autograd's with the lift held constant."""
+    from noisybench.methods.storm import weighting
+
+    gen = torch.Generator().manual_seed(0)
+    head = torch.arange(30) % 3
+    w = torch.rand(30, dtype=torch.float64, generator=gen) * 0.5 + 0.4
+    w[head == 1] *= 0.01  # class 1 starves
+    phi = weighting.class_boost(w, head, 3, 0.5)
+    lifted = w * phi
+    assert float(lifted[head == 1].mean()) == pytest.approx(0.5 * float(w.mean()))
+    torch.testing.assert_close(lifted[head != 1], w[head != 1])
+    torch.testing.assert_close(lifted[head == 1] / lifted[head == 1].sum(), w[head == 1] / w[head == 1].sum())
+    method = STORM(num_classes=3, class_floor=0.5).double()
+    loss = torch.rand(30, dtype=torch.float64, generator=gen) * 3
+    wv = w.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(method._rescaled(1.0, loss, wv, 30, loss, head), wv)
+    torch.testing.assert_close(method._rescaled_grad(1.0, loss, w, 30, loss, head), auto)
+    with pytest.raises(ConfigError, match="class_floor"):
+        STORM(num_classes=3, class_floor=1.5)
+    with pytest.raises(ConfigError, match="method.class_separation=true"):
+        STORM(num_classes=3, bn_scope="class", class_separation=False)

@@ -27,7 +27,7 @@ def _bn(x: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
         return torch.nn.functional.batch_norm(x, None, None, training=True, eps=BN_EPS)  # one fused op each way
     # group sums as a matrix product with the one-hot membership (deterministic, unlike index_add_)
     onehot = torch.nn.functional.one_hot(group, int(group.max()) + 1 if len(group) else 1).to(x.dtype)  # [B, n]
-    count = onehot.sum(0)[:, None]
+    count = onehot.sum(0)[:, None].clamp(min=1)  # (a group with no row here: 0, not 0/0)
     mean = onehot.t() @ x / count
     centred = x - onehot @ mean
     var = onehot.t() @ (centred * centred) / count
@@ -80,7 +80,21 @@ class Rescaler(nn.Module):
                 return _Omega.apply(f, head, self.w1, self.b1, self.w2, self.b2)
             with torch.autocast(f.device.type, enabled=False):
                 return _Omega.apply(f, head, self.w1, self.b1, self.w2, self.b2)
+        if group is not None and f.shape[1] == 1 and torch.equal(group, head[:, 0]):  # bn_scope=class
+            if f.device.type == "cpu" and _Omega.compiled and not in_transform():
+                return _OwnHead.apply(f[:, 0], group, self.w1, self.b1, self.w2, self.b2)[:, None]
+            with torch.autocast(f.device.type, enabled=False):
+                x = f[:, 0] if f.dtype == self.w1.dtype else f[:, 0].to(self.w1.dtype)
+                return self._own_head(x, group)[:, None]
         return self.all_heads(f, group).gather(2, head[..., None]).squeeze(2)
+
+    def _own_head(self, f: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """[B, F] -> [B]: each sample through its own head only, with the BatchNorm statistics of the
+        rows of that head (= `all_heads(f, head)` at each sample's head, without the other heads' work)."""
+        x = torch.baddbmm(self.b1[head][:, :, None], self.w1[head], f[:, :, None]).squeeze(2)
+        x = torch.relu(_bn(x, head))
+        z = _bn(torch.baddbmm(self.b2[head][:, :, None], self.w2[head], x[:, :, None]).squeeze(2), head)
+        return torch.sigmoid(z[:, 1] - z[:, 0])
 
     def forward(self, f: torch.Tensor, head: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
         """Sample i takes the output of Ω_{head[i]}."""
@@ -301,6 +315,135 @@ class _Omega(torch.autograd.Function):
         db1 = dx.sum(0).view(H, F_)
         return None, None, dw1, db1, dw2, db2
 
+
+
+@njit(cache=True, nogil=True)
+def _group_bn(v, head, H, eps):
+    """In place: the columns of v [B, C] normalised with the statistics of the rows of each head;
+    returns (mean, rstd, count) per [head, column] (a head without rows: count 0)."""
+    B, C = v.shape
+    mean, var, count = np.zeros((H, C)), np.zeros((H, C)), np.zeros(H)
+    for b in range(B):
+        count[head[b]] += 1.0
+        for c in range(C):
+            mean[head[b], c] += v[b, c]
+    for h in range(H):
+        for c in range(C):
+            mean[h, c] /= max(count[h], 1.0)
+    for b in range(B):
+        for c in range(C):
+            var[head[b], c] += (v[b, c] - mean[head[b], c]) ** 2
+    rstd = np.empty((H, C))
+    for h in range(H):
+        for c in range(C):
+            rstd[h, c] = 1.0 / math.sqrt(var[h, c] / max(count[h], 1.0) + eps)
+    for b in range(B):
+        for c in range(C):
+            v[b, c] = (v[b, c] - mean[head[b], c]) * rstd[head[b], c]
+    return mean, rstd, count
+
+
+@njit(cache=True, nogil=True)
+def _group_bn_backward(dy, xhat, head, rstd, count):
+    """In place: dy [B, C] -> the gradient at the input of `_group_bn` (xhat: its output)."""
+    B, C = dy.shape
+    H = rstd.shape[0]
+    m1, m2 = np.zeros((H, C)), np.zeros((H, C))
+    for b in range(B):
+        for c in range(C):
+            m1[head[b], c] += dy[b, c]
+            m2[head[b], c] += dy[b, c] * xhat[b, c]
+    for b in range(B):
+        h = head[b]
+        for c in range(C):
+            dy[b, c] = (dy[b, c] - (m1[h, c] + xhat[b, c] * m2[h, c]) / count[h]) * rstd[h, c]
+
+
+@njit(cache=True, nogil=True)
+def _own_forward(f, head, w1, b1, w2, b2, eps):
+    """`Rescaler._own_head` on the host, in float64: f [B, F], head [B] -> w [B] (in w1's dtype) and
+    what the backward needs."""
+    B, F = f.shape
+    H = w1.shape[0]
+    fc = np.empty((B, F))
+    for b in range(B):
+        for k in range(F):
+            fc[b, k] = np.float64(w1.dtype.type(f[b, k]))
+    xhat = np.empty((B, F))
+    for b in range(B):
+        h = head[b]
+        for j in range(F):
+            t = np.float64(b1[h, j])
+            for k in range(F):
+                t += np.float64(w1[h, j, k]) * fc[b, k]
+            xhat[b, j] = t
+    _, rstd1, count = _group_bn(xhat, head, H, eps)
+    a = np.maximum(xhat, 0.0)
+    zhat = np.empty((B, 2))
+    for b in range(B):
+        h = head[b]
+        for o in range(2):
+            t = np.float64(b2[h, o])
+            for j in range(F):
+                t += np.float64(w2[h, o, j]) * a[b, j]
+            zhat[b, o] = t
+    _, rstd2, _ = _group_bn(zhat, head, H, eps)
+    w, out = np.empty(B), np.empty(B, w1.dtype)
+    for b in range(B):
+        w[b] = 1.0 / (1.0 + math.exp(-(zhat[b, 1] - zhat[b, 0])))
+        out[b] = w[b]
+    return out, (fc, xhat, rstd1, count, a, zhat, rstd2, w)
+
+
+@njit(cache=True, nogil=True)
+def _own_backward(dw, head, w2, fc, xhat, rstd1, count, a, zhat, rstd2, w, dt1, dt2):
+    """`_OwnHead.backward` on the host (float64): the ω-gradients of Σ dw·w (in the weights' dtypes)."""
+    B, F = fc.shape
+    H = w2.shape[0]
+    dz = np.empty((B, 2))
+    for b in range(B):
+        g = dw[b] * w[b] * (1.0 - w[b])
+        dz[b, 0], dz[b, 1] = -g, g
+    _group_bn_backward(dz, zhat, head, rstd2, count)
+    gw1, gb1, gw2, gb2 = np.zeros((H, F, F)), np.zeros((H, F)), np.zeros((H, 2, F)), np.zeros((H, 2))
+    dx = np.empty((B, F))
+    for b in range(B):
+        h = head[b]
+        for o in range(2):
+            gb2[h, o] += dz[b, o]
+            for j in range(F):
+                gw2[h, o, j] += dz[b, o] * a[b, j]
+        for j in range(F):
+            dx[b, j] = (dz[b, 0] * w2[h, 0, j] + dz[b, 1] * w2[h, 1, j]) if a[b, j] > 0 else 0.0
+    _group_bn_backward(dx, xhat, head, rstd1, count)
+    for b in range(B):
+        h = head[b]
+        for j in range(F):
+            gb1[h, j] += dx[b, j]
+            for k in range(F):
+                gw1[h, j, k] += dx[b, j] * fc[b, k]
+    return gw1.astype(dt1), gb1.astype(dt1), gw2.astype(dt2), gb2.astype(dt2)
+
+
+class _OwnHead(torch.autograd.Function):
+    """`Rescaler._own_head` (bn_scope=class: each sample through its own head, BatchNorm statistics per
+    head) as one autograd node of compiled host loops, as `_Omega` for the pooled statistics;
+    tests/test_storm.py checks it against autograd through `_own_head`."""
+
+    @staticmethod
+    def forward(ctx, f, head, w1, b1, w2, b2):
+        ours = [f.detach().contiguous().numpy(), head.detach().contiguous().numpy(),
+                *(t.detach().numpy() for t in (w1, b1, w2, b2))]
+        w, saved = _own_forward(*ours, BN_EPS)
+        ctx.host = (ours[1], ours[4].copy(), *saved)  # (Ω's weights as they are now: updated in place later)
+        ctx.dtypes = (w1.dtype, w2.dtype)
+        return torch.from_numpy(w)
+
+    @staticmethod
+    def backward(ctx, dw):
+        dt = [np.dtype(str(d).replace("torch.", "")) for d in ctx.dtypes]
+        grads = _own_backward(dw.detach().to(torch.float64).contiguous().numpy(), *ctx.host, dt[0], dt[1])
+        return (None, None, *(torch.from_numpy(np.ascontiguousarray(g)) for g in grads))
 
 
 @torch.no_grad()

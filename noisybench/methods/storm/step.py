@@ -24,7 +24,7 @@ from noisybench.tasks import LossTerms
 from noisybench.tasks.classification import ClassificationTask
 
 FEATURES = ("full", "loss")
-BN_SCOPES = ("batch", "group")
+BN_SCOPES = ("batch", "class", "group")
 META_SOURCES = ("noisy_train", "clean_val")
 
 
@@ -50,7 +50,8 @@ def _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, we
                           "gradient at all; set one of them to the other value")
     if bn_scope not in BN_SCOPES:
         raise ConfigError(f"method.bn_scope={bn_scope!r} is unknown; use batch (Ω's BatchNorm over the whole "
-                          "batch) or group (per DST slot, as the public DST code calls Ω per slot)")
+                          "batch), class (over the rows of each Ω head's class) or group (per DST slot, as "
+                          "the public DST code calls Ω per slot)")
     if first_order and weight_norm in ("mass", "class_mass"):
         raise ConfigError(f"method.first_order=true with method.weight_norm={weight_norm} gives Ω no gradient "
                           "(the mass-preserved meta loss does not depend on w'); set method.first_order=false "
@@ -66,7 +67,8 @@ class STORM(LossMethod):
                  class_separation: bool = True, first_order: bool = False, meta_interval: int = 1,
                  features: str = "full", meta_loss_rescaling: bool = True, meta_source: str = "noisy_train",
                  rescaler_lr: float = 1e-2, weight_norm: str = "weight_sum", lookahead: str = "persistent",
-                 bn_scope: str = "batch", trained_pass_dropout: bool = True, apply_weights: bool = True) -> None:
+                 bn_scope: str = "batch", trained_pass_dropout: bool = True, apply_weights: bool = True,
+                 class_floor: float = 0.0) -> None:
         super().__init__(num_classes)
         _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, weight_norm,
                lookahead, first_order, meta_loss_rescaling, bn_scope)
@@ -86,6 +88,13 @@ class STORM(LossMethod):
         # false: the control baseline (the paper's "no rescaling", the public code's --simulate_only): Ω
         # and its weights as usual, the model's update on the unweighted mean loss (`train_step`)
         self.apply_weights = bool(apply_weights)
+        if not 0.0 <= float(class_floor) <= 1.0:
+            raise ConfigError(f"method.class_floor={class_floor} must be in [0, 1] (0 = off; 0.5 = no class's mean "
+                              "weight in a batch below half the batch's mean weight)")
+        self.class_floor = float(class_floor)  # lift a starving class's weights (`weighting.class_boost`)
+        if bn_scope == "class" and not class_separation:
+            raise ConfigError("method.bn_scope=class needs one Ω head per class (method.class_separation=true); "
+                              "with a shared head set method.bn_scope=batch")
         self.dropout_enabled: dict | None = None  # set when STORM switched the model's dropout on
         self.needs_clean_validation = meta_source == "clean_val"
         self.rescaler = Rescaler(NUM_FULL if features == "full" else NUM_LOSS,
@@ -249,7 +258,12 @@ class STORM(LossMethod):
         return self._second.jvp_fn(primals, x, y, rng0)
 
     def _bn_group(self, terms: LossTerms) -> torch.Tensor | None:
-        """The group whose statistics Ω's BatchNorm uses for each sample (bn_scope=group), or None."""
+        """The group whose statistics Ω's BatchNorm uses for each sample, or None (the whole batch):
+        bn_scope=group: the sample's DST slot; bn_scope=class: its Ω head (its target class), so that
+        each head normalises over the rows it serves and cannot park a class's weights at 0 (issue of
+        whole starved classes, docs/methods/storm.md)."""
+        if self.bn_scope == "class" and self.class_separation:
+            return terms.target
         return terms.group if self.bn_scope == "group" and self._groups > 1 else None
 
     def _keys(self, terms: LossTerms) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,20 +307,34 @@ class STORM(LossMethod):
     def _scale(self, w: torch.Tensor, loss: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
         return weighting.scale(*self._norm(), w, loss, head)
 
+    def _boost(self, w: torch.Tensor, head: torch.Tensor) -> torch.Tensor | None:
+        """class_floor > 0: the constant factor φ that lifts a starving class's weights (`weighting.class_boost`)."""
+        if self.class_floor <= 0:
+            return None
+        return weighting.class_boost(w.detach(), head, self.rescaler.w1.shape[0], self.class_floor)
+
+    def _effective(self, w: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """The weights the losses get: φ ⊙ w (w without a class floor)."""
+        phi = self._boost(w, head)
+        return w if phi is None else w * phi
+
     def _rescaled(self, share: float, values: torch.Tensor, w: torch.Tensor, rows: int,
                   ell: torch.Tensor, head: torch.Tensor):
-        return weighting.rescaled(*self._norm(), share, values, w, rows, ell, head)
+        return weighting.rescaled(*self._norm(), share, values, self._effective(w, head), rows, ell, head)
 
     def _rescaled_grad(self, share: float, values: torch.Tensor, w: torch.Tensor, rows: int,
                        ell: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        return weighting.rescaled_grad(*self._norm(), share, values, w, rows, ell, head)
+        phi = self._boost(w, head)
+        if phi is None:
+            return weighting.rescaled_grad(*self._norm(), share, values, w, rows, ell, head)
+        return phi * weighting.rescaled_grad(*self._norm(), share, values, w * phi, rows, ell, head)
 
     def _coef(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor) -> torch.Tensor:
-        return weighting.coefficients(*self._norm(), terms, w, rows, head)
+        return weighting.coefficients(*self._norm(), terms, self._effective(w, head), rows, head)
 
     def _batch_loss(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor,
                     coef: torch.Tensor | None = None) -> torch.Tensor:
-        return weighting.batch_loss(*self._norm(), terms, w, rows, head, coef)
+        return weighting.batch_loss(*self._norm(), terms, self._effective(w, head), rows, head, coef)
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
         self._setup(model, optimizer, len(batch.y))
@@ -361,7 +389,8 @@ class STORM(LossMethod):
             self._pending = self._prepare(optimizer, x, y, g, f, head, terms, coef, B, rng0, rec)
         self._inner.update(optimizer, g if g_model is None else g_model)  # step 7
         idx = batch.index if terms.plain else batch.index[terms.row]
-        self._weights[idx if self._groups == 1 else idx * self._groups + terms.group] = wd.to(self._weights.dtype)
+        self._weights[idx if self._groups == 1 else idx * self._groups + terms.group] = (
+            self._effective(wd, head).to(self._weights.dtype))
         if terms.plain:
             return terms.loss.detach().mean()  # unweighted mean row loss
         return ((terms.rest.sum() + terms.share * terms.loss.sum()) / B).detach()

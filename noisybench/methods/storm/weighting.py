@@ -84,6 +84,18 @@ def rescaled_grad(norm: str, heads: int, share: float, values: torch.Tensor, w: 
     return (scale / den)[head] * (ell - (alive * E / den)[head] * dmass)
 
 
+def class_boost(w: torch.Tensor, head: torch.Tensor, heads: int, floor: float) -> torch.Tensor:
+    """The factor φ_m >= 1 that lifts every Ω head's (class's) mean weight in the batch to at least
+    `floor` times the batch's mean weight (`class_floor`): φ = max(1, floor · mean(w) / mean_c(w)) for
+    sample m of class c; 1 where the floor does not bind. Values only: φ is a constant for every
+    gradient (the model's and Ω's meta-gradient see the weights φ ⊙ w with φ fixed)."""
+    count = torch.bincount(head, minlength=heads).to(w.dtype)
+    mass = w.new_zeros(heads).index_add(0, head, w)
+    need = floor * w.mean() * count  # the class's mass at the floor
+    phi = torch.where(mass < need, need / mass.clamp(min=1e-12), torch.ones_like(mass))
+    return phi[head]
+
+
 def coefficients(norm: str, heads: int, terms: LossTerms, w: torch.Tensor, rows: int,
                  head: torch.Tensor) -> torch.Tensor:
     """c_m = dL/dℓ_m = share (M/B) s(w) w_m for weights held constant: L(w) = mean_r rest_r + Σ_m c_m ℓ_m."""
