@@ -40,6 +40,9 @@ commands:
                       `-f html -o DIR`: one self-contained report.html with tables and figures)
   plot PATH...        figures from run or sweep directories into PATH/figures (or -o DIR): accuracy
                       vs noise, learning curves and memorisation, method diagnostics, PDF and PNG
+  status SWEEP_DIR    every job of a sweep with its state (finished, diverged, failed, running,
+                      unfinished, not started), counts, and the command that runs what is left;
+                      `train -m ... --dry-run` lists the jobs a command would run (nothing runs)
   completion bash     print a bash completion script: eval "$(noisybench completion bash)"
 
 Interrupted? Run the same command again (or `noisybench train --resume DIR`): finished runs are
@@ -133,8 +136,12 @@ def train_main(args: list[str]) -> int:
         print("noisybench: error: --cfg prints one composed config; drop -m (e.g. noisybench train "
               "hydra/launcher=slurm --cfg hydra shows the launcher a sweep would use)", file=sys.stderr)
         return 2
+    dry = "--dry-run" in args
+    args = [a for a in args if a != "--dry-run"]
     register_resolvers()
     err, planned = preflight(args)
+    if dry and not err:  # every job checked; list them with the state each would find, write nothing
+        return _dry_run(args)
     SweepTablesCallback.planned = planned  # the "k/N done, ETA" line of a sweep (None: unknown)
     ThreadsCallback.planned = planned  # jobs at once = min(n_jobs, planned): threads per job
     if err:
@@ -170,6 +177,22 @@ def train_main(args: list[str]) -> int:
         print(f"noisybench: error: {_FAILURES[0][1]}", file=sys.stderr)
         return _FAILURES[0][2]
     return 0
+
+
+def _dry_run(args: list[str]) -> int:
+    from noisybench.status import dry_run
+
+    try:
+        return dry_run(args)
+    except NoisybenchError as e:
+        print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def status_main(args: list[str]) -> int:
+    from noisybench.status import status_main as main_  # here: reads the preflight's machinery
+
+    return main_(args)
 
 
 def _interrupted_line(e: Interrupted, args: list[str]) -> str:
@@ -443,7 +466,7 @@ def plot_main(args: list[str]) -> int:
 
 
 COMMANDS = {"train": train_main, "noise": noise_main, "report": report_main, "plot": plot_main,
-            "completion": completion_main}
+            "status": status_main, "completion": completion_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@
 offers what Hydra's own completion offers for the config: config groups (`method=`), keys
 (`noise.rate=`, `optim.` ...), a group's options after `method=`, a key's current value after
 `noise.rate=`, files after `data_dir=./`; `hydra.searchpath=[...]` and `-cd DIR` on the line are
-taken into account. `noisybench report <TAB>` and `noisybench plot <TAB>` complete paths.
+taken into account. `noisybench report <TAB>`, `noisybench plot <TAB>` and `noisybench status <TAB>` complete paths.
 
 Why not Hydra's `noisybench train -sc install=bash`: Hydra's script completes the program it was
 started as, and the CLI starts the Hydra app as "noisybench train", so that script registered
@@ -25,21 +25,22 @@ import sys
 from noisybench.config import config_path
 from noisybench.preflight import config_loader, parse_args
 
-SUBCOMMANDS = ("train", "noise", "report", "plot", "completion")
+SUBCOMMANDS = ("train", "noise", "report", "plot", "status", "completion")
 FLAGS = {
     "train": ("--multirun", "--cfg", "--resolve", "--package", "--info", "--help", "--hydra-help",
-              "--config-dir", "--config-name", "--config-path", "--resume"),
+              "--config-dir", "--config-name", "--config-path", "--resume", "--dry-run"),
     "noise": ("--out", "--help"),
 }
-# flags of ours (not Hydra's) that take a value: dropped before Hydra's parser sees the line
+# flags of ours (not Hydra's) that take a value, and those that take none: dropped before Hydra's parser sees the line
 _OWN_VALUE_FLAGS = {"train": ("--resume",), "noise": ("-o", "--out")}
+_OWN_FLAGS = {"train": ("--dry-run",)}
 SHELLS = ("bash",)
 
 BASH_SCRIPT = r"""# noisybench bash completion: eval "$(noisybench completion bash)"
 _noisybench() {
     local cur=${COMP_WORDS[COMP_CWORD]}
     if (( COMP_CWORD <= 1 )); then
-        COMPREPLY=($(compgen -W "train noise report plot completion --help --version" -- "$cur"))
+        COMPREPLY=($(compgen -W "train noise report plot status completion --help --version" -- "$cur"))
         return 0
     fi
     local IFS=$'\n'
@@ -53,7 +54,7 @@ _noisybench() {
             done
             ;;
         completion) COMPREPLY=($(compgen -W "bash" -- "$cur")) ;;
-        *) COMPREPLY=() ;;  # report, plot: paths (-o default)
+        *) COMPREPLY=() ;;  # report, plot, status: paths (-o default)
     esac
     return 0
 }
@@ -82,7 +83,7 @@ def _drop_own_flags(words: list[str], sub: str) -> list[str]:
             skip = False
         elif w in _OWN_VALUE_FLAGS.get(sub, ()):
             skip = True
-        else:
+        elif w not in _OWN_FLAGS.get(sub, ()):
             out.append(w)
     return out
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from noisybench.errors import ConfigError
 from noisybench.rundir import job_dirname
+from noisybench.study import register as register_sweeper
 
 if TYPE_CHECKING:
     import torch
@@ -55,11 +56,12 @@ def register_resolvers() -> None:
     """`${nb_uid:}`: a random tag, cached per config, so run/sweep dirs never collide when two jobs
     start in the same second (Hydra copies the resolver cache into every job of a sweep).
     `${nb_job_dir:}`: a sweep job's directory name, its overrides plus
-    its identity hash (noisybench.rundir.job_dirname)."""
+    its identity hash (noisybench.rundir.job_dirname). Also noisybench's `hydra/sweeper=optuna`."""
     if not OmegaConf.has_resolver("nb_uid"):
         OmegaConf.register_new_resolver("nb_uid", lambda: secrets.token_hex(3), use_cache=True)
     if not OmegaConf.has_resolver("nb_job_dir"):
         OmegaConf.register_new_resolver("nb_job_dir", job_dirname)
+        register_sweeper()  # once per process: `hydra/sweeper=optuna` keeps its study (noisybench.study)
 
 
 def build(node: DictConfig):

@@ -34,6 +34,7 @@ except ImportError:  # Windows: no flock; runs go unlocked (one warning line)
 
 log = logging.getLogger(__name__)
 LOCK = ".noisybench.lock"
+PROBE_RETRIES = 3  # acquire(): tries over 0.1 s, so that holder()'s instant probe never refuses a run
 _HELD: dict[str, list] = {}  # realpath of the directory -> [fd, depth]: this process's locks
 
 
@@ -81,7 +82,7 @@ def acquire(directory: Path | str, what: str = "run") -> bool:
         raise DirBusy(f"cannot open the lock file {d / LOCK} ({e.strerror or e}); if it is a symlink or not a "
                       "file, remove it (no noisybench process makes it so)") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock_retrying(fd)
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
@@ -98,6 +99,41 @@ def acquire(directory: Path | str, what: str = "run") -> bool:
     os.pwrite(fd, info, 0)
     _HELD[key] = [fd, 1]
     return True
+
+
+def _flock_retrying(fd: int) -> None:
+    """LOCK_EX | LOCK_NB, tried a few times over 0.1 s: `noisybench status` (holder()) holds a shared lock
+    for microseconds to see whether a run is live, and must not make a starting run fail."""
+    for attempt in range(PROBE_RETRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == PROBE_RETRIES - 1:
+                raise
+            time.sleep(0.05)
+
+
+def holder(directory: Path | str) -> str | None:
+    """Who holds `directory`'s lock (`pid P on HOST since T`), or None when no live process does. Writes
+    nothing: the lock file is opened read-only (not created) and probed with a shared lock, released at once."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(Path(directory) / LOCK, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None  # no lock file: never locked (or not readable: nothing to say)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    except OSError:
+        return None  # a filesystem that cannot lock
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def release(directory: Path | str) -> None:

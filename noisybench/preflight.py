@@ -42,6 +42,7 @@ from omegaconf.errors import OmegaConfBaseException
 from noisybench.config import CONFIG_NAME, config_path, register_resolvers
 from noisybench.errors import ConfigError, NoisybenchError, one_line
 from noisybench.hydra_errors import condense, missing_key_hint
+from noisybench.study import check_options, is_study_sweeper
 from noisybench.targets import check_config, check_overrides, registered, sources_of
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -196,6 +197,8 @@ class _Checker:
         except Exception as e:
             raise _JobFailed(e, " (in the sweep's base config, which Hydra composes without the swept values)") from e
         check_output_dir(master, "hydra.sweep.dir")
+        if is_study_sweeper(master.hydra.sweeper):  # its own keys (seeds, n_trials, storage): one line each
+            check_options(master.hydra.sweeper, list(master.hydra.overrides.task))
         hydra_overrides = list(master.hydra.overrides.hydra)
         params = OmegaConf.select(master, "hydra.sweeper.params") or {}
         arguments = [f"{k}={v}" for k, v in params.items()] + list(master.hydra.overrides.task)

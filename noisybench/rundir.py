@@ -114,13 +114,19 @@ def job_dirname(*, _root_) -> str:
     """Resolver for hydra.sweep.subdir: the job's overrides (readable; NOT_IDENTITY keys left out) and
     its identity hash, so rerunning a sweep finds its jobs again and a different grid in the same
     sweep dir never lands in (or overwrites) another configuration's directory."""
+    return job_dirname_of([str(o) for o in _root_.hydra.overrides.task], _root_)
+
+
+def job_dirname_of(task_overrides: list[str], cfg: DictConfig | dict) -> str:
+    """job_dirname of a job with these overrides and this config (`noisybench status` and --dry-run
+    compute where each job of a grid lives)."""
     items = []
-    for o in _root_.hydra.overrides.task:
+    for o in task_overrides:
         key = str(o).split("=", 1)[0].lstrip("+~")
         if key not in NOT_IDENTITY and not key.startswith(tuple(f"{k}." for k in NOT_IDENTITY)):
             items.append(str(o))
     name = re.sub(r"[^A-Za-z0-9._=,+~%:-]", "_", ",".join(sorted(items))) or "default"
-    h = identity_hash(identity_config(_root_))
+    h = identity_hash(identity_config(cfg))
     return f"{name[:MAX_DIRNAME]}@{h[:8]}"
 
 
@@ -249,7 +255,8 @@ class RunDir:
         new = hashlib.sha256(data).hexdigest()
         old = read_json_object(self.file(CHECKSUM), ("sha256",))[0]
         before = [h for h in (old or {}).get("sha256", [])[:1] if isinstance(h, str)]
-        atomic_write_json(self.file(CHECKSUM), {"identity": self.hash, "sha256": [new, *before]})
+        atomic_write_json(self.file(CHECKSUM), {"identity": self.hash, "sha256": [new, *before],  # the position:
+                                                "epoch": state.get("epoch"), "batch": state.get("batch")})  # for status
         atomic_write_bytes(self.file(CHECKPOINT), data)
         return len(data)
 
