@@ -173,8 +173,9 @@ def table(jobs: list[Job], only: set[str] | None = None) -> list[str]:
     return lines
 
 
-def _study_summary(p: Plan) -> str | None:
-    """The Optuna study's line (trials in the study file), for a sweep whose sweeper is noisybench's."""
+def _study_summary(p: Plan) -> tuple[str, int] | None:
+    """(the Optuna study's line, trials still to run: to ask, or left running by an interrupted search) for a
+    sweep whose sweeper is noisybench's; None for another sweeper."""
     if p.sweeper is None or not is_study_sweeper(p.sweeper):
         return None
     try:
@@ -184,8 +185,8 @@ def _study_summary(p: Plan) -> str | None:
     except Exception:  # an interpolation that cannot be resolved here: say nothing
         return None
     if storage is None:
-        return "Optuna study in memory (hydra.sweeper.storage=null): nothing kept between commands"
-    return study_line(storage, name, n_trials) or f"Optuna study {name}: no trial yet ({storage}), {n_trials} to run"
+        return "Optuna study in memory (hydra.sweeper.storage=null): nothing kept between commands", n_trials
+    return study_line(storage, name, n_trials) or (f"Optuna study {name}: no trial yet ({storage})", n_trials)
 
 
 def status_main(args: list[str]) -> int:
@@ -240,7 +241,7 @@ def _report(p: Plan, jobs: list[Job], only, note: str, d: Path) -> list[str]:
         lines.append(f"a sweep process works in it: {who}")
     study = _study_summary(p)
     if study:
-        lines.append(study)
+        lines.append(study[0])
     lines += table(jobs, only)
     lines.append(counts_line(jobs))
     lines.append(next_step(p, jobs, d, who))
@@ -248,14 +249,16 @@ def _report(p: Plan, jobs: list[Job], only, note: str, d: Path) -> list[str]:
 
 
 def next_step(p: Plan, jobs: list[Job], d: Path, sweep_holder: str | None) -> str:
-    """What runs what is left: the same sweep again (finished jobs are skipped)."""
-    left = [j for j in jobs if j.state in LEFT]
+    """What runs what is left: the same sweep again (finished jobs are skipped; an Optuna search asks
+    for the trials it still lacks)."""
+    left = sum(j.state in LEFT for j in jobs)
     running = sum(j.state == "running" for j in jobs)
-    open_study = _study_summary(p) is not None and p.planned is None
-    if not left and not running and not open_study:
+    study = _study_summary(p) if p.planned is None else None
+    trials = study[1] if study else 0
+    if not left and not running and not trials:
         return "nothing left to run"
     cmd = f"noisybench train --resume {d}"
-    what = f"{len(left)} left to run" if left or not open_study else "the search continues toward n_trials"
+    what = f"{left} left to run" + (f" and {trials} trials of the search" if trials else "")
     if sweep_holder is not None or running:
         return (f"{what}; {running} running: when the sweep has ended (two processes in one directory are "
                 f"refused), run what is left with: {cmd}")
@@ -275,14 +278,18 @@ def dry_run(args: list[str]) -> int:
     lines = [head]
     study = _study_summary(p)
     if study:
-        lines.append(study)
+        lines.append(study[0])
     if p.planned is None and not p.single:
         lines.append("the sweeper decides its jobs as it goes: " + (f"{len(jobs)} run directories there so far"
                                                                    if jobs else "none there yet"))
     lines += table(jobs)
     skip = sum(j.state in ("finished", "diverged") for j in jobs)
     busy = sum(j.state == "running" for j in jobs)
-    lines.append(counts_line(jobs) + f"; would skip {skip} (finished)" + (f", refuse {busy} (running)" if busy else "")
-                 + f", run {len(jobs) - skip - busy}")
+    if p.planned is None and not p.single:  # the search's own count, not the directories'
+        more = f"{study[1]} more trials" if study else "the trials it chooses"
+        lines.append(counts_line(jobs) + f"; the search would run {more}")
+    else:
+        refuse = f", refuse {busy} (running)" if busy else ""
+        lines.append(counts_line(jobs) + f"; would skip {skip} (finished){refuse}, run {len(jobs) - skip - busy}")
     print("\n".join(lines))
     return 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
@@ -53,7 +53,7 @@ def register() -> None:
         _target_: str = SWEEPER_TARGET
         storage: Optional[Any] = DEFAULT_STORAGE
         study_name: Optional[str] = DEFAULT_STUDY
-        seeds: Optional[List[Any]] = None
+        seeds: Optional[list[Any]] = None
 
     ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=StudySweeperConf,
                                  provider="noisybench")
@@ -82,7 +82,8 @@ def check_options(sweeper_cfg, task_overrides: list[str]) -> None:
         raise ConfigError(f"hydra.sweeper.storage={storage}: give a database URL (e.g. hydra.sweeper.storage="
                           "sqlite:///study.db), or null to keep the study in memory")
     if storage is not None and (not isinstance(name, str) or not name.strip()):
-        raise ConfigError(f"hydra.sweeper.study_name={name}: a study kept in a database needs a name "
+        shown = "null" if name is None else name
+        raise ConfigError(f"hydra.sweeper.study_name={shown}: a study kept in a database needs a name "
                           "(e.g. hydra.sweeper.study_name=gce_q)")
     check_seeds(get("seeds"), task_overrides, sweeper_cfg)
 
@@ -115,25 +116,36 @@ def mean_of(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def study_line(storage: str | None, study_name: str | None, n_trials: int | None) -> str | None:
-    """`study NAME in FILE: k of N trials (c complete, f failed, r running)`, read without writing; None
-    when there is no study file yet (a new search) or it is not an SQLite file."""
+def study_counts(storage: str | None, study_name: str | None) -> dict[str, int] | None:
+    """{state: trials} of the study, read from its SQLite file without writing (None: no file yet, or not
+    an SQLite storage); sqlite3.Error when the file cannot be read."""
     path = sqlite_path(storage)
     if path is None or not os.path.isfile(path):
         return None
     import sqlite3
 
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = con.execute("SELECT t.state, COUNT(*) FROM trials t JOIN studies s ON t.study_id = s.study_id "
-                               "WHERE s.study_name = ? GROUP BY t.state", (study_name,)).fetchall()
-        finally:
-            con.close()
+        rows = con.execute("SELECT t.state, COUNT(*) FROM trials t JOIN studies s ON t.study_id = s.study_id "
+                           "WHERE s.study_name = ? GROUP BY t.state", (study_name,)).fetchall()
+    finally:
+        con.close()
+    return {str(state).lower(): n for state, n in rows}
+
+
+def study_line(storage: str | None, study_name: str | None, n_trials: int | None) -> tuple[str, int] | None:
+    """(`study NAME in FILE: k of N trials (c complete, f fail, r running)`, trials still to ask), read
+    without writing; None when there is no study file yet (a new search) or it is not an SQLite file."""
+    import sqlite3
+
+    try:
+        counts = study_counts(storage, study_name)
     except sqlite3.Error as e:
-        return f"study {study_name} in {path}: cannot be read ({e})"
-    counts = {str(state).lower(): n for state, n in rows}
+        return f"study {study_name} in {sqlite_path(storage)}: cannot be read ({e})", 0
+    if counts is None:
+        return None
     total = sum(counts.values())
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     of = f" of {n_trials}" if n_trials else ""
-    return f"study {study_name} in {path}: {total}{of} trials" + (f" ({parts})" if parts else "")
+    left = max(0, (n_trials or 0) - total) + counts.get("running", 0)
+    return f"study {study_name} in {sqlite_path(storage)}: {total}{of} trials" + (f" ({parts})" if parts else ""), left

@@ -110,7 +110,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
             space.pop(name, None)
         directions = self._get_directions()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)  # multirun.yaml, as Hydra's basic sweeper: --resume and status read it
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # multirun.yaml, as Hydra's basic sweeper: --resume, status
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         study = open_study(self.storage, self.study_name, self.sampler, directions)
         here = os.path.realpath(sweep_dir)
