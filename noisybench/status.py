@@ -189,8 +189,21 @@ def _study_summary(p: Plan) -> tuple[str, int] | None:
     return study_line(storage, name, n_trials) or (f"Optuna study {name}: no trial yet ({storage})", n_trials)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, as every bad input (argparse prints its usage first)
+        raise NoisybenchError(f"{message}; usage: noisybench status SWEEP_DIR [--only STATE[,STATE]]")
+
+
 def status_main(args: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="noisybench status",
+    try:
+        return _status(args)
+    except NoisybenchError as e:
+        print(f"noisybench: error: {one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _status(args: list[str]) -> int:
+    ap = _Parser(prog="noisybench status",
                                  description="Every job of a sweep with its state, read from its directories "
                                              "(any launcher, also while the sweep runs); writes nothing.")
     ap.add_argument("sweep_dir", type=Path, help="a sweep directory (or one run directory)")
