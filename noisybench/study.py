@@ -16,6 +16,7 @@ scan has stored the plugin's (the scan runs once per process). The sweeper class
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
     from hydra.core.plugins import Plugins
 
+    # optuna (imported when Hydra builds the sampler) imports alembic, whose INFO lines optuna itself silences
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     Plugins.instance()  # Hydra's plugin scan (once per process) stores the plugin's config: ours after it
 
     @dataclass

@@ -68,17 +68,18 @@ def open_study(storage: Any, study_name: str | None, sampler, directions: list[s
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             prepare_sqlite(storage)
+        have = {s.study_name: s for s in optuna.get_all_study_summaries(storage)} if storage is not None else {}
+        theirs = [d.name.lower() for d in have[study_name].directions] if study_name in have else None
+        if theirs is not None and theirs != [d.lower() for d in directions]:
+            raise Refused(f"the study {study_name} in {storage} optimises {', '.join(theirs)}, this command "
+                          f"{', '.join(directions)}: use the study's hydra.sweeper.direction, or another "
+                          "hydra.sweeper.study_name")
         study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
                                     directions=directions, load_if_exists=True)
     except Exception as e:
         raise Refused(f"cannot open the Optuna study {study_name} in {storage} ({type(e).__name__}: "
                       f"{' '.join(str(e).split())[:200]}); give another hydra.sweeper.storage or "
                       "hydra.sweeper.study_name") from None
-    have = [d.name.lower() for d in study.directions]
-    if have != [d.lower() for d in directions]:
-        raise Refused(f"the study {study_name} in {storage} optimises {', '.join(have)}, this command "
-                      f"{', '.join(directions)}: use the study's hydra.sweeper.direction, or another "
-                      "hydra.sweeper.study_name")
     return study
 
 
