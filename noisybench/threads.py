@@ -20,7 +20,7 @@ Torch's count, in order:
 2. a job of a parallel local sweep (a launcher with `n_jobs`, e.g. `hydra/launcher=local`):
    cores // (jobs running at once), at least 1, where jobs at once = min(n_jobs, jobs in the sweep)
    (n_jobs=-1: one per core, joblib's convention; an Optuna sweep's jobs = its trials at a time,
-   hydra.sweeper.n_jobs). The sweep's parent process works this out
+   hydra.sweeper.n_jobs, times its hydra.sweeper.seeds). The sweep's parent process works this out
    (`ThreadsCallback`) and hands it to the jobs in NOISYBENCH_JOB_THREADS; nothing is set when the
    user exported OMP_NUM_THREADS (rule 3 then applies). 8 jobs on 2 cores: 1 thread each; 1 job on
    8 cores: 8 threads; 2 jobs on 8 cores: 4 each.
@@ -117,8 +117,9 @@ class ThreadsCallback(Callback):
             return
         planned = self.planned
         batch = config.hydra.sweeper.get("n_jobs") if "sweeper" in config.hydra else None
-        if batch:  # a sweeper that launches batches (Optuna's n_jobs trials at a time)
-            planned = min(planned, int(batch)) if planned else int(batch)
+        if batch:  # a sweeper that launches batches (Optuna's n_jobs trials at a time, each one job per seed)
+            batch = int(batch) * max(1, len(config.hydra.sweeper.get("seeds") or []))
+            planned = min(planned, batch) if planned else batch
         threads = job_threads(int(n_jobs), planned)
         os.environ[THREADS_ENV] = str(threads)
         log.info("parallel sweep: %d job(s) at once on %d core(s), %d torch thread(s) each "

@@ -166,7 +166,8 @@ def test_hparams_search_presets_compose(name, method, params, cli_env):
     cfg = yaml.safe_load(p.stdout)
     assert cfg["method"]["name"] == method and cfg["objective"] == "val_selected"
     sweeper = cfg["hydra"]["sweeper"]
-    assert sweeper["_target_"].endswith("OptunaSweeper") and sweeper["direction"] == "maximize"
+    assert sweeper["_target_"].endswith("StudySweeper") and sweeper["direction"] == "maximize"
+    assert sweeper["storage"] == "sqlite:///${hydra.sweep.dir}/optuna.db" and sweeper["study_name"] == name
     assert sweeper["sampler"]["_target_"] == "optuna.samplers.TPESampler" and sweeper["sampler"]["seed"] == 0
     assert sweeper["n_jobs"] == 1 and set(sweeper["params"]) == params
     assert all(v.startswith("interval(") for v in sweeper["params"].values())
