@@ -60,7 +60,8 @@ def _metric_rows(d: Path) -> int:
 
 def run_state(d: Path) -> tuple[str, str]:
     """(state, detail) of one run directory, from its files and its lock; writes nothing."""
-    of = f" of {_epochs_of(d)}" if _epochs_of(d) is not None else ""
+    epochs = _epochs_of(d)
+    of = f" of {epochs}" if epochs is not None else ""
     result = read_json_object(d / RESULT, RESULT_KEYS)[0]
     if result is not None:
         div = result.get("diverged")
@@ -264,14 +265,16 @@ def _report(p: Plan, jobs: list[Job], only, note: str, d: Path) -> list[str]:
 def next_step(p: Plan, jobs: list[Job], d: Path, sweep_holder: str | None) -> str:
     """What runs what is left: the same sweep again (finished jobs are skipped; an Optuna search asks
     for the trials it still lacks)."""
-    left = sum(j.state in LEFT for j in jobs)
     running = sum(j.state == "running" for j in jobs)
     study = _study_summary(p) if p.planned is None else None
-    trials = study[1] if study else 0
-    if not left and not running and not trials:
+    if study is not None:  # a search: its failed trials are final; interrupted ones are running trials
+        left, what = study[1], f"{study[1]} trials of the search left to run (interrupted ones resume)"
+    else:
+        left = sum(j.state in LEFT for j in jobs)
+        what = f"{left} left to run"
+    if not left and not running:
         return "nothing left to run"
     cmd = f"noisybench train --resume {d}"
-    what = f"{left} left to run" + (f" and {trials} trials of the search" if trials else "")
     if sweep_holder is not None or running:
         return (f"{what}; {running} running: when the sweep has ended (two processes in one directory are "
                 f"refused), run what is left with: {cmd}")
