@@ -137,3 +137,25 @@ def test_status_of_a_directory_without_runs_is_one_line(cli_env, tmp_path):
     p = nb("status", str(tmp_path), env=cli_env)
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "holds no run directory" in p.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_the_lock_probe_names_a_live_holder_and_writes_nothing(tmp_path, cli_env):
+    from noisybench.locks import LOCK, acquire, holder, release
+
+    d = tmp_path / "run"
+    d.mkdir()
+    assert holder(d) is None and not (d / LOCK).exists()  # never locked: nothing made
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom noisybench.locks import acquire\n"
+                              "acquire(sys.argv[1]); print('locked', flush=True); time.sleep(300)", str(d)],
+                             env=cli_env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        before = (d / LOCK).read_bytes()
+        assert holder(d).startswith(f"pid {child.pid} on ")
+        assert (d / LOCK).read_bytes() == before
+    finally:
+        child.kill()
+        child.wait()
+    assert holder(d) is None  # the lock went with its process; the file stays
+    assert acquire(d)  # and the probe left nothing held
+    release(d)
