@@ -136,7 +136,8 @@ def train_main(args: list[str]) -> int:
         print("noisybench: error: --cfg prints one composed config; drop -m (e.g. noisybench train "
               "hydra/launcher=slurm --cfg hydra shows the launcher a sweep would use)", file=sys.stderr)
         return 2
-    dry = "--dry-run" in args
+    prints = {"-c", "--cfg", "-h", "--help", "--hydra-help", "-i", "--info", "-sc", "--shell-completion"}
+    dry = "--dry-run" in args and not prints & set(args)  # a command that prints runs nothing anyway
     args = [a for a in args if a != "--dry-run"]
     register_resolvers()
     err, planned = preflight(args)

@@ -1,4 +1,4 @@
-"""`noisybench status SWEEP_DIR` and `noisybench train ... --dry-run` (docs/sweeps.md#the-state-of-a-sweep).
+"""`noisybench status SWEEP_DIR` and `noisybench train ... --dry-run` (docs/sweeps.md, "The state of a sweep").
 
 Both list every job of a grid with its state, read from the directories only (so for every launcher,
 local or SLURM, and while the sweep runs) and without writing anything:
