@@ -13,6 +13,10 @@ import functools
 import logging
 import math
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,20 @@ from noisybench.locks import Refused
 from noisybench.study import SWEEP_DIR_ATTR, mean_of, sqlite_path
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """The study's writes in the sweep's process happen whole: a Ctrl-C or SIGTERM that arrives meanwhile
+    is delivered right after (else a trial could be asked and left without its parameters or its mark)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def prepare_sqlite(url: str) -> None:
@@ -124,13 +142,14 @@ class StudySweeperImpl(OptunaSweeperImpl):
             batch = [optuna.trial.Trial(study, t._trial_id) for t in stale[:self.n_jobs]]
             stale = stale[self.n_jobs:]
             room = self.n_trials - len(study.get_trials(deepcopy=False))  # other processes' trials count too
-            fresh = [study.ask() for _ in range(max(0, min(self.n_jobs - len(batch), room)))]
+            with signals_held():  # a trial is asked, marked as this directory's and given its parameters, whole
+                fresh = [study.ask() for _ in range(max(0, min(self.n_jobs - len(batch), room)))]
+                for t in fresh:
+                    t.set_user_attr(SWEEP_DIR_ATTR, here)
+                overrides = [tuple(f"{k}={v}" for k, v in {**t.params, **fixed}.items()) for t in batch]
+                overrides += list(self._configure_trials(fresh, space, fixed))
             if not batch and not fresh:
                 break
-            for t in fresh:
-                t.set_user_attr(SWEEP_DIR_ATTR, here)
-            overrides = [tuple(f"{k}={v}" for k, v in {**t.params, **fixed}.items()) for t in batch]
-            overrides += list(self._configure_trials(fresh, space, fixed))
             self._run_batch(study, batch + fresh, overrides)
         self._write_results(study, directions)
 
@@ -140,8 +159,13 @@ class StudySweeperImpl(OptunaSweeperImpl):
         jobs = [(*o, f"seed={s}") if s is not None else tuple(o) for o in overrides for s in seeds]
         returns = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
         self.job_idx += len(returns)
+        with signals_held():
+            self._tell(study, trials, returns, len(seeds))
+
+    def _tell(self, study: optuna.Study, trials: list, returns: list, n_seeds: int) -> None:
+        """Each trial's value: the mean over its n_seeds jobs' objectives (a failed trial without one)."""
         for i, trial in enumerate(trials):
-            rets = returns[i * len(seeds):(i + 1) * len(seeds)]
+            rets = returns[i * n_seeds:(i + 1) * n_seeds]
             values = [_value(r) for r in rets]
             trial.set_user_attr("run_dirs", [_run_dir(r) for r in rets])
             if self.seeds:
