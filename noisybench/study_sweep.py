@@ -88,7 +88,8 @@ def open_study(storage: Any, study_name: str | None, sampler, directions: list[s
             prepare_sqlite(storage)
         have = {s.study_name: s for s in optuna.get_all_study_summaries(storage)} if storage is not None else {}
         theirs = [d.name.lower() for d in have[study_name].directions] if study_name in have else None
-        if theirs is not None and theirs != [d.lower() for d in directions]:
+        if theirs is not None and "not_set" not in theirs and theirs != [d.lower() for d in directions]:
+            # (not_set: another process is creating it this moment; create_study below then checks)
             raise Refused(f"the study {study_name} in {storage} optimises {', '.join(theirs)}, this command "
                           f"{', '.join(directions)}: use the study's hydra.sweeper.direction, or another "
                           "hydra.sweeper.study_name")
