@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from noisybench.errors import ConfigError
 
 SWEEPER_TARGET = "hydra_plugins.noisybench_study.StudySweeper"
+PLUGIN_TARGET = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"  # the plugin's, unregistered
 DEFAULT_STORAGE = "sqlite:///${hydra.sweep.dir}/optuna.db"
 DEFAULT_STUDY = "noisybench"
 STUDY_FILE = "optuna.db"
@@ -43,7 +44,7 @@ def register() -> None:
     except ImportError:
         return
     if importlib.util.find_spec("hydra_plugins.noisybench_study") is None:
-        return  # an install without the plugin half: the plugin's own sweeper stays
+        return  # an install without the plugin half: check_options says so when a search is asked for
     from hydra.core.config_store import ConfigStore
     from hydra.core.plugins import Plugins
 
@@ -63,7 +64,8 @@ def register() -> None:
 
 
 def is_study_sweeper(sweeper_cfg) -> bool:
-    return sweeper_cfg is not None and OmegaConf.select(sweeper_cfg, "_target_") == SWEEPER_TARGET
+    """noisybench's sweeper, or the plugin's own (which check_options refuses: it would forget the study)."""
+    return sweeper_cfg is not None and OmegaConf.select(sweeper_cfg, "_target_") in (SWEEPER_TARGET, PLUGIN_TARGET)
 
 
 def _int(v: Any) -> bool:
@@ -72,6 +74,10 @@ def _int(v: Any) -> bool:
 
 def check_options(sweeper_cfg, task_overrides: list[str]) -> None:
     """The sweeper's own keys, before anything runs: one ConfigError line naming the key as typed."""
+    if OmegaConf.select(sweeper_cfg, "_target_") == PLUGIN_TARGET:
+        raise ConfigError("hydra/sweeper=optuna: noisybench's sweeper (hydra_plugins/noisybench_study) is missing "
+                          "from this install, so the study would not be kept; reinstall noisybench (pip install . "
+                          "or, in a checkout, pip install -e .)")
     get = lambda key: OmegaConf.select(sweeper_cfg, key, throw_on_missing=False)  # noqa: E731
     n_trials, n_jobs = get("n_trials"), get("n_jobs")
     if not _int(n_trials) or n_trials < 1:

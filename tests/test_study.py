@@ -108,3 +108,18 @@ def test_a_bad_option_is_one_line_from_the_cli(cli_env, tmp_path):
            env=cli_env)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("noisybench: error: ")
     assert not (tmp_path / "s").exists()
+
+
+def test_without_the_plugin_half_a_search_is_refused_not_forgotten():
+    """An install that lacks hydra_plugins/noisybench_study leaves the plugin's own sweeper, which keeps the
+    study in memory: refused in one line naming the fix."""
+    from omegaconf import OmegaConf
+
+    from noisybench.errors import ConfigError
+    from noisybench.study import PLUGIN_TARGET, SWEEPER_TARGET, check_options
+
+    good = OmegaConf.create({"_target_": SWEEPER_TARGET, "n_trials": 2, "n_jobs": 1, "storage": "sqlite:///x.db",
+                             "study_name": "s", "seeds": None, "params": None})
+    check_options(good, [])
+    with pytest.raises(ConfigError, match="reinstall noisybench"):
+        check_options(OmegaConf.merge(good, {"_target_": PLUGIN_TARGET}), [])
