@@ -19,6 +19,7 @@ grid (another grid into the same sweep directory, an Optuna search's trials) are
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from noisybench.study import DEFAULT_STUDY, is_study_sweeper, study_line
 STATES = ("finished", "diverged", "failed", "running", "unfinished", "not started")
 LEFT = ("failed", "unfinished", "not started")  # what rerunning the sweep would run
 RUN_FILES = (RESULT, FAILED, CHECKPOINT, IDENTITY, ATTEMPT)  # any of them: a run directory
-_HYDRA_FLAGS = {"-m", "--multirun"}
+NOTHING_LEFT = "nothing left to run"
 
 
 @dataclass
@@ -210,6 +211,7 @@ def _status(args: list[str]) -> int:
     ap.add_argument("sweep_dir", type=Path, help="a sweep directory (or one run directory)")
     ap.add_argument("--only", default="", metavar="STATE[,STATE]",
                     help=f"list only jobs in these states: {', '.join(s.replace(' ', '_') for s in STATES)}")
+    ap.add_argument("--json", action="store_true", help="one JSON object (jobs, counts, next step) for scripts")
     a = ap.parse_args(args)
     only = {s.strip().replace("_", " ") for s in a.only.split(",") if s.strip()} or None
     bad = sorted((only or set()) - set(STATES))
@@ -231,8 +233,18 @@ def _status(args: list[str]) -> int:
         print(f"noisybench: error: {d} holds no run directory and no saved sweep (multirun.yaml); give a sweep "
               "or run directory", file=sys.stderr)
         return 1
-    print("\n".join(_report(p, jobs, only, note, d)))
-    return 0 if all(j.state in ("finished", "diverged") for j in jobs) else 1
+    who = holder(d) if not p.single else None
+    nxt = next_step(p, jobs, d, who)
+    if a.json:
+        shown = [j for j in jobs if only is None or j.state in only]
+        print(json.dumps({"sweep_dir": str(d), "grid": note, "sweep_process": who,
+                          "study": (_study_summary(p) or (None,))[0],
+                          "counts": {s: sum(j.state == s for j in jobs) for s in STATES}, "next": nxt,
+                          "jobs": [{"name": j.name, "dir": str(j.path), "state": j.state, "detail": j.detail,
+                                    "in_grid": j.in_grid} for j in shown]}, indent=1))
+    else:
+        print("\n".join(_report(p, jobs, only, note, d, who, nxt)))
+    return 0 if nxt == NOTHING_LEFT else 1
 
 
 def _plan_of(d: Path) -> tuple[Plan, str]:
@@ -248,9 +260,8 @@ def _plan_of(d: Path) -> tuple[Plan, str]:
                else "jobs decided by the sweeper as it goes: the run directories found")
 
 
-def _report(p: Plan, jobs: list[Job], only, note: str, d: Path) -> list[str]:
+def _report(p: Plan, jobs: list[Job], only, note: str, d: Path, who: str | None, nxt: str) -> list[str]:
     lines = [f"sweep {d} ({note})"]
-    who = holder(d) if not p.single else None
     if who is not None:
         lines.append(f"a sweep process works in it: {who}")
     study = _study_summary(p)
@@ -258,7 +269,7 @@ def _report(p: Plan, jobs: list[Job], only, note: str, d: Path) -> list[str]:
         lines.append(study[0])
     lines += table(jobs, only)
     lines.append(counts_line(jobs))
-    lines.append(next_step(p, jobs, d, who))
+    lines.append(nxt)
     return lines
 
 
@@ -273,7 +284,7 @@ def next_step(p: Plan, jobs: list[Job], d: Path, sweep_holder: str | None) -> st
         left = sum(j.state in LEFT for j in jobs)
         what = f"{left} left to run"
     if not left and not running:
-        return "nothing left to run"
+        return NOTHING_LEFT
     cmd = f"noisybench train --resume {d}"
     if sweep_holder is not None or running:
         return (f"{what}; {running} running: when the sweep has ended (two processes in one directory are "

@@ -94,6 +94,9 @@ def test_status_lists_every_state_of_a_sweep_stopped_half_way(half_done, cli_env
     assert p.stdout.rstrip().endswith(f"noisybench train --resume {sweep}")
     only = nb("status", str(sweep), "--only", "failed,not_started", env=cli_env)
     assert sorted(s for s, _ in listed(only.stdout).values()) == ["failed", "not started"], only.stdout
+    doc = json.loads(nb("status", str(sweep), "--json", env=cli_env).stdout)
+    assert doc["counts"] == {s: 1 for s in STATES} and len(doc["jobs"]) == 6
+    assert {seed_of(j["name"]): j["state"] for j in doc["jobs"]} == {k: v[0] for k, v in state.items()}
 
     # the dry run of the same command: the state each job would find; then one into a new directory
     p = nb("train", *GRID, f"hydra.sweep.dir={sweep}", "--dry-run", env=cli_env)
