@@ -162,7 +162,7 @@ def collect(p: Plan, root: Path | None = None) -> list[Job]:
 
 def counts_line(jobs: list[Job]) -> str:
     n = {s: sum(j.state == s for j in jobs) for s in STATES}
-    return f"{len(jobs)} jobs: " + ", ".join(f"{n[s]} {s}" for s in STATES)
+    return f"{len(jobs)} job{'' if len(jobs) == 1 else 's'}: " + ", ".join(f"{n[s]} {s}" for s in STATES)
 
 
 def table(jobs: list[Job], only: set[str] | None = None) -> list[str]:
