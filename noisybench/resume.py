@@ -29,7 +29,8 @@ SAFE_HYDRA = {f"hydra.launcher.{k}" for k in (
     "mem_gb", "mem_per_cpu", "mem_per_gpu", "cpus_per_gpu", "array_parallelism", "partition", "account", "qos",
     "constraint", "exclude", "comment", "name", "signal_delay_s", "max_num_timeout", "gres", "backend",
     "prefer", "verbose", "pre_dispatch", "batch_size", "max_nbytes", "mmap_mode")} | {
-    "hydra.sweeper.n_trials", "hydra.sweeper.n_jobs", "hydra.sweeper.direction", "hydra.sweeper.study_name"}
+    "hydra.sweeper.n_trials", "hydra.sweeper.n_jobs", "hydra.sweeper.direction", "hydra.sweeper.study_name",
+    "hydra.sweeper.seeds", "hydra.sweeper.sampler.seed"}  # (noisybench.study: a search's seeds, its sampler's)
 # key parts that say where data is read from, or whether it is checked
 DATA_PARTS = {"data_dir", "path", "paths", "search_dirs", "folder", "file", "url", "verify", "searchpath",
               "human_labels", "noise_cache_dir"}

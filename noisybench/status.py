@@ -134,13 +134,20 @@ def plan(args: list[str]) -> Plan:
     return Plan(sweep_dir, named, planned, master.hydra.sweeper)
 
 
-def saved_command(sweep_dir: Path) -> list[str] | None:
-    """The `noisybench train` arguments that made `sweep_dir` (its multirun.yaml), into it again."""
+def saved_command(sweep_dir: Path) -> tuple[list[str], list[str]] | None:
+    """(the `noisybench train` arguments that made `sweep_dir`, into it again; the saved hydra overrides left
+    out). The saved command is a file like any other in the directory: its hydra.* overrides that could load
+    code or config folders from elsewhere (noisybench.resume.risky: hydra.searchpath, callbacks, ...) are
+    left out. Composing the rest builds nothing: no `_target_` is called, no data is read."""
+    from noisybench.resume import _DROPPED, _key, _saved, risky
+
     if not (sweep_dir / "multirun.yaml").is_file():
         return None
-    hydra_cfg = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
-    keep = [o for o in hydra_cfg.overrides.hydra if not str(o).startswith(("hydra.sweep.dir", "hydra.mode"))]
-    return ["-m", *hydra_cfg.overrides.task, *keep, f"hydra.sweep.dir={sweep_dir}"]
+    _, task, hyd = _saved(sweep_dir)
+    hyd = [o for o in hyd if not _key(o).startswith(_DROPPED)]
+    left_out = [o for o in hyd if risky(o) and _key(o).startswith("hydra.")]
+    keep = [o for o in hyd if o not in left_out]
+    return ["-m", *task, *keep, f"hydra.sweep.dir={sweep_dir}"], left_out
 
 
 def collect(p: Plan, root: Path | None = None) -> list[Job]:
@@ -248,16 +255,22 @@ def _status(args: list[str]) -> int:
 
 
 def _plan_of(d: Path) -> tuple[Plan, str]:
-    cmd = saved_command(d)
-    if cmd is None:
+    saved = saved_command(d)
+    if saved is None:
         if any((d / f).exists() for f in RUN_FILES):
             return Plan(d, [(d.name, d)], 1, single=True), "one run directory"
         return Plan(d, [], None), "no multirun.yaml (grid unknown): the run directories found"
+    cmd, left_out = saved
     p = plan(cmd)
     p.sweep_dir = d
     p.jobs = [(name, d / name) for name, _ in p.jobs]
-    return p, (f"grid of {p.planned} jobs from multirun.yaml" if p.planned is not None
-               else "jobs decided by the sweeper as it goes: the run directories found")
+    note = (f"grid of {p.planned} jobs from multirun.yaml" if p.planned is not None
+            else "jobs decided by the sweeper as it goes: the run directories found")
+    if left_out:
+        keys = ", ".join(o.split("=", 1)[0].lstrip("+~") for o in left_out)
+        note += f"; its saved {keys} left out (they could load code)"
+    return p, note
+
 
 
 def _report(p: Plan, jobs: list[Job], only, note: str, d: Path, who: str | None, nxt: str) -> list[str]:
