@@ -162,3 +162,18 @@ def test_the_lock_probe_names_a_live_holder_and_writes_nothing(tmp_path, cli_env
     assert holder(d) is None  # the lock went with its process; the file stays
     assert acquire(d)  # and the probe left nothing held
     release(d)
+
+
+def test_a_saved_command_that_could_load_code_is_read_without_it(tmp_path):
+    """multirun.yaml is a file like any other in the directory: status composes its grid without the saved
+    hydra overrides that could import or run code (hydra.searchpath=[pkg://...] imports a package)."""
+    from noisybench.status import saved_command
+
+    (tmp_path / "multirun.yaml").write_text(json.dumps({"hydra": {"overrides": {
+        "task": ["experiment=smoke", "seed=0,1"],
+        "hydra": ["hydra.searchpath=[pkg://payload]", "hydra.callbacks.x._target_=os.system",
+                  "hydra/launcher=local", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}/elsewhere"]}}}))
+    cmd, left_out = saved_command(tmp_path)
+    assert left_out == ["hydra.searchpath=[pkg://payload]", "hydra.callbacks.x._target_=os.system"]
+    assert cmd == ["-m", "experiment=smoke", "seed=0,1", "hydra/launcher=local", "hydra.launcher.n_jobs=2",
+                   f"hydra.sweep.dir={tmp_path}"]
