@@ -83,6 +83,12 @@ def build(node: DictConfig):
 def resolve_device(device: str) -> torch.device:
     import torch  # here, not at the top: see the module docstring (start-up of --help and TAB)
 
+    from noisybench.gpus import SPREAD_DEVICES, assigned_gpu
+
+    gpu = assigned_gpu()  # a job of a local sweep spread over the GPUs (noisybench.gpus)
+    if gpu is not None and device in SPREAD_DEVICES and torch.cuda.is_available():
+        torch.cuda.set_device(gpu)  # bare "cuda" anywhere in the job means this GPU too
+        return torch.device("cuda", gpu)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
