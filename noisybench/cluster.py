@@ -22,7 +22,7 @@ from typing import Any
 
 from noisybench.errors import ConfigError
 
-# What a launcher left running (wait=false): {"sweep_dir", "runs", "tasks", "job_id"}; None otherwise.
+# What a launcher left running (wait=false): {"sweep_dir", "runs", "tasks", "arrays"}; None otherwise.
 left: dict | None = None
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -83,10 +83,29 @@ def check_array_size(runs: int, k: int, limit: int | None) -> None:
                       f"than this cluster's MaxArraySize ({limit}); use hydra.launcher.runs_per_task={need} or more")
 
 
+def check_array(launcher: Any, runs: int) -> None:
+    """A SLURM launcher's array against the cluster's MaxArraySize (asked only for a SLURM launcher)."""
+    if launcher is not None and str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        check_array_size(runs, int(launcher.get("runs_per_task", 1)), max_array_size())
+
+
+def leave(sweep_dir: Any, runs: int, job_ids: list[str]) -> None:
+    """A launcher submitted `runs` runs as the array tasks `job_ids` and does not wait (several
+    batches of one sweep add up)."""
+    global left
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    if left is None:
+        left = {"sweep_dir": str(sweep_dir), "runs": 0, "tasks": 0, "arrays": []}
+    left["runs"] += runs
+    left["tasks"] += len(job_ids)
+    left["arrays"] += arrays
+
+
 def leaving_lines(info: dict) -> list[str]:
     """What `noisybench train` prints after submitting without waiting."""
     d = info["sweep_dir"]
-    job = f" (SLURM job {info['job_id']})" if info.get("job_id") else ""
+    arrays = info.get("arrays") or []
+    job = f" (SLURM job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)})" if arrays else ""
     return [f"noisybench: submitted {info['runs']} runs as {info['tasks']} array task(s){job}; they run on without "
             f"this command. Sweep directory: {d}",
             f"noisybench: follow it with: noisybench status {d}",

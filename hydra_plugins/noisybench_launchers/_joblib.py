@@ -41,7 +41,8 @@ def gpu_plan(config: Any, per_gpu: Optional[int], planned: Optional[int]) -> Opt
     if cap is None:
         return None
     n_jobs = int(OmegaConf.select(config, "hydra.launcher.n_jobs", default=-1))
-    return gpus.slot_gpus(cap // per_gpu, per_gpu), min(jobs_at_once(n_jobs, planned, cores()), cap)
+    at_once = cap if n_jobs < 0 else min(jobs_at_once(n_jobs, planned, cores()), cap)  # -1: as the GPUs allow
+    return gpus.slot_gpus(cap // per_gpu, per_gpu), at_once
 
 
 class GpuJoblibLauncher(JoblibLauncher):

@@ -26,6 +26,8 @@ from omegaconf import OmegaConf
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from noisybench import cluster
+from noisybench.errors import ConfigError
+from noisybench.locks import Refused
 
 log = logging.getLogger(__name__)
 OWN_KEYS = ("runs_per_task", "wait")
@@ -83,8 +85,11 @@ class ChunkedSubmititLauncher(BaseSubmititLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and len(job_overrides) > 0
         k = int(self.runs_per_task)
-        if self._EXECUTOR == "slurm":
-            cluster.check_array_size(len(job_overrides), k, cluster.max_array_size())
+        if self._EXECUTOR == "slurm":  # preflight checked the grid; a sweeper's batch is checked here
+            try:
+                cluster.check_array_size(len(job_overrides), k, cluster.max_array_size())
+            except ConfigError as e:
+                raise Refused(str(e)) from None  # the CLI prints it as one line; nothing was submitted
         executor = self._executor()
         sweep_dir = self._sweep_dir()
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
@@ -99,8 +104,7 @@ class ChunkedSubmititLauncher(BaseSubmititLauncher):
         else:
             jobs = executor.map_array(self, *zip(*job_params))
         if not self.wait:
-            cluster.left = {"sweep_dir": str(sweep_dir), "runs": len(job_params), "tasks": len(jobs),
-                            "job_id": str(jobs[0].job_id).split("_")[0] if jobs else None}
+            cluster.leave(sweep_dir, len(job_params), [str(j.job_id) for j in jobs])
             return [JobReturn(overrides=list(o), status=JobStatus.COMPLETED, _return_value=float("nan"))
                     for o in job_overrides]
         results = [j.results()[0] for j in jobs]

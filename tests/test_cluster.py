@@ -1,0 +1,245 @@
+"""Cluster sweeps (docs/cluster.md): K runs per SLURM array task, submit and leave, requeue of a chunk,
+local sweeps spread over GPUs, and one error line for every bad value of these options.
+
+SLURM is played by stand-ins: `sbatch` keeps the script and answers with a job id, `scontrol` records
+the requeue; the test then runs each array task's job process as SLURM would (its SLURM_* variables and
+submitit's own job entry point), so the pickled chunks, submitit's USR2 handler and the runner's
+checkpoint are the real ones."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cli_helpers import nb
+
+from noisybench import cluster, gpus
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+
+JOB_ID = "4242"
+GRID = ["experiment=smoke", "trainer.epochs=4", "trainer.batch_size=4", "seed=0,1,2,3,4,5,6,7,8,9"]
+FAKE_SBATCH = '''#!{python}
+import shutil, sys
+shutil.copy(sys.argv[-1], {script!r})
+print("Submitted batch job {job}")
+'''
+FAKE_SCONTROL = '''#!{python}
+import sys
+if sys.argv[1:3] == ["show", "config"]:
+    print("MaxArraySize            = {max_array}")
+else:
+    open({log!r}, "a").write(" ".join(sys.argv[1:]) + "\\n")
+'''
+# An array task's job process that sends itself USR2 (SLURM's warning before the time limit) once the
+# run `target` of its chunk has finished its first epoch: mid-run, a few epochs before its end.
+USR2_TASK = '''
+import os, signal, sys, threading, time
+from pathlib import Path
+sweep, target = Path(sys.argv[1]), sys.argv[2]
+def later():
+    while True:
+        found = [p for p in sweep.glob(target + "/metrics.csv") if len(p.read_text().splitlines()) >= 2]
+        if found:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            return
+        time.sleep(0.01)
+threading.Thread(target=later, daemon=True).start()
+sys.argv = ["submitit", str(sweep / ".submitit" / "%j")]
+from submitit.core.submission import submitit_main
+submitit_main()
+'''
+
+
+def fake_slurm(tmp_path: Path, env: dict, max_array: int = 1001) -> tuple[dict, Path, Path]:
+    bin_dir, script, log = tmp_path / "bin", tmp_path / "submitted.sh", tmp_path / "scontrol.log"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH.format(python=sys.executable, script=str(script), job=JOB_ID))
+    (bin_dir / "scontrol").write_text(FAKE_SCONTROL.format(python=sys.executable, log=str(log), max_array=max_array))
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only looks for it
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return {**env, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}, script, log
+
+
+def task_env(env: dict, task: int) -> dict:
+    """What SLURM sets for array task `task` of job JOB_ID."""
+    return {**env, "SLURM_JOB_ID": str(int(JOB_ID) + 1 + task), "SLURM_ARRAY_JOB_ID": JOB_ID,
+            "SLURM_ARRAY_TASK_ID": str(task), "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0",
+            "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_JOB_NODELIST": "localhost"}
+
+
+def run_task(sweep: Path, env: dict, task: int, script: Path | None = None, target: str = "") -> subprocess.CompletedProcess:
+    cmd = ([sys.executable, str(script), str(sweep), target] if script else
+           [sys.executable, "-u", "-m", "submitit.core._submit", str(sweep / ".submitit" / "%j")])
+    return subprocess.run(cmd, env=task_env(env, task), capture_output=True, text=True, timeout=600)
+
+
+def submit(sweep: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
+    return nb("train", "-m", "hydra/launcher=slurm", "hydra.launcher.runs_per_task=4", "hydra.launcher.wait=false",
+              *GRID, f"hydra.sweep.dir={sweep}", *extra, env=env)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="stand-in sbatch/scontrol are executable scripts")
+def test_ten_runs_at_four_per_task_are_three_array_tasks_and_the_command_leaves(cli_env, tmp_path):
+    env, script, _ = fake_slurm(tmp_path, cli_env)
+    sweep = tmp_path / "sweep"
+    p = submit(sweep, env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = script.read_text().splitlines()
+    assert "#SBATCH --array=0-2%3" in lines  # 3 tasks (submitit caps array_parallelism=64 at 3), "\n".join(lines)
+    assert f"submitted 10 runs as 3 array task(s) (SLURM job {JOB_ID})" in p.stderr
+    assert f"noisybench status {sweep}" in p.stderr and f"noisybench report {sweep}" in p.stderr
+    assert f"noisybench train --resume {sweep}" in p.stderr
+    assert "unfinished" not in p.stderr and "error" not in p.stderr  # no sweep outcome: nothing ran here
+    assert sorted(x.name for x in (sweep / ".submitit").glob(f"*/{JOB_ID}_*_submitted.pkl")) == [
+        f"{JOB_ID}_{t}_submitted.pkl" for t in range(3)]
+    assert not list(sweep.glob("*/result.json")) and not (sweep / "summary.csv").exists()
+
+
+@pytest.mark.slow  # four job processes that train (about a minute on 2 cores)
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2") or sys.platform == "win32", reason="needs SIGUSR2 and scripts")
+def test_array_tasks_run_their_chunks_and_a_requeued_task_resumes_its_run_and_skips_finished_ones(cli_env, tmp_path):
+    env, _, requeues = fake_slurm(tmp_path, cli_env)
+    sweep = tmp_path / "sweep"
+    assert submit(sweep, env).returncode == 0
+    for task in (0, 2):
+        p = run_task(sweep, env, task)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    usr2 = tmp_path / "usr2_task.py"
+    usr2.write_text(USR2_TASK)
+    p = run_task(sweep, env, 1, usr2, "experiment=smoke,seed=5@*")  # task 1: seeds 4-7; stopped during seed 5
+    assert p.returncode != 0, p.stderr[-3000:]
+    assert requeues.read_text().split() == ["requeue", f"{JOB_ID}_1"]  # submitit asked SLURM to requeue it
+    [seed5] = sweep.glob("experiment=smoke,seed=5@*")
+    assert (seed5 / "checkpoint.pt").is_file() and not (seed5 / "result.json").exists()
+    assert (next(sweep.glob("experiment=smoke,seed=4@*")) / "result.json").is_file()
+    assert not list(sweep.glob("experiment=smoke,seed=6@*/result.json"))
+    p = run_task(sweep, env, 1)  # SLURM runs the requeued task again: the same chunk
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    results = {d.name.split("@")[0]: json.loads((d / "result.json").read_text()) for d in sweep.glob("*@*")}
+    assert sorted(results) == sorted(f"experiment=smoke,seed={s}" for s in range(10))
+    assert all(r["seed"] == int(k.rsplit("=", 1)[1]) for k, r in results.items())
+    assert results["experiment=smoke,seed=5"]["resumed_from"]  # continued from its checkpoint
+    assert not results["experiment=smoke,seed=4"]["resumed_from"]
+    attempt = json.loads((next(sweep.glob("experiment=smoke,seed=4@*")) / "attempt.json").read_text())
+    assert attempt["action"] == "skipped"  # finished before the requeue: not run again
+    p = nb("report", str(sweep), env=env)
+    assert p.returncode == 0 and "10 runs" in p.stdout, p.stdout + p.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="stand-in scontrol is an executable script")
+def test_an_array_over_the_clusters_max_array_size_is_refused_with_the_fix(cli_env, tmp_path):
+    env, script, _ = fake_slurm(tmp_path, cli_env, max_array=3)
+    p = submit(tmp_path / "sweep", env, "hydra.launcher.runs_per_task=2")  # 10 runs at 2: 5 tasks > 3
+    assert p.returncode != 0 and not script.exists()
+    assert p.stderr.strip().splitlines()[-1] == (
+        "noisybench: error: 10 runs at hydra.launcher.runs_per_task=2 make 5 array tasks, more than this cluster's "
+        "MaxArraySize (3); use hydra.launcher.runs_per_task=4 or more"), p.stderr[-2000:]
+
+
+def test_chunks_keep_the_grid_order_and_the_array_size_check():
+    assert cluster.chunks(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert cluster.chunks([1, 2], 5) == [[1, 2]] and cluster.tasks_for(2000, 20) == 100
+    cluster.check_array_size(2000, 2, 1001)  # 1000 tasks: fits
+    cluster.check_array_size(2000, 1, None)  # unknown limit: not checked
+    with pytest.raises(Exception, match=r"runs_per_task=2 or more"):
+        cluster.check_array_size(2000, 1, 1001)
+
+
+@pytest.mark.parametrize("override, says", [
+    ("hydra.launcher.runs_per_task=0", "hydra.launcher.runs_per_task=0 must be a whole number >= 1"),
+    ("hydra.launcher.runs_per_task=-3", "hydra.launcher.runs_per_task=-3 must be a whole number >= 1"),
+    ("hydra.launcher.runs_per_task=two", "hydra.launcher.runs_per_task"),
+    ("hydra.launcher.wait=maybe", "hydra.launcher.wait"),
+])
+def test_bad_slurm_options_are_one_error_line(override, says, capsys):
+    from noisybench.cli import main
+
+    code = main(["train", "-m", "hydra/launcher=slurm", override, "experiment=smoke", "seed=0,1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("noisybench: error: ") and says in err[0], err
+
+
+@pytest.mark.parametrize("override, says", [
+    ("hydra.launcher.jobs_per_gpu=0", "hydra.launcher.jobs_per_gpu=0 must be a whole number >= 1"),
+    ("hydra.launcher.jobs_per_gpu=1.5", "hydra.launcher.jobs_per_gpu"),
+])
+def test_bad_jobs_per_gpu_is_one_error_line(override, says, capsys):
+    from noisybench.cli import main
+
+    code = main(["train", "-m", "hydra/launcher=local", override, "experiment=smoke", "seed=0,1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("noisybench: error: ") and says in err[0], err
+
+
+def test_wait_false_with_an_optimising_sweeper_is_one_error_line(capsys):
+    from noisybench.cli import main
+
+    code = main(["train", "-m", "hydra/launcher=slurm", "hydra.launcher.wait=false", "hparams_search=gce_q",
+                 "experiment=smoke"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "drop hydra.launcher.wait=false" in err[0], err
+
+
+def test_gpu_slots_interleave_and_concurrent_jobs_spread_over_the_gpus(tmp_path):
+    assert gpus.slot_gpus(2, 2) == [0, 1, 0, 1] and gpus.slot_gpus(3, 1) == [0, 1, 2]
+    assert gpus.jobs_at_once_on_gpus(2, 2, "auto") == 4 and gpus.jobs_at_once_on_gpus(2, 1, "cuda") == 2
+    assert gpus.jobs_at_once_on_gpus(0, 1, "auto") is None  # CPU only: nothing changes
+    assert gpus.jobs_at_once_on_gpus(2, 1, "cpu") is None and gpus.jobs_at_once_on_gpus(2, 1, "cuda:1") is None
+    assert gpus.jobs_at_once_on_gpus(2, None, "auto") is None
+    got, barrier, lock = [], threading.Barrier(4), threading.Lock()
+
+    def job():  # four jobs at once hold their slot until all have one (flock: per open file, threads too)
+        with gpus.lease(tmp_path, gpus.slot_gpus(2, 2)) as gpu:
+            with lock:
+                got.append(gpu)
+            barrier.wait(timeout=30)
+
+    threads = [threading.Thread(target=job) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(got) == [0, 0, 1, 1]
+    with gpus.lease(tmp_path, [0, 1]) as first, gpus.lease(tmp_path, [0, 1]) as second:
+        assert (first, second) == (0, 1)  # the second job goes to the idle GPU
+
+
+def test_the_runner_uses_the_gpu_of_its_slot(monkeypatch):
+    import torch
+
+    from noisybench.config import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    with gpus.on_gpu(1):
+        assert resolve_device("auto") == torch.device("cuda", 1) == resolve_device("cuda")
+        assert resolve_device("cpu") == torch.device("cpu")
+        assert resolve_device("cuda:0") == torch.device("cuda", 0)  # a device the user fixed wins
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+def test_a_four_job_local_sweep_on_two_faked_gpus_puts_two_jobs_on_each(cli_env, tmp_path, monkeypatch, capsys):
+    """The device count is faked in this (the sweep's parent) process; the jobs, in joblib's worker
+    processes, take their GPU slots and run on the CPU (no CUDA here), so each job's GPU is the one the
+    launcher counts."""
+    from noisybench.cli import main
+
+    for k in ("NOISYBENCH_DATA_DIR", "NOISYBENCH_MULTIRUN_DIR"):
+        monkeypatch.setenv(k, cli_env[k])
+    monkeypatch.setattr(gpus, "visible_gpus", lambda: 2)
+    sweep = tmp_path / "sweep"
+    code = main(["train", "-m", "hydra/launcher=local", "hydra.launcher.jobs_per_gpu=2", "experiment=smoke",
+                 "trainer.device=auto", "seed=0,1,2,3", f"hydra.sweep.dir={sweep}"])
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    assert "noisybench: jobs per GPU: GPU 0: 2, GPU 1: 2" in err, err[-3000:]
+    assert len(list(sweep.glob("*/result.json"))) == 4
