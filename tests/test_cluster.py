@@ -25,7 +25,7 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
 
 JOB_ID = "4242"
-GRID = ["experiment=smoke", "trainer.epochs=4", "trainer.batch_size=4", "seed=0,1,2,3,4,5,6,7,8,9"]
+GRID = ["experiment=smoke", "trainer.epochs=3", "trainer.eval_every=3", "seed=0,1,2,3,4,5,6,7,8,9"]
 FAKE_SBATCH = '''#!{python}
 import shutil, sys
 shutil.copy(sys.argv[-1], {script!r})
@@ -58,6 +58,11 @@ submitit_main()
 '''
 
 
+def run(seed: str) -> str:
+    """The glob of a run directory of GRID (its name: the job's overrides, sorted, and a hash)."""
+    return f"*,seed={seed},*@*"
+
+
 def fake_slurm(tmp_path: Path, env: dict, max_array: int = 1001) -> tuple[dict, Path, Path]:
     bin_dir, script, log = tmp_path / "bin", tmp_path / "submitted.sh", tmp_path / "scontrol.log"
     bin_dir.mkdir()
@@ -71,7 +76,7 @@ def fake_slurm(tmp_path: Path, env: dict, max_array: int = 1001) -> tuple[dict, 
 
 def task_env(env: dict, task: int) -> dict:
     """What SLURM sets for array task `task` of job JOB_ID."""
-    return {**env, "SLURM_JOB_ID": str(int(JOB_ID) + 1 + task), "SLURM_ARRAY_JOB_ID": JOB_ID,
+    return {**env, "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": str(int(JOB_ID) + 1 + task), "SLURM_ARRAY_JOB_ID": JOB_ID,
             "SLURM_ARRAY_TASK_ID": str(task), "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0",
             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_JOB_NODELIST": "localhost"}
 
@@ -115,21 +120,21 @@ def test_array_tasks_run_their_chunks_and_a_requeued_task_resumes_its_run_and_sk
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     usr2 = tmp_path / "usr2_task.py"
     usr2.write_text(USR2_TASK)
-    p = run_task(sweep, env, 1, usr2, "experiment=smoke,seed=5@*")  # task 1: seeds 4-7; stopped during seed 5
+    p = run_task(sweep, env, 1, usr2, run("5"))  # task 1: seeds 4-7; stopped in seed 5's second epoch
     assert p.returncode != 0, p.stderr[-3000:]
     assert requeues.read_text().split() == ["requeue", f"{JOB_ID}_1"]  # submitit asked SLURM to requeue it
-    [seed5] = sweep.glob("experiment=smoke,seed=5@*")
+    [seed5] = sweep.glob(run("5"))
     assert (seed5 / "checkpoint.pt").is_file() and not (seed5 / "result.json").exists()
-    assert (next(sweep.glob("experiment=smoke,seed=4@*")) / "result.json").is_file()
-    assert not list(sweep.glob("experiment=smoke,seed=6@*/result.json"))
+    assert (next(sweep.glob(run("4"))) / "result.json").is_file()
+    assert not list(sweep.glob(run("6") + "/result.json"))
     p = run_task(sweep, env, 1)  # SLURM runs the requeued task again: the same chunk
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    results = {d.name.split("@")[0]: json.loads((d / "result.json").read_text()) for d in sweep.glob("*@*")}
-    assert sorted(results) == sorted(f"experiment=smoke,seed={s}" for s in range(10))
-    assert all(r["seed"] == int(k.rsplit("=", 1)[1]) for k, r in results.items())
-    assert results["experiment=smoke,seed=5"]["resumed_from"]  # continued from its checkpoint
-    assert not results["experiment=smoke,seed=4"]["resumed_from"]
-    attempt = json.loads((next(sweep.glob("experiment=smoke,seed=4@*")) / "attempt.json").read_text())
+    results = {json.loads((d / "result.json").read_text())["seed"]: json.loads((d / "result.json").read_text())
+               for d in sweep.glob("*@*")}
+    assert sorted(results) == list(range(10))
+    assert results[5]["resumed_from"]  # continued from its checkpoint
+    assert not results[4]["resumed_from"] and not results[6]["resumed_from"]
+    attempt = json.loads((next(sweep.glob(run("4"))) / "attempt.json").read_text())
     assert attempt["action"] == "skipped"  # finished before the requeue: not run again
     p = nb("report", str(sweep), env=env)
     assert p.returncode == 0 and "10 runs" in p.stdout, p.stdout + p.stderr
@@ -243,3 +248,23 @@ def test_a_four_job_local_sweep_on_two_faked_gpus_puts_two_jobs_on_each(cli_env,
     assert code == 0, err[-3000:]
     assert "noisybench: jobs per GPU: GPU 0: 2, GPU 1: 2" in err, err[-3000:]
     assert len(list(sweep.glob("*/result.json"))) == 4
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")
+def test_a_usr2_after_the_last_safe_point_of_a_run_waits_for_the_next_run_of_the_chunk():
+    from noisybench.stopping import StopOnSignal, take_pending
+
+    got = []
+    old = signal.signal(signal.SIGUSR2, lambda s, f: got.append(s))  # submitit's requeue handler, in a task
+    try:
+        with StopOnSignal():
+            os.kill(os.getpid(), signal.SIGUSR2)  # noted; the run then ends without another safe point
+            time.sleep(0.01)
+        assert got == [] and take_pending() == signal.SIGUSR2 and take_pending() is None
+        with StopOnSignal() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.01)
+            stop.after_checkpoint()  # handed on at a safe point: nothing left pending
+        assert got == [signal.SIGUSR2] and take_pending() is None
+    finally:
+        signal.signal(signal.SIGUSR2, old)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +29,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from noisybench import cluster
 from noisybench.errors import ConfigError
 from noisybench.locks import Refused
+from noisybench.stopping import take_pending
 
 log = logging.getLogger(__name__)
 OWN_KEYS = ("runs_per_task", "wait")
@@ -55,6 +57,9 @@ class ChunkedSubmititLauncher(BaseSubmititLauncher):
         if len(args) == 1 and isinstance(args[0], RunChunk):
             out = []
             for i, job in enumerate(args[0].jobs):
+                pending = take_pending()  # USR2 after the last safe point of the run before this one
+                if pending is not None:
+                    signal.raise_signal(pending)  # submitit's handler: requeue the chunk, exit
                 log.info("run %d of %d in this array task: #%d", i + 1, len(args[0].jobs), job[2])
                 out.append(super().__call__(*job))
             return out
