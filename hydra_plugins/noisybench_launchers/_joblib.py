@@ -8,17 +8,18 @@ import logging
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
-from omegaconf import OmegaConf
-
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+from omegaconf import OmegaConf
+
 from noisybench import gpus
 from noisybench.threads import cores, jobs_at_once
 
@@ -58,9 +59,8 @@ class GpuJoblibLauncher(JoblibLauncher):
 
     def _launch_on_gpus(self, job_overrides, initial_job_idx: int, slots: list[int], at_once: int):
         """hydra-joblib-launcher's launch (its _core.launch), each job wrapped in a GPU lease."""
-        from joblib import Parallel, delayed
-
         from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+        from joblib import Parallel, delayed
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
