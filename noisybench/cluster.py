@@ -46,8 +46,8 @@ def check_launcher(launcher: Any, sweeper_target: str | None) -> None:
         return
     k = launcher.get("runs_per_task", 1)
     if not _whole(k) or k < 1:
-        raise ConfigError(f"hydra.launcher.runs_per_task={k} must be a whole number >= 1 (the runs each array task "
-                          "runs one after another; 1 = one task per run)")
+        raise ConfigError(f"hydra.launcher.runs_per_task={k} must be a whole number >= 1, the runs each array task "
+                          "runs one after another (1: a task per run), e.g. hydra.launcher.runs_per_task=10")
     wait = launcher.get("wait", True)
     if not isinstance(wait, bool):
         raise ConfigError(f"hydra.launcher.wait={wait} must be true (this command waits for the jobs) or false "
@@ -57,8 +57,8 @@ def check_launcher(launcher: Any, sweeper_target: str | None) -> None:
                           "the results of the last ones (hparams_search=... / Optuna); drop hydra.launcher.wait=false")
     per_gpu = launcher.get("jobs_per_gpu", None)
     if per_gpu is not None and (not _whole(per_gpu) or per_gpu < 1):
-        raise ConfigError(f"hydra.launcher.jobs_per_gpu={per_gpu} must be a whole number >= 1 (jobs sharing one GPU "
-                          "at a time), or null to leave GPUs to the jobs (every job on the default GPU)")
+        raise ConfigError(f"hydra.launcher.jobs_per_gpu={per_gpu} must be a whole number >= 1, the jobs sharing one "
+                          "GPU at a time (e.g. hydra.launcher.jobs_per_gpu=2), or null to leave GPUs alone")
 
 
 def max_array_size() -> int | None:
