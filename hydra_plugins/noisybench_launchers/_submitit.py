@@ -33,7 +33,6 @@ from noisybench.locks import Refused
 from noisybench.stopping import take_pending
 
 log = logging.getLogger(__name__)
-OWN_KEYS = ("runs_per_task", "wait")
 
 
 class RunChunk:
