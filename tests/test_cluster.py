@@ -235,3 +235,14 @@ def test_a_usr2_after_the_last_safe_point_of_a_run_waits_for_the_next_run_of_the
         assert got == [signal.SIGUSR2] and take_pending() is None
     finally:
         signal.signal(signal.SIGUSR2, old)
+
+
+@pytest.mark.slow  # a sweep through submitit's local executor: two job processes that train
+def test_a_chunked_sweep_that_waits_counts_every_run_of_every_task(cli_env, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = nb("train", "-m", "hydra/launcher=noisybench_submitit_local", "hydra.launcher.runs_per_task=2",
+           "experiment=smoke", "seed=0,1,2", f"hydra.sweep.dir={sweep}", env=cli_env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "3 ran to the end" in p.stderr and "0 failed, 0 unfinished" in p.stderr, p.stderr[-2000:]
+    assert len(list(sweep.glob("*/result.json"))) == 3
+    assert len([d for d in (sweep / ".submitit").iterdir() if d.name != "%j"]) == 2  # 2 tasks: seeds 0-1, 2
