@@ -12,6 +12,7 @@ At runs_per_task=1 and wait=true, jobs are submitted and run exactly as the plug
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import signal
@@ -61,7 +62,8 @@ class ChunkedSubmititLauncher(BaseSubmititLauncher):
                 if pending is not None:
                     signal.raise_signal(pending)  # submitit's handler: requeue the chunk, exit
                 log.info("run %d of %d in this array task: #%d", i + 1, len(args[0].jobs), job[2])
-                out.append(super().__call__(*job))
+                *head, state = job
+                out.append(super().__call__(*head, copy.deepcopy(state)))  # each run starts from the same state
             return out
         return super().__call__(*args)
 
@@ -99,9 +101,10 @@ class ChunkedSubmititLauncher(BaseSubmititLauncher):
         sweep_dir = self._sweep_dir()
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
         job_params = []
+        state = Singleton.get_state()  # one copy shared by the runs of a task: pickled once per task, not K times
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+            job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", state))
         if k > 1:
             groups = cluster.chunks(job_params, k)
             log.info("%d runs in %d array task(s) of up to %d runs each", len(job_params), len(groups), k)
