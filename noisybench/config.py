@@ -62,6 +62,27 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("nb_job_dir"):
         OmegaConf.register_new_resolver("nb_job_dir", job_dirname)
         register_sweeper()  # once per process: `hydra/sweeper=optuna` keeps its study (noisybench.study)
+    register_launchers()
+
+
+def register_launchers() -> None:
+    """noisybench's launchers (hydra_plugins/noisybench_launchers: hydra/launcher=slurm and local) and
+    their config nodes, registered with Hydra by hand. Hydra finds plugins by listing the
+    `hydra_plugins` package, which misses a package that an editable install maps in (pip install -e);
+    importing it registers the config nodes, and Plugins.register the classes. Without the optional
+    launcher plugins (noisybench[cluster]) there is nothing to register."""
+    import importlib
+
+    from hydra.core.plugins import Plugins
+
+    for name in ("slurm", "local"):  # each imports its launcher only when the plugin it builds on is installed
+        try:
+            module = importlib.import_module(f"hydra_plugins.noisybench_launchers.{name}")
+        except ImportError:  # an install without the hydra_plugins package: Hydra's own scan decides
+            continue
+        for obj in vars(module).values():
+            if isinstance(obj, type) and obj.__module__.startswith("hydra_plugins.noisybench_launchers."):
+                Plugins.instance().register(obj)
 
 
 def build(node: DictConfig):

@@ -246,3 +246,23 @@ def test_a_chunked_sweep_that_waits_counts_every_run_of_every_task(cli_env, tmp_
     assert "3 ran to the end" in p.stderr and "0 failed, 0 unfinished" in p.stderr, p.stderr[-2000:]
     assert len(list(sweep.glob("*/result.json"))) == 3
     assert len([d for d in (sweep / ".submitit").iterdir() if d.name != "%j"]) == 2  # 2 tasks: seeds 0-1, 2
+
+
+def test_the_launchers_are_registered_where_hydras_plugin_scan_misses_them():
+    """An editable install (pip install -e) maps hydra_plugins.noisybench_launchers in with an import hook,
+    which Hydra's scan of the hydra_plugins package does not list: the CLI registers them itself."""
+    from hydra.core.plugins import Plugins
+
+    from noisybench.config import register_launchers
+
+    plugins = Plugins.instance()
+    ours = [n for n in plugins.class_name_to_class if n.startswith("hydra_plugins.noisybench_launchers.")]
+    for name in ours:  # as if the scan had not found them
+        cls = plugins.class_name_to_class.pop(name)
+        for classes in plugins.plugin_type_to_subclass_list.values():
+            if cls in classes:
+                classes.remove(cls)
+    register_launchers()
+    assert {"hydra_plugins.noisybench_launchers._submitit.SlurmLauncher",
+            "hydra_plugins.noisybench_launchers._submitit.LocalLauncher",
+            "hydra_plugins.noisybench_launchers._joblib.GpuJoblibLauncher"} <= set(plugins.class_name_to_class)
