@@ -14,6 +14,7 @@ No GPU (or trainer.device=cpu / cuda:N): nothing here runs, the launcher is jobl
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ SPREAD_DEVICES = ("auto", "cuda")  # trainer.device values the launcher may pin 
 
 def visible_gpus() -> int:
     """CUDA devices this process sees (0 without CUDA)."""
-    import torch  # here: the CLI imports this module for the launcher, --help must not pay for torch
+    import torch  # here: the runner imports this module for every run; torch only when counting GPUs
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
@@ -85,9 +86,7 @@ def assigned_gpu() -> int | None:
 
 def free_cached_memory() -> None:
     """The next job of this worker may run on another GPU: hand back what torch's allocator cached."""
-    import sys
-
-    torch = sys.modules.get("torch")
+    torch = sys.modules.get("torch")  # a job that never imported torch has nothing cached
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
