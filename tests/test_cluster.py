@@ -109,6 +109,8 @@ def test_ten_runs_at_four_per_task_are_three_array_tasks_and_the_command_leaves(
     assert sorted(x.name for x in (sweep / ".submitit").glob(f"*/{JOB_ID}_*_submitted.pkl")) == [
         f"{JOB_ID}_{t}_submitted.pkl" for t in range(3)]
     assert not list(sweep.glob("*/result.json")) and not (sweep / "summary.csv").exists()
+    again = nb("train", "--resume", str(sweep), env=env)  # the command it printed: the same array again
+    assert again.returncode == 0 and "submitted 10 runs as 3 array task(s)" in again.stderr, again.stderr[-2000:]
 
 
 @pytest.mark.slow  # four job processes that train (about a minute on 2 cores)
