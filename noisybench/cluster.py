@@ -106,7 +106,8 @@ def leaving_lines(info: dict) -> list[str]:
     d = info["sweep_dir"]
     arrays = info.get("arrays") or []
     job = f" (SLURM job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)})" if arrays else ""
-    return [f"noisybench: submitted {info['runs']} runs as {info['tasks']} array task(s){job}; they run on without "
+    runs = f"{info['runs']} run{'s' if info['runs'] != 1 else ''}"
+    return [f"noisybench: submitted {runs} as {info['tasks']} array task(s){job}; they run on without "
             f"this command. Sweep directory: {d}",
             f"noisybench: follow it with: noisybench status {d}",
             f"noisybench: tables of the finished runs: noisybench report {d}",

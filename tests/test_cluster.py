@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def test_ten_runs_at_four_per_task_are_three_array_tasks_and_the_command_leaves(
 @pytest.mark.slow  # four job processes that train (about a minute on 2 cores)
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR2") or sys.platform == "win32", reason="needs SIGUSR2 and scripts")
 def test_array_tasks_run_their_chunks_and_a_requeued_task_resumes_its_run_and_skips_finished_ones(cli_env, tmp_path):
-    env, _, requeues = fake_slurm(tmp_path, cli_env)
+    env, script, requeues = fake_slurm(tmp_path, cli_env)
     sweep = tmp_path / "sweep"
     assert submit(sweep, env).returncode == 0
     for task in (0, 2):
@@ -142,6 +143,15 @@ def test_array_tasks_run_their_chunks_and_a_requeued_task_resumes_its_run_and_sk
     assert attempt["action"] == "skipped"  # finished before the requeue: not run again
     p = nb("report", str(sweep), env=env)
     assert p.returncode == 0 and " (10) |" in p.stdout and "Every run found is in the tables." in p.stdout, p.stdout
+    # submitted again (the --resume it printed): finished runs are not submitted at all
+    script.unlink()
+    p = nb("train", "--resume", str(sweep), env=env)
+    assert p.returncode == 0 and "10 of 10 runs already finished (result.json): nothing to submit" in p.stderr, p.stderr
+    assert not script.exists()
+    shutil.rmtree(next(sweep.glob(run("7"))))
+    p = nb("train", "--resume", str(sweep), env=env)
+    assert p.returncode == 0 and "9 of 10 runs already finished (result.json): submitting the others" in p.stderr
+    assert "submitted 1 run as 1 array task(s)" in p.stderr and "#SBATCH --array" not in script.read_text()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="stand-in scontrol is an executable script")

@@ -16,6 +16,7 @@ import copy
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +90,47 @@ class ChunkedSubmititLauncher(BaseSubmititLauncher):
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         return sweep_dir
 
+    def _finished(self, job_overrides: Sequence[Sequence[str]], sweep_dir: Path) -> dict[int, float]:
+        """{index: objective} of the jobs whose run directory already holds a result (finished or diverged):
+        a sweep submitted again (--resume) submits only the rest. Their directories are computed as
+        `noisybench status` computes them; only when the sweep directory already holds runs."""
+        if not any(sweep_dir.glob("*/result.json")):
+            return {}
+        from noisybench.preflight import _Checker
+        from noisybench.rundir import RESULT, RESULT_KEYS, job_dirname_of, read_json_object
+
+        checker = _Checker(self.hydra_context.config_loader, str(self.config.hydra.job.config_name))
+        hydra_overrides = list(self.config.hydra.overrides.hydra)
+        objective = str(self.config.get("objective", "val_selected"))
+        done = {}
+        for i, job in enumerate(job_overrides):
+            try:
+                name = job_dirname_of(list(job), checker.fast_config(hydra_overrides, list(job)))
+            except Exception:  # the job composes in its task as usual: submitted
+                continue
+            result = read_json_object(sweep_dir / name / RESULT, RESULT_KEYS)[0]
+            if result is not None:
+                value = result.get(objective)
+                done[i] = float(value) if isinstance(value, (int, float)) else float("nan")
+        return done
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and len(job_overrides) > 0
+        done = self._finished(job_overrides, Path(str(self.config.hydra.sweep.dir)))
+        if done:
+            print(f"noisybench: {len(done)} of {len(job_overrides)} runs already finished (result.json): "
+                  f"{'nothing to submit' if len(done) == len(job_overrides) else 'submitting the others'}",
+                  file=sys.stderr, flush=True)
+        todo = [(i, o) for i, o in enumerate(job_overrides) if i not in done]
+        returns = {i: JobReturn(overrides=list(job_overrides[i]), status=JobStatus.COMPLETED, _return_value=v)
+                   for i, v in done.items()}
+        if todo:
+            for (i, _), ret in zip(todo, self._submit([o for _, o in todo], [initial_job_idx + i for i, _ in todo])):
+                returns[i] = ret
+        return [returns[i] for i in range(len(job_overrides))]
+
+    def _submit(self, job_overrides: Sequence[Sequence[str]], indices: list[int]) -> list[JobReturn]:
+        """The plugin's submission, K runs per array task; the jobs' returns (placeholders when not waiting)."""
         k = int(self.runs_per_task)
         if self._EXECUTOR == "slurm":  # preflight checked the grid; a sweeper's batch is checked here
             try:
@@ -102,7 +142,7 @@ class ChunkedSubmititLauncher(BaseSubmititLauncher):
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
         job_params = []
         state = Singleton.get_state()  # one copy shared by the runs of a task: pickled once per task, not K times
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        for idx, overrides in zip(indices, job_overrides):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", state))
         if k > 1:
