@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from noisybench import __version__
+from noisybench import __version__, cluster
 from noisybench.completion import completion_main, hydra_shell_completion
 from noisybench.config import CONFIG_NAME, config_path, hydra_context, register_resolvers
 from noisybench.errors import ConfigError, NoisybenchError, one_line
@@ -151,6 +151,7 @@ def train_main(args: list[str]) -> int:
     app = hydra.main(version_base="1.3", config_path=config_path(), config_name=CONFIG_NAME)(_train_task)
     _FAILURES.clear()
     SweepTablesCallback.last = None
+    cluster.left = None
     saved = sys.argv
     sys.argv = ["noisybench train", *args]
     try:
@@ -164,6 +165,9 @@ def train_main(args: list[str]) -> int:
     finally:
         sys.argv = saved
         release_all()
+    if cluster.left is not None:  # hydra.launcher.wait=false: submitted, nothing to count yet
+        print("\n".join(cluster.leaving_lines(cluster.left)), file=sys.stderr)
+        return 0
     sweep = SweepTablesCallback.last
     if sweep is not None:  # a multirun: the parent's view, from the run directories on disk
         print(f"noisybench: sweep {sweep['dir']}: {sweep['line']}", file=sys.stderr)

@@ -62,6 +62,27 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("nb_job_dir"):
         OmegaConf.register_new_resolver("nb_job_dir", job_dirname)
         register_sweeper()  # once per process: `hydra/sweeper=optuna` keeps its study (noisybench.study)
+    register_launchers()
+
+
+def register_launchers() -> None:
+    """noisybench's launchers (hydra_plugins/noisybench_launchers: hydra/launcher=slurm and local) and
+    their config nodes, registered with Hydra by hand. Hydra finds plugins by listing the
+    `hydra_plugins` package, which misses a package that an editable install maps in (pip install -e);
+    importing it registers the config nodes, and Plugins.register the classes. Without the optional
+    launcher plugins (noisybench[cluster]) there is nothing to register."""
+    import importlib
+
+    from hydra.core.plugins import Plugins
+
+    for name in ("slurm", "local"):  # each imports its launcher only when the plugin it builds on is installed
+        try:
+            module = importlib.import_module(f"hydra_plugins.noisybench_launchers.{name}")
+        except ImportError:  # an install without the hydra_plugins package: Hydra's own scan decides
+            continue
+        for obj in vars(module).values():
+            if isinstance(obj, type) and obj.__module__.startswith("hydra_plugins.noisybench_launchers."):
+                Plugins.instance().register(obj)
 
 
 def build(node: DictConfig):
@@ -83,6 +104,12 @@ def build(node: DictConfig):
 def resolve_device(device: str) -> torch.device:
     import torch  # here, not at the top: see the module docstring (start-up of --help and TAB)
 
+    from noisybench.gpus import SPREAD_DEVICES, assigned_gpu
+
+    gpu = assigned_gpu()  # a job of a local sweep spread over the GPUs (noisybench.gpus)
+    if gpu is not None and device in SPREAD_DEVICES and torch.cuda.is_available():
+        torch.cuda.set_device(gpu)  # bare "cuda" anywhere in the job means this GPU too
+        return torch.device("cuda", gpu)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

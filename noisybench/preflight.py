@@ -39,6 +39,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from noisybench.cluster import check_array, check_launcher
 from noisybench.config import CONFIG_NAME, config_path, register_resolvers
 from noisybench.errors import ConfigError, NoisybenchError, one_line
 from noisybench.hydra_errors import condense, missing_key_hint
@@ -199,6 +200,7 @@ class _Checker:
         check_output_dir(master, "hydra.sweep.dir")
         if is_study_sweeper(master.hydra.sweeper):  # its own keys (seeds, n_trials, storage): one line each
             check_options(master.hydra.sweeper, list(master.hydra.overrides.task))
+        check_launcher(master.hydra.get("launcher"), OmegaConf.select(master, "hydra.sweeper._target_"))
         hydra_overrides = list(master.hydra.overrides.hydra)
         params = OmegaConf.select(master, "hydra.sweeper.params") or {}
         arguments = [f"{k}={v}" for k, v in params.items()] + list(master.hydra.overrides.task)
@@ -206,6 +208,7 @@ class _Checker:
         parsed = self.parser.parse_overrides(arguments)
         if OmegaConf.select(master, "hydra.sweeper._target_") == BASIC_SWEEPER:
             jobs = BasicSweeper.split_arguments(parsed, None)[0]
+            check_array(master.hydra.get("launcher"), len(jobs))
             return hydra_overrides, jobs, len(jobs)
         return hydra_overrides, _sample_jobs(parsed), None
 

@@ -28,7 +28,8 @@ SAFE_HYDRA = {f"hydra.launcher.{k}" for k in (
     "n_jobs", "timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "gpus_per_task",
     "mem_gb", "mem_per_cpu", "mem_per_gpu", "cpus_per_gpu", "array_parallelism", "partition", "account", "qos",
     "constraint", "exclude", "comment", "name", "signal_delay_s", "max_num_timeout", "gres", "backend",
-    "prefer", "verbose", "pre_dispatch", "batch_size", "max_nbytes", "mmap_mode")} | {
+    "prefer", "verbose", "pre_dispatch", "batch_size", "max_nbytes", "mmap_mode",
+    "runs_per_task", "wait", "jobs_per_gpu")} | {
     "hydra.sweeper.n_trials", "hydra.sweeper.n_jobs", "hydra.sweeper.direction", "hydra.sweeper.study_name",
     "hydra.sweeper.seeds", "hydra.sweeper.sampler.seed"}  # (noisybench.study: a search's seeds, its sampler's)
 # key parts that say where data is read from, or whether it is checked

@@ -14,12 +14,22 @@ from noisybench.rundir import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FORWARDED = tuple(s for s in (getattr(signal, "SIGUSR2", None),) if s is not None)
+# A forwarded signal that came after the run's last safe point (the run finished): not handed on, so
+# that a one-run job ends as usual; an array task with more runs to go hands it on before the next
+# one (take_pending; hydra_plugins/noisybench_launchers/_submitit.py), and submitit requeues the task.
+_pending: list[int] = []
+
+
+def take_pending() -> int | None:
+    """The forwarded signal a finished run noted and did not hand on (cleared), or None."""
+    return _pending.pop() if _pending else None
 
 
 class StopOnSignal:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict = {}
+        self._handed = False
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # the second one: do not wait for the safe point
@@ -40,10 +50,13 @@ class StopOnSignal:
         was meant for (submitit requeues the job and exits); others return, and the run stops."""
         previous = self._old.get(self.signum)
         if self.signum in FORWARDED and callable(previous):
+            self._handed = True
             self.__exit__()
             previous(self.signum, None)
 
     def __exit__(self, *exc) -> None:
+        if self.signum in FORWARDED and not self._handed and callable(self._old.get(self.signum)):
+            _pending[:] = [self.signum]
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old = {}

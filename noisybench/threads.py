@@ -23,7 +23,8 @@ Torch's count, in order:
    hydra.sweeper.n_jobs, times its hydra.sweeper.seeds). The sweep's parent process works this out
    (`ThreadsCallback`) and hands it to the jobs in NOISYBENCH_JOB_THREADS; nothing is set when the
    user exported OMP_NUM_THREADS (rule 3 then applies). 8 jobs on 2 cores: 1 thread each; 1 job on
-   8 cores: 8 threads; 2 jobs on 8 cores: 4 each.
+   8 cores: 8 threads; 2 jobs on 8 cores: 4 each. Jobs spread over GPUs (noisybench.gpus): at most
+   GPUs x jobs_per_gpu at once, and the cores are shared among those.
 3. OMP_NUM_THREADS, when set (SLURM jobs: the preset sets it to cpus_per_task).
 4. torch's default: every core (a single run, or a sequential sweep, uses the whole machine).
 """
@@ -103,6 +104,16 @@ def thread_pools(configured: int | None) -> Iterator[dict]:
         yield {"torch_threads": torch.get_num_threads(), "blas_threads": blas_threads()}
 
 
+def gpu_cap(config) -> int | None:
+    """Jobs at once that the local launcher's GPU slots allow (None: no GPU, or GPUs left alone)."""
+    per_gpu = config.hydra.launcher.get("jobs_per_gpu")
+    if per_gpu is None:
+        return None
+    from noisybench.gpus import jobs_at_once_on_gpus, visible_gpus
+
+    return jobs_at_once_on_gpus(visible_gpus(), int(per_gpu), str(config.get("trainer", {}).get("device", "auto")))
+
+
 class ThreadsCallback(Callback):
     """In a multirun's parent process: exports NOISYBENCH_JOB_THREADS for the jobs of a parallel local
     launcher (one whose config has `n_jobs`); worker processes inherit it. `planned` is the number of
@@ -120,6 +131,9 @@ class ThreadsCallback(Callback):
         if batch:  # a sweeper that launches batches (Optuna's n_jobs trials at a time, each one job per seed)
             batch = int(batch) * max(1, len(config.hydra.sweeper.get("seeds") or []))
             planned = min(planned, batch) if planned else batch
+        on_gpus = gpu_cap(config)  # the local launcher's GPU slots (noisybench.gpus)
+        if on_gpus:
+            planned = min(planned, on_gpus) if planned else on_gpus
         threads = job_threads(int(n_jobs), planned)
         os.environ[THREADS_ENV] = str(threads)
         log.info("parallel sweep: %d job(s) at once on %d core(s), %d torch thread(s) each "

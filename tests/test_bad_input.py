@@ -185,6 +185,17 @@ CASES = [
     case("dst-noise-kind-weight-string", ["dataset=synthwoz", "noise.kinds.wrong=abc"], USAGE,
          "noise.kinds.wrong=abc must be a number"),
     case("sweep-and-cfg", ["-m", "seed=0,1", "--cfg", "job"], USAGE, "--cfg prints one composed config"),
+    # ---- cluster launchers (docs/cluster.md) ----
+    case("runs-per-task-zero", ["-m", "seed=0,1", "hydra/launcher=slurm", "hydra.launcher.runs_per_task=0"], USAGE,
+         "hydra.launcher.runs_per_task=0 must be a whole number >= 1"),
+    case("runs-per-task-float", ["-m", "seed=0,1", "hydra/launcher=slurm", "hydra.launcher.runs_per_task=2.5"], USAGE,
+         "hydra.launcher.runs_per_task=2.5"),
+    case("wait-not-a-bool", ["-m", "seed=0,1", "hydra/launcher=slurm", "hydra.launcher.wait=later"], USAGE,
+         "hydra.launcher.wait=later"),
+    case("wait-false-with-optuna", ["-m", "hparams_search=gce_q", "hydra/launcher=slurm", "hydra.launcher.wait=false"],
+         USAGE, "drop hydra.launcher.wait=false"),
+    case("jobs-per-gpu-zero", ["-m", "seed=0,1", "hydra/launcher=local", "hydra.launcher.jobs_per_gpu=0"], USAGE,
+         "hydra.launcher.jobs_per_gpu=0 must be a whole number >= 1"),
     # ---- environment ----
     case("run-dir-is-a-file", ["hydra.run.dir={file}"], USAGE, "hydra.run.dir={file} is a file"),
     case("run-dir-under-a-file", ["hydra.run.dir={file}/run"], USAGE, "is a file, so the directory cannot be made"),

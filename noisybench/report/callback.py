@@ -13,6 +13,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
+from noisybench import cluster
 from noisybench.report.writers import write_report
 from noisybench.rundir import ATTEMPT, FAILED, INVOCATION_ENV, RESULT, RESULT_KEYS, read_json_object
 
@@ -86,14 +87,21 @@ class SweepTablesCallback(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         if getattr(self, "_progress", None) is not None:
             self._progress.stop()
+        if cluster.left is not None:  # submitted, not waited for (hydra.launcher.wait=false): nothing ran here
+            self._restore_env()
+            return
         self._write(config)
         token = getattr(self, "_token", None)
+        self._restore_env()
+        SweepTablesCallback.last = sweep_outcome(Path(config.hydra.sweep.dir), token)
+        log.info("sweep tables: %s", Path(config.hydra.sweep.dir) / "table.md")
+
+
+    def _restore_env(self) -> None:
         if getattr(self, "_old_env", None) is None:
             os.environ.pop(INVOCATION_ENV, None)
         else:
             os.environ[INVOCATION_ENV] = self._old_env
-        SweepTablesCallback.last = sweep_outcome(Path(config.hydra.sweep.dir), token)
-        log.info("sweep tables: %s", Path(config.hydra.sweep.dir) / "table.md")
 
 
 class _Progress:
