@@ -66,22 +66,24 @@ def register_resolvers() -> None:
 
 
 def register_launchers() -> None:
-    """noisybench's launchers (hydra_plugins/noisybench_launchers: hydra/launcher=slurm and local) and
-    their config nodes, registered with Hydra by hand. Hydra finds plugins by listing the
-    `hydra_plugins` package, which misses a package that an editable install maps in (pip install -e);
-    importing it registers the config nodes, and Plugins.register the classes. Without the optional
-    launcher plugins (noisybench[cluster]) there is nothing to register."""
+    """noisybench's launchers (hydra_plugins/noisybench_launchers: hydra/launcher=slurm and local), its
+    study sweeper (hydra_plugins/noisybench_study) and their config nodes, registered with Hydra by hand.
+    Hydra finds plugins by listing the `hydra_plugins` package, which misses a package that an editable
+    install maps in (pip install -e); importing it registers the config nodes, and Plugins.register the
+    classes. Without the optional launcher plugins (noisybench[cluster]) there is nothing to register."""
     import importlib
 
     from hydra.core.plugins import Plugins
 
-    for name in ("slurm", "local"):  # each imports its launcher only when the plugin it builds on is installed
+    # each launcher module imports its launcher only when the plugin it builds on is installed; the study
+    # sweeper (hydra/sweeper=optuna) imports optuna only when a search starts
+    for name in ("noisybench_launchers.slurm", "noisybench_launchers.local", "noisybench_study"):
         try:
-            module = importlib.import_module(f"hydra_plugins.noisybench_launchers.{name}")
+            module = importlib.import_module(f"hydra_plugins.{name}")
         except ImportError:  # an install without the hydra_plugins package: Hydra's own scan decides
             continue
         for obj in vars(module).values():
-            if isinstance(obj, type) and obj.__module__.startswith("hydra_plugins.noisybench_launchers."):
+            if isinstance(obj, type) and obj.__module__.startswith(f"hydra_plugins.{name.split('.')[0]}"):
                 Plugins.instance().register(obj)
 
 
