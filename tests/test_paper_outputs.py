@@ -218,3 +218,25 @@ def test_png_is_300_dpi_and_pdf_is_vector(tmp_path):
     assert png.width >= 3 * 300 * 0.9  # a figure at least 3 inches wide, 300 dots per inch
     # the heatmap is a mesh of vector cells; the one bitmap is the colour bar's gradient (matplotlib's)
     assert pdf.count(b"/Subtype /Image") == 1
+
+
+def test_up_to_eight_methods_in_one_figure_get_eight_colours():
+    """The known methods keep their colours; the others take the colours no method of the figure uses,
+    so six baselines without CE/GCE/DAL do not share a colour (the palette has 8)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from noisybench.report.draw import METHOD_COLORS
+    from noisybench.report.groups import row_styles
+
+    def colours(methods):
+        runs = pd.DataFrame({"row": methods, "method": methods})
+        styles = row_styles(SimpleNamespace(runs=runs, rows_present=methods))
+        return {m: styles[m]["color"] for m in methods}
+
+    six = colours(["apl", "coteaching", "elr", "forward", "sce", "storm"])
+    assert len(set(six.values())) == 6 and six["storm"] == METHOD_COLORS["storm"]
+    nine = colours(["ce", "gce", "dal", "storm", "apl", "coteaching", "elr", "forward", "sce"])
+    assert {nine[m] for m in ("ce", "gce", "dal", "storm")} == set(METHOD_COLORS.values())
+    assert len(set(nine.values())) == 8  # nine methods, eight colours: one repeats (markers differ)

@@ -129,11 +129,14 @@ def row_styles(group: Group) -> dict[str, dict]:
     """Colour per method (fixed for the known ones), line style and marker per variant of that method
     (e.g. its lr values)."""
     method_of = {r: group.runs.loc[group.runs["row"] == r, "method"].iloc[0] for r in group.rows_present}
-    spare = [c for c in PALETTE if c not in METHOD_COLORS.values()]
-    colors = dict(METHOD_COLORS)
-    for m in dict.fromkeys(method_of.values()):
+    present = list(dict.fromkeys(method_of.values()))
+    colors = {m: c for m, c in METHOD_COLORS.items() if m in present}  # the known methods keep theirs
+    # the others take the colours no method of this figure uses, in turn (the palette's 8 before any repeats)
+    spare = [c for c in PALETTE if c not in colors.values()]
+    for m in present:
         if m not in colors:
             colors[m] = spare[sum(k not in METHOD_COLORS for k in colors) % len(spare)]
+    colors.update({m: c for m, c in METHOD_COLORS.items() if m not in colors})  # (order of the marker index)
     variant: dict[str, int] = {}
     styles = {}
     for r, m in method_of.items():
