@@ -382,7 +382,8 @@ def _a_path_without_runs(paths: list[Path]) -> bool:
     for path in paths:
         found = find_runs([path])
         if not any(state == "finished" for _, state in found):
-            states = ", ".join(f"{sum(s == k for _, s in found)} {k}" for k in ("failed", "unfinished")
+            states = ", ".join(f"{sum(s == k for _, s in found)} {k}"
+                               for k in ("failed", "unfinished", "unreadable", "symlinked")
                                if any(s == k for _, s in found))
             print(f"noisybench: error: {path} holds no finished run (finished runs have a result.json)"
                   + (f"; it has {states} run(s)" if states else "; it holds no run directory at all"),

@@ -168,7 +168,8 @@ def _truncate(path):
 
 
 FILES = {
-    "metrics.csv epochs as text": ("ce", lambda d: (d / "metrics.csv").write_text("epoch,test,val\na,b,c\nx,0.5,0.4\n")),
+    "metrics.csv epochs as text": ("ce", lambda d: (d / "metrics.csv").write_text(
+        "epoch,test,val\na,b,c\nx,0.5,0.4\n")),
     "metrics.csv binary": ("ce", lambda d: (d / "metrics.csv").write_bytes(b"\xff\xfe\x00\x01\n\x00")),
     "noise.json a list": ("ce", lambda d: (d / "noise.json").write_text("[1, 2]")),
     "noise.json matrix of text": ("ce", lambda d: (d / "noise.json").write_text(
@@ -217,3 +218,13 @@ def test_mathtext_in_labels_is_drawn_as_text(small_sweep):
             texts += [t for t in plot.figure.findobj(Text) if t.get_text()]
     assert any(name in t.get_text() for t in texts) and any(t.get_text() == "$3$" for t in texts)
     assert not [t.get_text() for t in texts if "$" in t.get_text() and t.get_parse_math()]
+
+
+def test_plot_of_a_directory_holding_only_a_link_names_it(tmp_path, capsys):
+    outside = write_run(tmp_path / "elsewhere", "s0", val=0.8, test=0.5)
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "s0").symlink_to(outside, target_is_directory=True)
+    assert main(["plot", str(tmp_path / "sweep")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("holds no finished run (finished runs have a result.json); it has 1 "
+                                             "symlinked run(s)")

@@ -59,7 +59,8 @@ def test_labels_that_spell_one_number_several_ways_are_refused(tmp_path, labels,
 def test_a_respelt_label_in_test_tsv_is_named(tmp_path):
     d = _split_dir(tmp_path, ["0", "1"])
     (d / "test.tsv").write_text("index\tsentence1\tlabel\n0\tx y\t1.0\n1\tz w\t0\n")
-    with pytest.raises(DataError, match=r"never seen in train.tsv: 1.0; .* spelt the same way \(1.0 \(train.tsv: 1\)\)"):
+    respelt = r"never seen in train.tsv: 1.0; .* spelt the same way \(1.0 \(train.tsv: 1\)\)"
+    with pytest.raises(DataError, match=respelt):
         load_split_dir(d)
 
 
