@@ -47,7 +47,7 @@ def test_twenty_sigkills_then_the_same_command_equal_the_uninterrupted_run(cli_e
     ref = nb("train", *ARGS, f"hydra.run.dir={tmp_path / 'ref'}", env=cli_env)
     assert ref.returncode == 0, ref.stderr
     train = result(tmp_path / "ref")["train_time_s"]
-    startup = max(0.5, time.monotonic() - t0 - train)
+    startup, epoch = max(0.5, time.monotonic() - t0 - train), train / 40
     rng = random.Random(25)
     run_dir = tmp_path / "run"
     killed = {"start-up": 0, "training": 0, "checkpoint": 0}
@@ -57,11 +57,11 @@ def test_twenty_sigkills_then_the_same_command_equal_the_uninterrupted_run(cli_e
         mode = rng.choice(list(killed))
         attempts, stamp = _attempts(run_dir), _stamp(run_dir / "checkpoint.pt.sha256")
         proc = start("train", *ARGS, f"hydra.run.dir={run_dir}", env=cli_env)
-        if mode == "start-up":  # imports, the lock, the config, the data, set-up: wherever the clock says
-            _wait(lambda: False, proc, timeout=rng.uniform(0, startup))
-        elif mode == "training":  # a moment inside this attempt's epochs
+        if mode == "start-up":  # imports, the lock, the config, the data, set-up: before training begins
+            _wait(lambda n=attempts: _attempts(run_dir) > n, proc, timeout=rng.uniform(0, startup))
+        elif mode == "training":  # a moment inside this attempt's first three epochs
             _wait(lambda n=attempts: _attempts(run_dir) > n, proc)
-            time.sleep(rng.uniform(0, 0.5))
+            time.sleep(rng.uniform(0, 3 * epoch))
         else:  # just after a checksum was written: between it and its checkpoint, or in the next epoch
             _wait(lambda t=stamp: _stamp(run_dir / "checkpoint.pt.sha256") != t, proc)
             time.sleep(rng.uniform(0, 0.005))
@@ -77,3 +77,33 @@ def test_twenty_sigkills_then_the_same_command_equal_the_uninterrupted_run(cli_e
     assert result(run_dir)["resumed_from"]  # it did continue from checkpoints, not only start over
     assert not (run_dir / "failed.json").exists() and not (run_dir / "checkpoint.pt").exists()
     assert not list(run_dir.glob("*.bad-*"))  # no kill left a file the runner had to set aside
+
+
+def test_two_kills_between_checksum_and_checkpoint_leave_a_checkpoint_that_matches(make_cfg, tmp_path, monkeypatch):
+    """What the twenty kills found: an attempt killed after writing the checksum of its next checkpoint
+    but before the checkpoint itself, resumed and killed there again, left a checksum file that listed
+    neither the checkpoint in place nor anything else on disk: the next attempt set a good checkpoint
+    aside and started over. The checksum file must always list the checkpoint in place."""
+    import noisybench.rundir as rundir
+    from noisybench.rundir import RunDir
+
+    cfg = make_cfg("trainer.epochs=5")
+    state = lambda epoch, attempt: {"epoch": epoch, "batch": 0, "rows": [{}] * epoch, "perm": None,  # noqa: E731
+                                    "attempt": attempt}  # each attempt's bytes differ (its clock, its history)
+    RunDir(tmp_path, cfg).save_checkpoint(state(1, "a"))
+    write = rundir.atomic_write_bytes
+
+    def killed_before_the_checkpoint(path, data):
+        if path.name == "checkpoint.pt":
+            raise KeyboardInterrupt("killed")  # the checksum is written; the checkpoint never arrives
+        write(path, data)
+
+    for attempt in ("b", "c"):  # each resumes from the epoch-1 checkpoint and is killed saving epoch 2
+        rd = RunDir(tmp_path, cfg)
+        assert rd.load_checkpoint("cpu")["epoch"] == 1
+        monkeypatch.setattr(rundir, "atomic_write_bytes", killed_before_the_checkpoint)
+        with pytest.raises(KeyboardInterrupt):
+            rd.save_checkpoint(state(2, attempt))
+        monkeypatch.setattr(rundir, "atomic_write_bytes", write)
+    assert RunDir(tmp_path, cfg).load_checkpoint("cpu")["epoch"] == 1
+    assert not list(tmp_path.glob("*.bad-*"))
