@@ -56,6 +56,7 @@ APPENDED = ("train.log", "tb", "mlruns", "wandb", ".hydra")
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 INVOCATION_ENV = "NOISYBENCH_INVOCATION"  # set by a sweep's parent; jobs record it in attempt.json
 MAX_DIRNAME = 120
+LEFTOVER = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # noisybench.utils.atomic_output's temporary files
 log = logging.getLogger(__name__)
 
 
@@ -204,6 +205,17 @@ class RunDir:
             raise RunDirConflict(f"{self.path} holds a run of another configuration: {shown}; choose another "
                                  f"hydra.run.dir, or continue that run with: noisybench train --resume {self.path}")
         atomic_write_json(self.file(IDENTITY), {"identity": self.hash, "config": self.ident})
+
+    def remove_leftovers(self) -> list[Path]:
+        """The temporary files of atomic writes (`.checkpoint.pt.k3x9a_qz.tmp`) that a killed process left
+        in the directory: removed (the caller holds the run's lock, so no write of another process is
+        under way), so that killed attempts do not fill the disk with copies of a checkpoint."""
+        removed = []
+        for p in self.path.glob(".*.tmp"):
+            if LEFTOVER.match(p.name) and (p.is_file() or p.is_symlink()):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        return removed
 
     def finished(self) -> dict | None:
         """This run's record, if it finished (a result.json of another identity is set aside)."""

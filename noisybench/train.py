@@ -176,6 +176,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, progress: bool) -> dict:
     rd = RunDir(out_dir, cfg)
     rd.unplant()  # a symlink where the run appends (train.log, trackers' folders) is set aside, not followed
     rd.claim()  # refuses a directory that holds another configuration (nothing written into it)
+    rd.remove_leftovers()  # half-written files of a killed attempt (this process holds the lock)
     done = rd.finished()
     if done is not None:
         if not cfg.trainer.get("keep_checkpoint"):

@@ -77,6 +77,7 @@ def test_twenty_sigkills_then_the_same_command_equal_the_uninterrupted_run(cli_e
     assert result(run_dir)["resumed_from"]  # it did continue from checkpoints, not only start over
     assert not (run_dir / "failed.json").exists() and not (run_dir / "checkpoint.pt").exists()
     assert not list(run_dir.glob("*.bad-*"))  # no kill left a file the runner had to set aside
+    assert not list(run_dir.glob(".*.tmp"))  # nor half-written copies of a checkpoint
 
 
 def test_two_kills_between_checksum_and_checkpoint_leave_a_checkpoint_that_matches(make_cfg, tmp_path, monkeypatch):
@@ -107,3 +108,16 @@ def test_two_kills_between_checksum_and_checkpoint_leave_a_checkpoint_that_match
         monkeypatch.setattr(rundir, "atomic_write_bytes", write)
     assert RunDir(tmp_path, cfg).load_checkpoint("cpu")["epoch"] == 1
     assert not list(tmp_path.glob("*.bad-*"))
+
+
+def test_half_written_files_of_a_killed_attempt_are_removed_by_the_next(make_cfg, tmp_path):
+    from noisybench.train import run
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    leftovers = [run_dir / ".checkpoint.pt.k3x9a_qz.tmp", run_dir / ".metrics.csv.0a1b2c3d.tmp"]
+    for p in leftovers:
+        p.write_bytes(b"half a checkpoint")
+    (run_dir / "notes.tmp").write_text("the user's")
+    run(make_cfg("trainer.threads=1"), run_dir, progress=False)
+    assert not any(p.exists() for p in leftovers) and (run_dir / "notes.tmp").read_text() == "the user's"
