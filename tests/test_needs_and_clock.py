@@ -249,3 +249,23 @@ def test_a_resume_under_the_same_thread_count_says_nothing(make_cfg, tmp_path, m
     assert not [r for r in caplog.records if "torch thread" in r.getMessage()]
     assert "torch_threads_by_attempt" not in record and record["resumed_from"]
 
+
+
+def test_a_real_numba_compile_is_measured_once_and_a_compiled_call_not_at_all():
+    from numba import njit
+
+    from noisybench.stopwatch import numba_compiles
+
+    @njit(cache=False)
+    def inner(x):
+        return x + 1
+
+    @njit(cache=False)
+    def outer(x):
+        return inner(x) * 2  # compiling outer compiles inner inside it: one span, not two
+
+    spans: list[float] = []
+    with numba_compiles(spans.append):
+        assert outer(1) == 4
+        assert outer(2) == 6  # compiled already: no span
+    assert len(spans) == 1 and spans[0] > 0
