@@ -190,7 +190,16 @@ def test_run_files_of_another_shape_leave_the_run_out_of_that_figure(small_sweep
     method, spoil = FILES[case]
     spoil(small_sweep / f"method={method},noise.rate=0.4,seed=0")
     assert main(["plot", str(small_sweep), "-o", str(tmp_path / "fig"), "-f", "png"]) == 0
-    assert "figures from 8 runs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "figures from 8 runs" in out
+    run_dir = small_sweep / f"method={method},noise.rate=0.4,seed=0"
+    footer = out.strip().splitlines()[-1]
+    if case == "noise.json names an int":  # the matrix is fine: drawn, without the class names
+        assert footer == "Every run found is in the figures."
+    else:
+        name = case.split()[0].replace("weights", "sample_weights.npz")
+        assert footer == ("Missing from the figures that need the file: 1 run(s) with a file that cannot be read "
+                          f"or has another shape: {run_dir} ({name}).")
 
 
 def test_mathtext_in_labels_is_drawn_as_text(small_sweep):

@@ -5,11 +5,16 @@ traceback. sample_weights.npz: `noisybench.report.weights`."""
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from noisybench.report.records import left_out_note
+from noisybench.report.weights import WEIGHTS
+from noisybench.report.weights import load as read_weights
 from noisybench.rundir import read_json_object
 
 MAX_CLASSES = 1000  # a transition matrix larger than this is not drawn (nor is it any dataset's)
@@ -49,3 +54,28 @@ def read_noise(run_dir: str) -> tuple[np.ndarray, list[str] | None, float | None
     if isinstance(realised, bool) or not isinstance(realised, (int, float)) or not math.isfinite(realised):
         realised = None
     return T, names, realised
+
+
+def unreadable_files(run_dirs: Iterable[str]) -> list[str]:
+    """`DIR (metrics.csv, noise.json)` for each run with a file the figures read that is there but
+    cannot be read or has another shape (so the run is missing from the figures that need it)."""
+    readers = (("metrics.csv", lambda d: read_metrics(d, {})), ("noise.json", read_noise), (WEIGHTS, read_weights))
+    out = []
+    for d in run_dirs:
+        bad = [name for name, read in readers if os.path.lexists(Path(d) / name) and read(d) is None]
+        if bad:
+            out.append(f"{d} ({', '.join(bad)})")
+    return out
+
+
+def figures_note(run_dirs: Iterable[str], left_out: dict[str, list[str]], limit: int = 3) -> str:
+    """The line under `noisybench plot`'s output: the runs not in the figures (as under the tables), and
+    the runs missing from some figures because a file of theirs cannot be read."""
+    note = left_out_note(left_out, limit).replace("in the tables", "in the figures")
+    bad = unreadable_files(run_dirs)
+    if not bad:
+        return note
+    shown = ", ".join(bad[:limit]) + (", ..." if len(bad) > limit else "")
+    missing = (f"Missing from the figures that need the file: {len(bad)} run(s) with a file that cannot be read "
+               f"or has another shape: {shown}.")
+    return missing if note == "Every run found is in the figures." else f"{note} {missing}"
