@@ -11,6 +11,9 @@ INTEGER = ("seed", "noise_seed", "epochs")
 OPTIONAL_INTEGER = ("selected_epoch", "best_epoch")  # None: no validation split / an old record
 NUMBER = ("test_last", "test_selected", "test_best")  # None allowed (e.g. no validation split)
 OPTIONAL_NUMBER = ("val_last", "val_selected", "realized_noise_rate", "memorized_noisy_frac", "train_time_s")
+# the keys every record has (the others may be absent in records of older versions)
+REQUIRED = ("dataset", "model", "method", "noise", "seed", "noise_seed", "epochs", "metric", "realized_noise_rate",
+            "test_last", "test_selected", "selected_epoch", "test_best")
 # noise: (key, the types it may have) besides None
 NOISE_FIELDS = (("type", "a string"), ("rate", "a number"), ("label_set", "a string"),
                 ("include_true_class", "a boolean"), ("sampling", "a string"), ("apply_to_val", "a boolean"))
@@ -59,6 +62,9 @@ def check_record(r) -> None:
         raise ValueError(f"holds {_kind(r)}, not an object")
     if depth(r) > MAX_DEPTH:
         raise ValueError(f"nests more than {MAX_DEPTH} levels deep")
+    missing = [k for k in REQUIRED if k not in r]
+    if missing:
+        raise ValueError(f"no key {', '.join(map(repr, missing[:4]))}" + (", ..." if len(missing) > 4 else ""))
     method, noise = r.get("method"), r.get("noise")
     problems = []
     if not isinstance(method, dict):
@@ -76,7 +82,6 @@ def check_record(r) -> None:
                  if r.get(k) is not None and not _is_int(r[k])]
     problems += [f"{k} is {_shown(r[k])}, not a number" for k in (*NUMBER, *OPTIONAL_NUMBER)
                  if r.get(k) is not None and not _is_number(r[k])]
-    problems += [f"{k} is missing" for k in NUMBER if k not in r]
     problems += [f"{k} is {_shown(r[k])}, not an object" for k in ("config", "method_metrics", "method_result")
                  if r.get(k) is not None and not isinstance(r[k], dict)]
     problems += [f"{k} is {_shown(r[k])}, not {kind}" for k, kind in (("identity", "a string"),
