@@ -18,7 +18,7 @@ PLUGINS = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launc
            "optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper")}
 # modules whose distribution is named otherwise
 DISTRIBUTIONS = {**{module: dist for module, dist in PLUGINS.values()}, "sklearn": "scikit-learn",
-                 "PIL": "pillow", "yaml": "pyyaml"}
+                 "PIL": "pillow", "yaml": "pyyaml", "mlflow": "mlflow-skinny"}
 
 
 class MissingDependency(ConfigError):
