@@ -4,8 +4,8 @@ carry it: a module that does not import (numba for STORM), numba failing to comp
 or sweeper plugin that is not installed (`hydra/launcher=local` without the `cluster` extra)."""
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
-import importlib.util
 import re
 import sys
 
@@ -15,7 +15,10 @@ from noisybench.errors import ConfigError, NoisybenchError, one_line
 PLUGINS = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
            "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
            "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
-           "optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper")}
+           "optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
+           # noisybench's own launchers (hydra_plugins/noisybench_launchers): registered only with the plugin they use
+           "noisybench_joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+           "noisybench_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher")}
 # modules whose distribution is named otherwise
 DISTRIBUTIONS = {**{module: dist for module, dist in PLUGINS.values()}, "sklearn": "scikit-learn",
                  "PIL": "pillow", "yaml": "pyyaml", "mlflow": "mlflow-skinny"}
@@ -101,11 +104,12 @@ def missing_plugin(message: str) -> str | None:
     kind, name = found.groups()
     module, dist = PLUGINS[name]
     try:
-        installed = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        installed = False
-    if installed:
+        importlib.import_module(module)  # installed and working: Hydra's message is about something else
         return None
+    except ImportError:
+        pass
     chosen = re.search(r"In 'hydra/(launcher|sweeper)/(\w+)'", message)
     choice = f"hydra/{chosen.group(1)}={chosen.group(2)}" if chosen else f"hydra/{kind}={name}"
-    return f"{choice} needs Hydra's {name} {kind} plugin ({dist}), which is not installed: {pip_line(dist)}"
+    plugin = dist.removeprefix("hydra-").replace("-", " ")  # hydra-joblib-launcher -> joblib launcher
+    return f"{choice} needs Hydra's {plugin} plugin ({dist}), which is not installed (or does not import): " \
+           f"{pip_line(dist)}"

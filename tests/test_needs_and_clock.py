@@ -60,15 +60,24 @@ def test_without_the_launcher_plugin_hydra_launcher_local_is_one_line(cli_env, t
     line = _one_error_line(nb("train", "-m", "hydra/launcher=local", "experiment=smoke", "seed=0,1",
                               f"hydra.sweep.dir={tmp_path / 's'}", env=env))
     assert ("hydra/launcher=local needs Hydra's joblib launcher plugin (hydra-joblib-launcher), which is not "
-            "installed: pip install 'noisybench[cluster]'") in line
+            "installed (or does not import): pip install 'noisybench[cluster]'") in line
     assert not (tmp_path / "s").exists()
 
 
 def test_a_plugin_that_is_installed_keeps_hydras_message(monkeypatch):
-    msg = "In 'hydra/launcher/local': Could not load 'hydra/launcher/joblib'"
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    import importlib
+
+    msg = "In 'hydra/launcher/local': Could not load 'hydra/launcher/noisybench_joblib'"
+    real = importlib.import_module
+
+    def without_joblib(name, *args):
+        if name.startswith("hydra_plugins.hydra_joblib_launcher"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_joblib)
     assert missing_plugin(msg).startswith("hydra/launcher=local needs Hydra's joblib launcher plugin")
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
+    monkeypatch.setattr(importlib, "import_module", lambda name, *args: object())
     assert missing_plugin(msg) is None  # the plugin is there: the problem is another, Hydra's words stay
     assert missing_plugin("Could not load 'hydra/launcher/nosuch'") is None
 
