@@ -382,7 +382,8 @@ def _a_path_without_runs(paths: list[Path]) -> bool:
     for path in paths:
         found = find_runs([path])
         if not any(state == "finished" for _, state in found):
-            states = ", ".join(f"{sum(s == k for _, s in found)} {k}" for k in ("failed", "unfinished")
+            states = ", ".join(f"{sum(s == k for _, s in found)} {k}"
+                               for k in ("failed", "unfinished", "unreadable", "symlinked")
                                if any(s == k for _, s in found))
             print(f"noisybench: error: {path} holds no finished run (finished runs have a result.json)"
                   + (f"; it has {states} run(s)" if states else "; it holds no run directory at all"),
@@ -447,6 +448,7 @@ def plot_main(args: list[str]) -> int:
     if _bad_tune(df, tune):
         return EXIT_USAGE
     from noisybench.report.figures import CAPTIONS, CAPTIONS_TUNED, figures, save_all
+    from noisybench.report.runfiles import figures_note
 
     captions = out / (CAPTIONS_TUNED if tune else CAPTIONS)
 
@@ -466,7 +468,7 @@ def plot_main(args: list[str]) -> int:
     diverged = df["diverged"].astype(bool).sum() if "diverged" in df else 0
     print(f"{len(plots)} figures from {len(df) - diverged} runs -> {out} (captions: {captions})"
           + (f" ({diverged} diverged runs left out of the figures)" if diverged else ""))
-    print(left_out_note(left_out).replace("in the tables", "in the figures"))
+    print(figures_note(df["run_dir"], left_out))  # and the runs a file of which could not be read
     return 0
 
 

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from noisybench.errors import ConfigError
+from noisybench.needs import explain
 from noisybench.rundir import job_dirname
 from noisybench.study import register as register_sweeper
 
@@ -100,7 +101,16 @@ def build(node: DictConfig):
         cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None
         if cause is not None:
             raise cause from None
+        missing = explain(e, _choice(node))  # e.g. method=storm without numba: the pip command
+        if missing is not None:
+            raise missing from None
         raise
+
+
+def _choice(node: DictConfig) -> str:
+    """How the user chose `node`: `method=storm` for the config of group `method`, else its target."""
+    key, name = node._key() if hasattr(node, "_key") else None, node.get("name")
+    return f"{key}={name}" if key and name else str(node.get("_target_", "this config"))
 
 
 def resolve_device(device: str) -> torch.device:

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from noisybench.config import CONFIG_NAME, config_files
 from noisybench.errors import one_line
+from noisybench.needs import missing_plugin
 from noisybench.schema import HELP, known_keys, suggest
 
 
@@ -15,6 +16,9 @@ def condense(e: Exception) -> str:
     """Hydra's (or OmegaConf's) error as one line: the group's choices for a missing option, the
     missing group for a removed one, a spelling hint for an unknown key."""
     msg = str(e)
+    plugin = missing_plugin(msg)  # hydra/launcher=local without hydra-joblib-launcher: the pip command
+    if plugin:
+        return plugin
     if "Could not find" in msg and "Available options" in msg:
         head, _, opts = msg.partition("Available options")
         opts = opts.split("Config search path")[0]

@@ -53,6 +53,13 @@ TAGS = {"train_loss": "train/loss", "lr": "train/lr"}
 NOISE = ("memorized_noisy_frac", "memorized_clean_frac", "detect_auc", "detect_noisy_in_lowk")
 
 
+# a tracking server that does not answer costs seconds, not MLflow's default minutes (7 retries with a backoff
+# factor of 2, 120 s per request: about 4 minutes for a refused connection); the user's own values win
+MLFLOW_HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+WANDB_INIT_TIMEOUT = 20.0  # seconds W&B online waits for its server at the start (its own default: 90)
+
+
 class MissingPackage(ConfigError):
     """The chosen tracker's package is not installed."""
 
@@ -219,7 +226,8 @@ class WandB(Tracker):
         run_id = run_id or f"{info.identity[:8]}-{secrets.token_hex(4)}"
         save_dir = Path(self.save_dir).expanduser() if self.save_dir else info.run_dir
         save_dir.mkdir(parents=True, exist_ok=True)
-        settings = self.wandb.Settings(console="off", silent=True)  # stdout stays the runner's
+        timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT))  # the user's value wins
+        settings = self.wandb.Settings(console="off", silent=True, init_timeout=timeout)  # stdout stays the runner's
         self.run = self.wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(save_dir),
                                    id=run_id, resume="allow", name=info.name, group=info.group,
                                    tags=self.tags or None, config=info.hparams, job_type="train",
@@ -270,6 +278,9 @@ class MLflow(Tracker):
         if urlparse(uri).scheme in ("", "file"):
             # MLflow 3 keeps its file store in maintenance mode behind this opt-in; the user chose one
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        if urlparse(uri).scheme in ("http", "https"):
+            for key, value in MLFLOW_HTTP_LIMITS.items():
+                os.environ.setdefault(key, value)
         # MLflow logs its database set-up (tables created, migrations) at INFO on stderr: not the run's news
         quiet = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic")]
         levels = [q.level for q in quiet]

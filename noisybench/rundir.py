@@ -56,6 +56,7 @@ APPENDED = ("train.log", "tb", "mlruns", "wandb", ".hydra")
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 INVOCATION_ENV = "NOISYBENCH_INVOCATION"  # set by a sweep's parent; jobs record it in attempt.json
 MAX_DIRNAME = 120
+LEFTOVER = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # noisybench.utils.atomic_output's temporary files
 log = logging.getLogger(__name__)
 
 
@@ -157,6 +158,7 @@ class RunDir:
         self.path = Path(path)
         self.ident = identity_config(cfg)
         self.hash = identity_hash(self.ident)
+        self.in_place: str | None = None  # the sha256 of checkpoint.pt as this process verified or wrote it
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -204,6 +206,17 @@ class RunDir:
                                  f"hydra.run.dir, or continue that run with: noisybench train --resume {self.path}")
         atomic_write_json(self.file(IDENTITY), {"identity": self.hash, "config": self.ident})
 
+    def remove_leftovers(self) -> list[Path]:
+        """The temporary files of atomic writes (`.checkpoint.pt.k3x9a_qz.tmp`) that a killed process left
+        in the directory: removed (the caller holds the run's lock, so no write of another process is
+        under way), so that killed attempts do not fill the disk with copies of a checkpoint."""
+        removed = []
+        for p in self.path.glob(".*.tmp"):
+            if LEFTOVER.match(p.name) and (p.is_file() or p.is_symlink()):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        return removed
+
     def finished(self) -> dict | None:
         """This run's record, if it finished (a result.json of another identity is set aside)."""
         doc = self.read_object(RESULT, RESULT_KEYS)
@@ -244,20 +257,22 @@ class RunDir:
     # ---- checkpoints ----
     def save_checkpoint(self, state: dict) -> int:
         """Atomic torch.save, and its checksum beside it; returns the file size in bytes. The
-        checksum file, written first, lists the new checksum and the one before it, so a crash between
-        the two writes leaves a checkpoint that still matches (the earlier one is a genuine point of
-        this run: resuming from it gives the same numbers)."""
+        checksum file, written first, lists the new checksum and that of the checkpoint in place (the
+        one this process verified or wrote: not the file's earlier first entry, which a killed attempt
+        may have written for a checkpoint that never arrived), so a crash between the two writes leaves
+        a checkpoint that still matches (a genuine point of this run: resuming from it gives the same
+        numbers)."""
         import torch
 
         buf = io.BytesIO()
         torch.save({"identity": self.hash, **state}, buf)
         data = buf.getvalue()
         new = hashlib.sha256(data).hexdigest()
-        old = read_json_object(self.file(CHECKSUM), ("sha256",))[0]
-        before = [h for h in (old or {}).get("sha256", [])[:1] if isinstance(h, str)]
+        before = [self.in_place] if self.in_place and self.in_place != new else []
         atomic_write_json(self.file(CHECKSUM), {"identity": self.hash, "sha256": [new, *before],  # the position:
                                                 "epoch": state.get("epoch"), "batch": state.get("batch")})  # for status
         atomic_write_bytes(self.file(CHECKPOINT), data)
+        self.in_place = new
         return len(data)
 
     def load_checkpoint(self, device) -> dict | None:
@@ -273,6 +288,7 @@ class RunDir:
 
     def set_aside_checkpoint(self, why: str) -> None:
         """The checkpoint (and its checksum file, silently) set aside: the run starts from epoch 0."""
+        self.in_place = None
         self.set_aside(CHECKPOINT, f"{why}; starting from epoch 0")
         if os.path.lexists(self.file(CHECKSUM)):
             self.set_aside(CHECKSUM, "", quiet=True)
@@ -288,7 +304,8 @@ class RunDir:
         sums = read_json_object(self.file(CHECKSUM), ("sha256",))[0]
         if sums is None:
             return None, f"has no readable checksum ({CHECKSUM})"
-        if hashlib.sha256(data).hexdigest() not in (sums["sha256"] if isinstance(sums["sha256"], list) else []):
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in (sums["sha256"] if isinstance(sums["sha256"], list) else []):
             return None, "does not match its checksum (damaged or edited)"
         try:
             state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
@@ -297,9 +314,13 @@ class RunDir:
         if not isinstance(state, dict) or state.get("identity") != self.hash:
             return None, "belongs to another run (its identity differs)"
         why = _position_error(state, self.ident.get("trainer") or {})
-        return (None, why) if why else (state, None)
+        if why:
+            return None, why
+        self.in_place = digest
+        return state, None
 
     def remove_checkpoint(self) -> None:
+        self.in_place = None
         self._remove(CHECKPOINT)
         self._remove(CHECKSUM)
 

@@ -44,9 +44,11 @@ from noisybench.fastpath import FastPath, to_device
 from noisybench.fastpath import resolve as resolve_fast_path
 from noisybench.locks import locked
 from noisybench.methods.base import Batch, Builders
+from noisybench.needs import explain
 from noisybench.record import DEFAULT_MAX_TRAIN_LOSS, WEIGHTS, diverged, load_weights, make_record, save_weights
 from noisybench.rundir import CHECKPOINT, Interrupted, RunDir, open_append
 from noisybench.stopping import StopOnSignal
+from noisybench.stopwatch import excluded, numba_compiles
 from noisybench.tasks import Task, make_task
 from noisybench.threads import thread_pools
 from noisybench.utils import atomic_write_json, atomic_write_text, git_revision
@@ -104,6 +106,7 @@ class RunState:
     spent: float = 0.0  # training seconds of earlier attempts
     resumed_from: list[dict] = field(default_factory=list)  # where each earlier attempt stopped
     revisions: list = field(default_factory=list)  # the git revision of every attempt, oldest first
+    threads: list = field(default_factory=list)  # torch's intra-op threads of every attempt, oldest first
     # checkpoint cost, over all attempts
     stats: dict = field(default_factory=lambda: {"writes": 0, "seconds": 0.0, "bytes": 0})
     # this attempt's own, not in the checkpoint:
@@ -125,7 +128,7 @@ class RunState:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "method": self.method.state_dict(), "rng": self._rng_state(),
             "train_time": self.train_time(), "resumed_from": self.resumed_from,
-            "revisions": self.revisions, "class_weights": self.class_weights,
+            "revisions": self.revisions, "threads": self.threads, "class_weights": self.class_weights,
             # the cost so far, this write counted
             "checkpoint_stats": {**self.stats, "writes": self.stats["writes"] + 1}}
 
@@ -143,6 +146,7 @@ class RunState:
             self.total = ckpt["total"].to(self.device)
         self.resumed_from = list(ckpt["resumed_from"])
         self.revisions = list(ckpt.get("revisions", [None]))  # (older checkpoints have none)
+        self.threads = list(ckpt.get("threads", []))  # (nor these)
         self.stats.update(ckpt["checkpoint_stats"])
         self.class_weights = list(ckpt.get("class_weights", []))  # (older checkpoints have none)
 
@@ -172,6 +176,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, progress: bool) -> dict:
     rd = RunDir(out_dir, cfg)
     rd.unplant()  # a symlink where the run appends (train.log, trackers' folders) is set aside, not followed
     rd.claim()  # refuses a directory that holds another configuration (nothing written into it)
+    rd.remove_leftovers()  # half-written files of a killed attempt (this process holds the lock)
     done = rd.finished()
     if done is not None:
         if not cfg.trainer.get("keep_checkpoint"):
@@ -193,6 +198,10 @@ def _run_locked(cfg: DictConfig, out_dir: Path, progress: bool) -> dict:
     except Exception as e:  # a crash (a bug, out of memory): still never a result a table counts
         if isinstance(e, OSError) and e.errno in DISK_FULL:  # nothing more can be written: keep what is there
             raise DiskFull(_disk_full_line(rd, e)) from None
+        missing = explain(e, f"method={cfg.method.name}", only="numba")  # numba failing: one line, the pip command
+        if missing is not None:
+            rd.fail(one_line(missing), type(missing).__name__)
+            raise missing from None
         rd.fail(f"{type(e).__name__}: {one_line(e)[:500]}", type(e).__name__)
         raise
     finally:
@@ -237,12 +246,15 @@ def _train(cfg: DictConfig, rd: RunDir, progress: bool, retry: bool) -> dict:
                disable=not progress, leave=False, initial=st.epoch, total=r.epochs)
     # trackers (logger=...): given the epochs a checkpoint holds, then each epoch; closed as
     # interrupted or failed when an exception leaves the loop, finished with the record
-    with loggers.opened(cfg, rd, st.rows) as trackers, StopOnSignal() as signalled:
+    skip = lambda seconds: setattr(st, "started", st.started + seconds)  # noqa: E731  (not training: off the clock)
+    with loggers.opened(cfg, rd, st.rows) as trackers, StopOnSignal() as signalled, numba_compiles(skip):
+        st.started = time.perf_counter()  # after the trackers started (a tracking server's time-outs are not training)
         for _ in bar:
             row = run_epoch(r, st, signalled)
             if "test" in row:  # an evaluated epoch
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=row["val"], test=row["test"])
-            trackers.log_epoch(row)
+            with excluded(skip):
+                trackers.log_epoch(row)
             epoch_log.info(_epoch_line(row, r.epochs))
             if st.divergence is not None:  # stop here: the record says so, the tables mark it
                 epoch_log.info("diverged: %s", st.divergence["message"])
@@ -301,7 +313,8 @@ def setup(cfg: DictConfig, rd: RunDir, revision: str | None) -> tuple[Run, RunSt
             max_loss=t.get("max_train_loss", DEFAULT_MAX_TRAIN_LOSS),
             save_weights_at=weight_epochs(t))
     st = RunState(model=model, optimizer=optimizer, scheduler=scheduler, method=method,
-                  device=device, shuffle=shuffle, aug_gen=aug_gen, revisions=[revision])
+                  device=device, shuffle=shuffle, aug_gen=aug_gen, revisions=[revision],
+                  threads=[torch.get_num_threads()])
     return r, st
 
 
@@ -355,6 +368,12 @@ def resume(r: Run, st: RunState, ckpt: dict) -> None:
     batches = -(-st.batch // r.batch_size)
     st.resumed_from.append({"epochs_done": st.epoch, "batches_done": batches})
     st.revisions.append(r.revision)
+    threads, before = torch.get_num_threads(), st.threads[-1] if st.threads else None
+    if before is not None and before != threads:  # another summation order: the same run up to rounding
+        log.warning("noisybench: warning: resuming with %d torch thread(s), the checkpoint was computed with %d: "
+                    "results may differ from an uninterrupted run in the last digits (trainer.threads=%d "
+                    "resumes as it ran)", threads, before, before)
+    st.threads.append(threads)
     log.info("resuming %s after %d of %d epochs%s", r.rd.path, st.epoch, r.epochs,
              f" and {batches} batches" if st.batch else "")
     # per-sample weights at the epochs the earlier attempts finished
@@ -473,6 +492,8 @@ def finish(r: Run, st: RunState, trackers: loggers.Trackers, epoch_log: logging.
         record.update(r.fast.record())  # the effective precision, channels_last and compile
         if len({rev for rev in st.revisions if rev}) > 1:
             record["git_revisions"] = st.revisions  # resumed under other code: oldest first
+        if len(set(st.threads)) > 1:
+            record["torch_threads_by_attempt"] = st.threads  # resumed with other threads: oldest first
         stats = {**st.stats, "seconds": round(st.stats["seconds"], 4)}
         record.update(diverged=st.divergence, identity=r.rd.hash, resumed_from=st.resumed_from,
                       checkpoint={"every": r.checkpoint_every, **stats})

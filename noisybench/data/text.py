@@ -2,12 +2,14 @@
 
 A split directory holds `train.tsv` and optionally `valid.tsv` and `test.tsv`: tab-separated, a
 header row, no quoting (the format of STORM's spam splits: `index<TAB>sentence1<TAB>label`).
-Labels may be any strings; they are mapped to ids (numeric order when all labels are integers,
-else sorted) and the mapping is recorded with each run.
+Labels may be any strings; they are mapped to ids in an order that depends on nothing but the labels
+(`label_mapping`: numeric order when every label is a number, else code-point order of the strings) and
+the mapping is recorded with each run.
 """
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,13 +58,35 @@ def read_tsv(path: Path, text_column: str, label_column: str,
     return texts, labels
 
 
-def label_mapping(labels: Sequence[str]) -> dict[str, int]:
-    uniq = set(labels)
+def _number(label: str) -> float | None:
+    """The label's value when it is a number (NaN is not: it has no place in an order), else None."""
     try:
-        ordered = sorted(uniq, key=lambda v: float(v))
+        value = float(label)
     except ValueError:
-        ordered = sorted(uniq)
-    return {v: i for i, v in enumerate(ordered)}
+        return None
+    return None if math.isnan(value) else value
+
+
+def label_mapping(labels: Sequence[str], where: str = "the labels") -> dict[str, int]:
+    """Label string -> class id, in an order that depends on the labels only (never on hash seeds):
+    by value when every label is a number (`-1` < `2` < `10`), else by the strings' code points (`''` <
+    `0` < `Ham` < `ham` < `nan` < `spam`; a `nan` or empty label makes the order textual). Labels that
+    spell one number in several ways (`1`, `01`, `1.0`) are refused (DataError naming them): as text
+    they would be several classes, which is hardly what the file means."""
+    uniq = sorted(set(labels))
+    values = {v: _number(v) for v in uniq}
+    spellings: dict[float, list[str]] = {}
+    for v, x in values.items():
+        if x is not None:
+            spellings.setdefault(x, []).append(v)
+    clash = [sorted(group, key=len) for group in spellings.values() if len(group) > 1]
+    if clash:
+        shown = "; ".join(", ".join(group) for group in clash[:3])
+        raise DataError(f"{where} spell one number several ways ({shown}): they would be different classes; "
+                        "write each class's label one way (e.g. 1, not 01 or 1.0)")
+    if all(x is not None for x in values.values()):
+        uniq = sorted(uniq, key=lambda v: values[v])
+    return {v: i for i, v in enumerate(uniq)}
 
 
 def _allocate(counts: Sequence[int], sizes: Sequence[int], rng: np.random.Generator) -> np.ndarray:
@@ -174,13 +198,16 @@ def load_split_dir(path: str | Path, text_column: str = "sentence1", label_colum
         f"the .tsv files in {path} to have them made again from the archive")
     raw = {s: read_tsv(path / f"{s}.tsv", text_column, label_column, column_fix)
            for s in SPLITS if (path / f"{s}.tsv").is_file()}
-    mapping = label_mapping(raw["train"][1])
+    mapping = label_mapping(raw["train"][1], f"labels in {path / 'train.tsv'}")
     for split in ("valid", "test"):
         if split in raw:
             unseen = sorted(set(raw[split][1]) - set(mapping))
             if unseen:
+                respelt = [f"{u} (train.tsv: {t})" for u in unseen for t in mapping
+                           if _number(u) is not None and _number(u) == _number(t)]
                 raise DataError(f"{path / (split + '.tsv')} has labels never seen in train.tsv: "
-                                f"{', '.join(unseen[:5])}; every label must occur in the training split")
+                                f"{', '.join(unseen[:5])}; every label must occur in the training split"
+                                + (f", spelt the same way ({', '.join(respelt[:3])})" if respelt else ""))
     if len(mapping) < 2:
         raise DataError(f"{path / 'train.tsv'} has a single label ({next(iter(mapping))}); need at least 2 classes")
     texts = list(raw["train"][0])

@@ -56,8 +56,8 @@ def draw_heatmap(ax, T: np.ndarray, names: Sequence[str] | None = None, fontsize
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if k <= _FULL_MATRIX_MAX:
         labels = [str(n) for n in (names or range(k))]
-        ax.set_xticks(range(k), labels, rotation=90)
-        ax.set_yticks(range(k), labels)
+        ax.set_xticks(range(k), labels, rotation=90, parse_math=False)  # a class named `$x$` is text, not TeX
+        ax.set_yticks(range(k), labels, parse_math=False)
         for i in range(k):
             for j in range(k):
                 if T[i, j] >= 0.005:
@@ -79,7 +79,8 @@ def save_heatmap(T: np.ndarray, path: Path | str, names: Sequence[str] | None = 
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     draw_heatmap(ax, T, names)
-    ax.set_title("\n".join(textwrap.wrap(title, width=max(30, int(size * 8)))), fontsize=9)  # fits the figure
+    ax.set_title("\n".join(textwrap.wrap(title, width=max(30, int(size * 8)))), fontsize=9,  # fits the figure
+                 parse_math=False)
     fig.tight_layout()
     with atomic_output(path) as f:  # the usual file permissions, never a half-written PNG
         fig.savefig(f, format="png", dpi=100)

@@ -71,7 +71,8 @@ class SweepTablesCallback(Callback):
         try:
             write_report([sweep_dir], sweep_dir)
         except Exception as e:  # a table failure must not fail the runs it summarises
-            log.warning("could not write sweep tables in %s: %s", sweep_dir, e)
+            log.warning("could not write sweep tables in %s (no table file of an earlier job is left there): %s",
+                        sweep_dir, e)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self._token = secrets.token_hex(8)

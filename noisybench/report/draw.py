@@ -19,6 +19,9 @@ STYLE = {
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
     "grid.linewidth": 0.5, "legend.frameon": False, "pdf.fonttype": 42, "ps.fonttype": 42,
     "svg.fonttype": "none", "savefig.dpi": 150,
+    # labels come from records (method names, hyperparameter values, class names): `$x$` or `a_b$` is text,
+    # never mathtext (which would draw it as a formula, or fail on a bad one)
+    "text.parse_math": False,
 }
 # a method keeps its colour in every figure (CE, the baseline, black); others take the rest in turn
 METHOD_COLORS = {"ce": PALETTE[6], "gce": PALETTE[0], "dal": PALETTE[1], "storm": PALETTE[2]}

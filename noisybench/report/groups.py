@@ -26,6 +26,8 @@ from noisybench.report.layout import (
     table_layout,
     tuned_choice,
 )
+from noisybench.report.runfiles import read_metrics
+from noisybench.rundir import read_json_object
 
 # the kinds a tuned figure chooses per cell (as the report's tables): accuracy vs noise draws both; every
 # other figure draws the runs chosen for the validation-selected table
@@ -187,11 +189,9 @@ def left_out(group: Group) -> str:
 def num_classes(group: Group) -> int | None:
     """The number of classes of the group's runs (result.json `num_classes`; None when no run says)."""
     for d in group.runs["run_dir"]:
-        try:
-            k = json.loads((Path(d) / "result.json").read_text()).get("num_classes")
-        except (OSError, ValueError):
-            continue
-        if isinstance(k, int) and k > 1:
+        record = read_json_object(Path(d) / "result.json")[0] or {}  # (the report read it; it may have changed)
+        k = record.get("num_classes")
+        if isinstance(k, int) and not isinstance(k, bool) and k > 1:
             return k
     return None
 
@@ -210,13 +210,8 @@ def provenance(group: Group) -> str:
 
 # ---- per-epoch values (metrics.csv) -------------------------------------------------------------
 def metrics_frame(run_dir: str, cache: dict) -> pd.DataFrame | None:
-    if run_dir not in cache:
-        try:
-            frame = pd.read_csv(Path(run_dir) / "metrics.csv")
-            cache[run_dir] = frame if "epoch" in frame else None
-        except (OSError, ValueError, pd.errors.ParserError):
-            cache[run_dir] = None
-    return cache[run_dir]
+    """The run's metrics.csv (None: absent, unreadable or of another shape; noisybench.report.runfiles)."""
+    return read_metrics(run_dir, cache)
 
 
 def epoch_band(frames: list[pd.DataFrame], column: str):

@@ -13,9 +13,6 @@
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -36,6 +33,7 @@ from noisybench.report.groups import (
     row_styles,
     ylabel,
 )
+from noisybench.report.runfiles import read_noise
 
 KIND_PANELS = (("test_last", "last epoch", "last"), ("test_selected", "selected on validation", "selected"))
 CHANCE = {"acc": "1/K", "mcc": "0"}  # metrics with a chance level the figure can draw
@@ -215,13 +213,9 @@ def _matrices(group: Group) -> list[tuple]:
     mats = []
     for c in group.cols:
         for d in runs.loc[(runs["col"] == c) & ~runs["clean"], "run_dir"]:
-            try:
-                noise = json.loads((Path(d) / "noise.json").read_text())
-                T = np.array(noise["transition_matrix"], dtype=float)
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if T.ndim == 2 and T.shape[0] == T.shape[1] and T.size:
-                mats.append((c, T, noise.get("class_names"), noise.get("realized_noise_rate")))
+            noise = read_noise(d)  # None: no noise.json, or one that is not a square matrix of numbers
+            if noise is not None:
+                mats.append((c, *noise))
                 break
     return mats
 

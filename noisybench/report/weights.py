@@ -21,12 +21,23 @@ class Saved(NamedTuple):
 
 
 def load(run_dir: str) -> Saved | None:
-    try:
-        with np.load(Path(run_dir) / WEIGHTS) as z:
-            classes = z["classes"].astype(int) if "classes" in z.files else None
-            return Saved(z["epoch"].astype(int), z["weights"].astype(np.float32), z["corrupted"].astype(bool), classes)
-    except (OSError, KeyError, ValueError):
+    """The run's sample_weights.npz, or None: no file, not a regular file, not a readable npz (truncated,
+    garbage, pickled objects), or arrays of other shapes than the runner writes (`Saved`)."""
+    path = Path(run_dir) / WEIGHTS
+    if not path.is_file() or path.is_symlink():
         return None
+    try:
+        with np.load(path) as z:
+            saved = Saved(z["epoch"].astype(int), z["weights"].astype(np.float32), z["corrupted"].astype(bool),
+                          z["classes"].astype(int) if "classes" in z.files else None)
+    except Exception:  # noqa: BLE001  (zipfile, zlib, numpy: each has its own errors for a bad file)
+        return None
+    e, n = saved.epoch, len(saved.corrupted)
+    shaped = (e.ndim == 1 and saved.weights.ndim == 2 and saved.weights.shape == (len(e), n)
+              and saved.corrupted.ndim == 1
+              and (saved.classes is None or (saved.classes.shape == (n,) and (saved.classes >= 0).all()
+                                             and (n == 0 or saved.classes.max() < 100_000))))
+    return saved if shaped else None
 
 
 def auc(clean: np.ndarray, corrupted: np.ndarray) -> float:
