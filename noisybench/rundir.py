@@ -41,7 +41,8 @@ NOT_IDENTITY = ("data_dir", "noise_cache", "objective", "trainer.device", "train
 # Keys added to the configs after runs were made: at these values (the behaviour from before the key
 # existed) they stay out of the identity, so a directory made before the key existed is still the same run
 # and a sweep resumed across the upgrade skips or continues it (docs/runs.md, "A run's identity and life").
-ADDED_AT_DEFAULT = {"method.apply_weights": True, "dataset.subset_at_most": None, "method.class_floor": 0.0}
+ADDED_AT_DEFAULT = {"method.apply_weights": True, "dataset.subset_at_most": None, "method.class_floor": 0.0,
+                    "method.sharpness": 1.0}
 RESULT, FAILED, CHECKPOINT, IDENTITY, ATTEMPT = ("result.json", "failed.json", "checkpoint.pt", "identity.json",
                                                  "attempt.json")
 CHECKSUM = "checkpoint.pt.sha256"  # the checkpoint's sha256 (and its identity), beside it

@@ -856,3 +856,27 @@ def test_class_floor_lifts_a_starving_class_and_keeps_the_meta_gradient_exact():
         STORM(num_classes=3, class_floor=1.5)
     with pytest.raises(ConfigError, match="method.class_separation=true"):
         STORM(num_classes=3, bn_scope="class", class_separation=False)
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.5])
+def test_sharpness_doubles_the_logit_and_keeps_the_meta_gradient_exact(floor):
+    """sharpness=τ: the weights the losses get are σ(τ logit w) (a weight of 0.12 at τ = 2 becomes
+    0.018, the mean weight 0.5 stays 0.5); the closed-form w-gradient of the rescaled loss is
+    autograd's through the sharpening (and through a class floor held constant); τ = 1 is the paper's
+    weights, untouched."""
+    gen = torch.Generator().manual_seed(1)
+    head = torch.arange(30) % 3
+    w = torch.rand(30, dtype=torch.float64, generator=gen) * 0.98 + 0.01
+    method = STORM(num_classes=3, sharpness=2.0, class_floor=floor).double()
+    if floor == 0.0:
+        got = method._effective(w, head)
+        torch.testing.assert_close(torch.logit(got), 2.0 * torch.logit(w))
+        assert float(method._effective(torch.tensor([0.5], dtype=torch.float64), head[:1])) == pytest.approx(0.5)
+    loss = torch.rand(30, dtype=torch.float64, generator=gen) * 3
+    wv = w.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(method._rescaled(1.0, loss, wv, 30, loss, head), wv)
+    torch.testing.assert_close(method._rescaled_grad(1.0, loss, w, 30, loss, head), auto)
+    paper = STORM(num_classes=3)
+    assert paper._effective(w, head) is w
+    with pytest.raises(ConfigError, match="method.sharpness"):
+        STORM(num_classes=3, sharpness=0.5)

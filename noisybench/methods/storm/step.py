@@ -68,7 +68,7 @@ class STORM(LossMethod):
                  features: str = "full", meta_loss_rescaling: bool = True, meta_source: str = "noisy_train",
                  rescaler_lr: float = 1e-2, weight_norm: str = "weight_sum", lookahead: str = "persistent",
                  bn_scope: str = "batch", trained_pass_dropout: bool = True, apply_weights: bool = True,
-                 class_floor: float = 0.0) -> None:
+                 class_floor: float = 0.0, sharpness: float = 1.0) -> None:
         super().__init__(num_classes)
         _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, weight_norm,
                lookahead, first_order, meta_loss_rescaling, bn_scope)
@@ -92,6 +92,10 @@ class STORM(LossMethod):
             raise ConfigError(f"method.class_floor={class_floor} must be in [0, 1] (0 = off; 0.5 = no class's mean "
                               "weight in a batch below half the batch's mean weight)")
         self.class_floor = float(class_floor)  # lift a starving class's weights (`weighting.class_boost`)
+        if not 1.0 <= float(sharpness) <= 100.0:
+            raise ConfigError(f"method.sharpness={sharpness} must be in [1, 100] (1 = the paper's weights; "
+                              "2 = twice the spread of Ω's logits)")
+        self.sharpness = float(sharpness)  # w' = σ(τ logit w) (`weighting.sharpen`)
         if bn_scope == "class" and not class_separation:
             raise ConfigError("method.bn_scope=class needs one Ω head per class (method.class_separation=true); "
                               "with a shared head set method.bn_scope=batch")
@@ -307,6 +311,12 @@ class STORM(LossMethod):
     def _scale(self, w: torch.Tensor, loss: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
         return weighting.scale(*self._norm(), w, loss, head)
 
+    def _sharp(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """sharpness τ != 1: Ω's weight w -> σ(τ logit w) (values) and its derivative (None at τ = 1)."""
+        if self.sharpness == 1.0:
+            return w, None
+        return weighting.sharpen(w, self.sharpness)  # (differentiable: `_rescaled` is checked by autograd)
+
     def _boost(self, w: torch.Tensor, head: torch.Tensor) -> torch.Tensor | None:
         """class_floor > 0: the constant factor φ that lifts a starving class's weights (`weighting.class_boost`)."""
         if self.class_floor <= 0:
@@ -314,7 +324,8 @@ class STORM(LossMethod):
         return weighting.class_boost(w.detach(), head, self.rescaler.w1.shape[0], self.class_floor)
 
     def _effective(self, w: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        """The weights the losses get: φ ⊙ w (w without a class floor)."""
+        """The weights the losses get: φ ⊙ w' (w' = w sharpened; φ = 1 without a class floor)."""
+        w = self._sharp(w)[0]
         phi = self._boost(w, head)
         return w if phi is None else w * phi
 
@@ -324,10 +335,13 @@ class STORM(LossMethod):
 
     def _rescaled_grad(self, share: float, values: torch.Tensor, w: torch.Tensor, rows: int,
                        ell: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        w, dw = self._sharp(w)
         phi = self._boost(w, head)
         if phi is None:
-            return weighting.rescaled_grad(*self._norm(), share, values, w, rows, ell, head)
-        return phi * weighting.rescaled_grad(*self._norm(), share, values, w * phi, rows, ell, head)
+            grad = weighting.rescaled_grad(*self._norm(), share, values, w, rows, ell, head)
+        else:
+            grad = phi * weighting.rescaled_grad(*self._norm(), share, values, w * phi, rows, ell, head)
+        return grad if dw is None else grad * dw
 
     def _coef(self, terms: LossTerms, w: torch.Tensor, rows: int, head: torch.Tensor) -> torch.Tensor:
         return weighting.coefficients(*self._norm(), terms, self._effective(w, head), rows, head)

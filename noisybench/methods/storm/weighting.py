@@ -96,6 +96,19 @@ def class_boost(w: torch.Tensor, head: torch.Tensor, heads: int, floor: float) -
     return phi[head]
 
 
+def sharpen(w: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sharpness` τ: w' = σ(τ logit w) and dw'/dw = τ w'(1 − w') / (w(1 − w)), elementwise.
+
+    Ω's last BatchNorm has no affine parameters, so per head its logit difference z1 − z0 has mean 0
+    and a standard deviation of at most 2: a group holding half a class's rows cannot go below
+    σ(−2) ≈ 0.12. τ > 1 widens that range (τ = 1: the paper; the caller skips this). Differentiable
+    in w; the closed-form meta-gradient takes dw'/dw by the chain rule (`STORM._rescaled_grad`)."""
+    eps = torch.finfo(w.dtype).eps
+    wc = w.clamp(eps, 1.0 - eps)
+    out = torch.sigmoid(tau * (torch.log(wc) - torch.log1p(-wc)))
+    return out, tau * out * (1.0 - out) / (wc * (1.0 - wc))
+
+
 def coefficients(norm: str, heads: int, terms: LossTerms, w: torch.Tensor, rows: int,
                  head: torch.Tensor) -> torch.Tensor:
     """c_m = dL/dℓ_m = share (M/B) s(w) w_m for weights held constant: L(w) = mean_r rest_r + Σ_m c_m ℓ_m."""
