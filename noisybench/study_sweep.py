@@ -174,11 +174,11 @@ class StudySweeperImpl(OptunaSweeperImpl):
                 trial.set_user_attr("seed_values", values)
             value = mean_of(values)
             if value == value:  # not NaN
-                study.tell(trial, value)
+                _told(study, trial, values=value)
             else:
                 log.warning("trial %d failed (a run returned no objective: failed.json in its run directory)",
                             trial.number)
-                study.tell(trial, state=TrialState.FAIL)
+                _told(study, trial, state=TrialState.FAIL)
 
     def _write_results(self, study: optuna.Study, directions: list[str]) -> None:
         done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
@@ -193,6 +193,17 @@ class StudySweeperImpl(OptunaSweeperImpl):
         else:
             out = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values} for t in study.best_trials]}
         OmegaConf.save(OmegaConf.create(out), f"{self.config.hydra.sweep.dir}/optimization_results.yaml")
+
+
+def _told(study: optuna.Study, trial, **kwargs) -> None:
+    """study.tell, where a grid sampler (hydra/sweeper/sampler=grid) that has just seen its last grid point
+    calls study.stop(), which optuna refuses outside study.optimize (RuntimeError). The trial is recorded
+    by then (tell stores its value and state in a `finally`), and the loop ends by n_trials."""
+    try:
+        study.tell(trial, **kwargs)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
 
 
 def _value(ret) -> float:

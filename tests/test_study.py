@@ -71,6 +71,25 @@ def test_a_trial_over_two_seeds_scores_the_mean_of_their_runs(cli_env, tmp_path)
     assert sorted(trial.user_attrs["run_dirs"]) == sorted(str(r.parent) for r in runs)
 
 
+def test_a_grid_search_runs_every_value_once_and_a_rerun_asks_nothing(cli_env, tmp_path):
+    """hparams_search=storm_sharpness (a grid sampler): optuna's grid sampler stops the study after its last
+    point, which optuna refuses outside study.optimize; every point is still recorded, best by val_last."""
+    sweep = tmp_path / "grid"
+    cmd = ["-m", "hparams_search=storm_sharpness", "experiment=smoke", "trainer.progress=false",
+           "hydra.sweeper.seeds=[0]", f"hydra.sweep.dir={sweep}"]
+    p = nb("train", *cmd, env=cli_env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    study = load(sweep, "storm_sharpness")
+    assert sorted(t.params["method.sharpness"] for t in study.trials) == [1.0, 1.5, 2.0, 4.0]
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    lasts = {json.loads(r.read_text())["val_last"] for r in sweep.glob("*/result.json")}
+    assert {t.value for t in study.trials} <= lasts and len(lasts) >= 1
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == study.best_value
+    again = nb("train", *cmd, env=cli_env)
+    assert again.returncode == 0 and len(load(sweep, "storm_sharpness").trials) == 4, again.stderr[-3000:]
+
+
 def test_a_study_of_the_other_direction_is_refused_in_one_line(cli_env, tmp_path):
     sweep = tmp_path / "other"
     sweep.mkdir()
