@@ -121,6 +121,23 @@ def test_tune_picks_the_best_validation_value_not_the_best_test(tmp_path, capsys
     assert "| ce | 90.50 ± 0.71 (2) [lr=0.2] |" in out and "ORACLE: chosen by mean test score" in out
 
 
+def test_tune_a_method_key_added_at_its_default_is_one_row(tmp_path, capsys):
+    """`--tune method.sharpness` over runs of sharpness 1 (the default: the run's identity leaves the key out,
+    rundir.ADDED_AT_DEFAULT) and 2: one storm row, the value chosen per cell by validation; CE, which has no
+    such key, is a plain row beside it."""
+    for seed in (0, 1):
+        for tau, val, test in ((1.0, 0.5, 0.60), (2.0, 0.7, 0.80)):
+            storm = dict(BASE["method"], name="storm", sharpness=tau)
+            write_run(tmp_path, f"storm{tau}-s{seed}", val=val, test=test + seed / 100, method="storm",
+                      hp={"sharpness": tau}, seed=seed, method__sharpness=storm["sharpness"])
+        write_run(tmp_path, f"ce-s{seed}", val=0.6, test=0.7, seed=seed)
+    assert main(["report", str(tmp_path), "--tune", "method.sharpness", "-k", "last", "--no-marks"]) == 0
+    out = capsys.readouterr().out
+    assert "| storm | 80.50 ± 0.71 (2) [sharpness=2] |" in out
+    assert "| ce | 70.00 ± 0.00 (2) |" in out
+    assert "storm (sharpness" not in out and "[sharpness=None]" not in out and "[]" not in out
+
+
 def test_tune_unknown_key_is_one_line_error(tmp_path, capsys):
     lr_sweep(tmp_path)
     assert main(["report", str(tmp_path), "--tune", "optim.optimizer.lrr"]) == 2

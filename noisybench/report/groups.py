@@ -21,8 +21,8 @@ from noisybench.report.layout import (
     METRIC_TITLES,
     TUNE_SCORE,
     check_replicates,
+    chosen_text,
     config_value,
-    fmt_value,
     table_layout,
     tuned_choice,
 )
@@ -95,7 +95,7 @@ def _tune(g: pd.DataFrame, tune: list[str], names: dict) -> tuple[str, ...]:
     if not tuned:
         return ()
     g["choice"] = [tuple(config_value(c.get(t)) for t in tuned) for c in configs]
-    g["chosen"] = [", ".join(f"{names[t]}={fmt_value(v)}" for t, v in zip(tuned, ch)) for ch in g["choice"]]
+    g["chosen"] = [chosen_text(names, tuned, ch) for ch in g["choice"]]
     check_replicates(g, list(g["row"]), list(g["col"]), list(g["choice"]))
     for kind in TUNED_KINDS:
         g["score"] = g[TUNE_SCORE[kind]]

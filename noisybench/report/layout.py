@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from noisybench.errors import NoisybenchError
+from noisybench.rundir import ADDED_AT_DEFAULT
 
 METRIC_TITLES = {"acc": "test accuracy (%)", "f1": "test F1 of the positive class (%)",
                  "macro_f1": "test macro-F1 (%)", "mcc": "test Matthews correlation (x100)",
@@ -65,7 +66,9 @@ def varied_keys(df: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
     if len(configs) < 2:
         return []
     keys = sorted({k for c in configs for k in c})
-    sig = lambda k: tuple(json.dumps(c.get(k, "<absent>"), sort_keys=True, default=str) for c in configs)  # noqa: E731  (a local helper)
+    def sig(k: str) -> tuple:  # a key added at its default (`_row` puts it back) is the same as its absence
+        at = lambda c: "<absent>" if k in ADDED_AT_DEFAULT and c.get(k) == ADDED_AT_DEFAULT[k] else c.get(k, "<absent>")  # noqa: E731
+        return tuple(json.dumps(at(c), sort_keys=True, default=str) for c in configs)
 
     replicate = {sig(k) for k in REPLICATE if k in keys}
     excluded = set(SHOWN) | set(exclude)
@@ -91,6 +94,12 @@ def fmt_value(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def chosen_text(names: dict, tuned: list[str], choice: tuple) -> str:
+    """A cell's chosen values of the tuned keys, "lr=0.05"; a key the cell's method does not have (None:
+    CE beside a tuned method.sharpness) is left out."""
+    return ", ".join(f"{names[t]}={fmt_value(v)}" for t, v in zip(tuned, choice) if v is not None)
+
+
 def sort_value(v):
     """Numbers by value, before everything else by its text."""
     return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
@@ -109,10 +118,13 @@ def table_layout(group: pd.DataFrame, tune: Iterable[str] = ()):
         extra = ", ".join(f"{names[k]}={fmt_value(c.get(k))}" for k in keys)
         return f"{base}, {extra}" if extra else base
 
-    rows = [label(m, c, row_keys) for m, c in zip(group["method_label"], configs)]
+    methods = group["method_label"]
+    if any(t.startswith("method.") for t in tune):  # a tuned method key is chosen per cell, not a row
+        methods = method_labels(group, exclude=[t[len("method."):] for t in tune if t.startswith("method.")])
+    rows = [label(m, c, row_keys) for m, c in zip(methods, configs)]
     cols = [label(n, c, col_keys) for n, c in zip(group["noise"], configs)]
     row_order = [r for _, r in sorted({(tuple([m] + [sort_value(c.get(k)) for k in row_keys]), r)
-                                       for m, c, r in zip(group["method_label"], configs, rows)})]
+                                       for m, c, r in zip(methods, configs, rows)})]
     col_sort = {}
     for t, rate, n, c, lab in zip(group["noise_type"], group["noise_rate"], group["noise"], configs, cols):
         col_sort[lab] = (str(t), float(rate or 0), n, *[sort_value(c.get(k)) for k in col_keys])
@@ -136,13 +148,14 @@ def check_replicates(group: pd.DataFrame, rows: list[str], cols: list[str], extr
         seen[key] = group["run_dir"].iloc[i]
 
 
-def method_labels(df: pd.DataFrame) -> pd.Series:
-    """Method name, plus the hyperparameters that differ between runs of that method, and a mark on
-    runs that learnt from clean labels (`uses_clean_labels` in result.json)."""
+def method_labels(df: pd.DataFrame, exclude: Iterable[str] = ()) -> pd.Series:
+    """Method name, plus the hyperparameters that differ between runs of that method (other than
+    `exclude`: tuned ones), and a mark on runs that learnt from clean labels (`uses_clean_labels` in
+    result.json)."""
     labels = df["method"].copy()
     for name, group in df.groupby("method"):
         hps = group["method_hparams"].map(json.loads)
-        keys = sorted({k for h in hps for k in h})
+        keys = sorted({k for h in hps for k in h} - set(exclude))
         varying = [k for k in keys if len({json.dumps(h.get(k)) for h in hps}) > 1]
         if varying:
             labels[group.index] = [f"{name} (" + ", ".join(f"{k}={h.get(k)}" for k in varying) + ")" for h in hps]

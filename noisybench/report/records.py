@@ -14,6 +14,7 @@ from noisybench.errors import one_line
 from noisybench.report.layout import CONFIG_COL, METRIC_RANGES, config_value, flat_config, method_labels, varied_keys
 from noisybench.report.shapes import check_record, scalars
 from noisybench.rundir import (
+    ADDED_AT_DEFAULT,
     CHECKPOINT,
     FAILED,
     IDENTITY,
@@ -174,9 +175,22 @@ def _row(r: dict, run_dir: Path) -> dict:
         **{f"method_{k}": v for k, v in scalars(r.get("method_metrics")).items()},
         **{f"method_{k}": v for k, v in scalars(r.get("method_result")).items()},
         "diverged": bool(r.get("diverged")),
-        CONFIG_COL: json.dumps(flat_config(identity_config(r["config"])) if isinstance(r.get("config"), dict)
+        CONFIG_COL: json.dumps(_report_config(r["config"]) if isinstance(r.get("config"), dict)
                                else {}, sort_keys=True, default=str),
     }
+
+
+def _report_config(cfg: dict) -> dict:
+    """The run's identity config, flattened, with the keys added at their default (`ADDED_AT_DEFAULT`) put
+    back where the run's config has them: a run of method.sharpness=1 made after the key existed says so,
+    and `--tune method.sharpness` can choose it (`layout.varied_keys` takes such a key at its default as
+    absent, so runs from before the key and after it still share their cells)."""
+    flat = flat_config(identity_config(cfg))
+    full = flat_config({k: v for k, v in cfg.items() if k != "hydra"})
+    for key in ADDED_AT_DEFAULT:
+        if key in full and key not in flat:
+            flat[key] = full[key]
+    return flat
 
 
 SCORES = ("test_last", "test_selected", "test_best", "val_last", "val_selected")

@@ -18,6 +18,7 @@ from noisybench.report.layout import (
     METRIC_TITLES,
     TUNE_SCORE,
     check_replicates,
+    chosen_text,
     config_value,
     display_key,
     fmt_value,
@@ -103,9 +104,9 @@ def tables(df: pd.DataFrame, kinds: Iterable[str] = DEFAULT_KINDS, tune: Iterabl
                     continue
                 best = tuned_choice(cell)
                 picked = cell[[ch == best for ch in cell["choice"]]]
-                chosen = ", ".join(f"{names[t]}={fmt_value(v)}" for t, v in zip(tuned, best))
+                chosen = chosen_text(names, tuned, best)
                 stats[(r, c)] = cell_stats(picked["value"], picked["diverged"], chosen)
-                cells[(r, c)] = f"{cell_text(stats[(r, c)])} [{chosen}]"
+                cells[(r, c)] = cell_text(stats[(r, c)]) + (f" [{chosen}]" if chosen else "")
             table = pd.DataFrame([[cells.get((r, c), "–") for c in col_order] for r in order],
                                  index=pd.Index(order, name="method_label"), columns=col_order)
             table.attrs["stats"] = stats  # per cell: mean, std, n (for the marks and the LaTeX cells)
