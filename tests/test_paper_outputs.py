@@ -207,6 +207,24 @@ def test_plot_tune_draws_the_tuned_figure(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("noisybench: error: --tune optim.optimizer.lrr")
 
 
+def test_plot_tune_a_method_key_beside_a_method_without_it(tmp_path):
+    """`plot --tune method.sharpness` over STORM runs of two sharpness values and CE runs (no such key): one
+    storm line with the chosen value at its point, CE drawn without one, both in the caption's words."""
+    from noisybench.report.noise_figures import accuracy_vs_noise
+
+    for seed in (0, 1):
+        for tau, val, test in ((1.0, 0.5, 0.60), (2.0, 0.7, 0.80)):
+            write_run(tmp_path / "s", f"storm{tau}-s{seed}", val=val, test=test, method="storm",
+                      hp={"sharpness": tau}, seed=seed, method__sharpness=tau)
+        write_run(tmp_path / "s", f"ce-s{seed}", val=0.6, test=0.7, seed=seed)
+    (group,) = _groups([tmp_path / "s"], ["method.sharpness"])
+    assert sorted(group.rows) == ["ce", "storm"] and group.tuned == ("sharpness",)
+    (plot,) = accuracy_vs_noise(group)
+    last = plot.figure.axes[0]
+    assert [t.get_text() for t in last.texts] == ["2"]
+    assert "storm: 2 (last), 2 (selected)" in plot.caption and "ce:" not in plot.caption
+
+
 def test_png_is_300_dpi_and_pdf_is_vector(tmp_path):
     for seed in (0, 1):
         write_full_run(tmp_path / "s", "ce", 0.4, seed)

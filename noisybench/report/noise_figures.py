@@ -116,6 +116,8 @@ def _draw_panel(ax, group: Group, pts: dict, labels: dict, styles: dict, points_
             ax.plot(x, m, color=st["color"], linestyle=st["linestyle"], marker=st["marker"], label=labels[r])
             ax.fill_between(x, m - s, m + s, color=st["color"], alpha=0.15, linewidth=0)
         for xi, mi, p in zip(x, m, pts[r]) if group.tuned else ():
+            if not p[4]:  # a method without the tuned key (CE beside a tuned method.sharpness): nothing chosen
+                continue
             value = p[4].split("=", 1)[1] if len(group.tuned) == 1 else p[4]
             ax.annotate(value, (xi, mi), textcoords="offset points", xytext=(0, 3.5), ha="center",
                         va="bottom", fontsize=5.5, color=st["color"])
@@ -179,9 +181,10 @@ def _tuned_words(group: Group) -> str:
         for _, _, kind in KIND_PANELS:
             runs = group.picked(kind).runs
             mine = dict(zip(runs.loc[runs["row"] == r, "col"], runs.loc[runs["row"] == r, "chosen"]))
-            values = [mine[c].split("=", 1)[1] if len(group.tuned) == 1 else mine[c] for c in cols if c in mine]
+            values = [mine[c].split("=", 1)[1] if len(group.tuned) == 1 else mine[c] for c in cols if mine.get(c)]
             per.append(" / ".join(values))
-        chosen.append(f"{r}: {per[0]} (last), {per[1]} (selected)")
+        if any(per):  # (a row without the tuned key, e.g. CE beside a tuned method.sharpness: nothing chosen)
+            chosen.append(f"{r}: {per[0]} (last), {per[1]} (selected)")
     return (f" {keys} chosen per (row, noise setting) as `noisybench report --tune` chooses: the best mean "
             "validation score over seeds (val_last for the left panel, val_selected for the right); the chosen "
             f"value is written at each point. Chosen {keys} for {' / '.join(cols)}: {'; '.join(chosen)}.")
