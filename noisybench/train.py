@@ -406,6 +406,8 @@ def run_epoch(r: Run, st: RunState, signalled: StopOnSignal) -> dict:
         with r.fast.autocast():
             row.update(r.task.evaluate(st.model, r.ds, r.eval_batch_size))
         _class_weights(r, st, epoch, row)
+        if st.method.needs_validation_scores and r.cfg.noise.get("apply_to_val", True) and row.get("val") is not None:
+            st.method.on_validation(epoch, float(row["val"]), str(r.cfg.dataset.metric))  # noisy labels only
     st.rows.append(row)
     atomic_write_text(r.rd.path / "metrics.csv", _csv(st.rows))
     return row

@@ -880,3 +880,33 @@ def test_sharpness_doubles_the_logit_and_keeps_the_meta_gradient_exact(floor):
     assert paper._effective(w, head) is w
     with pytest.raises(ConfigError, match="method.sharpness"):
         STORM(num_classes=3, sharpness=0.5)
+
+
+def test_auto_sharpness_from_the_noisy_validation_accuracy():
+    """sharpness=auto: τ = 1 up to about 21 % of corrupted labels, then what takes the corrupted group's
+    weight down to 0.02 in the two-group model (1.5 at η = 0.38, 2.2 at 0.55), at most 4; 1 during the
+    first 10 % of the epochs, and 1 for a metric that is not an accuracy."""
+    from noisybench.methods.storm import weighting
+
+    assert weighting.auto_sharpness(0.05) == 1.0 and weighting.auto_sharpness(0.2) == 1.0
+    assert weighting.auto_sharpness(0.38) == pytest.approx(1.52, abs=0.01)
+    assert weighting.auto_sharpness(0.55) == pytest.approx(2.15, abs=0.01)
+    assert weighting.auto_sharpness(0.95) == 4.0 and weighting.auto_sharpness(1.0) == 4.0
+    method = STORM(num_classes=3, sharpness="auto")
+    assert method.needs_validation_scores and method.state() == {"sharpness": 1.0}
+    method.on_epoch_start(0, 20)  # warm-up: the first 2 epochs
+    method.on_validation(0, 0.45, "acc")
+    assert method.state()["sharpness"] == 1.0
+    method.on_validation(1, 0.40, "acc")  # the best so far (0.45) counts
+    assert method.state()["sharpness"] == pytest.approx(weighting.auto_sharpness(0.55))
+    assert method.hparams()["sharpness_source"] == "noisy validation accuracy"
+    f1 = STORM(num_classes=3, sharpness="auto")
+    f1.on_epoch_start(0, 20)
+    for epoch in range(5):
+        f1.on_validation(epoch, 0.3, "f1")
+    assert f1.state()["sharpness"] == 1.0 and "not an accuracy" in f1.hparams()["sharpness_source"]
+    fixed = STORM(num_classes=3, sharpness=2)
+    assert not fixed.needs_validation_scores and "sharpness" not in fixed.state()
+    for bad in ("sharp", 0.5, None):
+        with pytest.raises(ConfigError, match="method.sharpness"):
+            STORM(num_classes=3, sharpness=bad)

@@ -83,6 +83,11 @@ class LossMethod(nn.Module):
     #: a method on real data does not have; e.g. Co-teaching's forget rate): the runner calls
     #: `on_noise_rate` and records `uses_noise_rate: true` in result.json.
     needs_noise_rate: bool = False
+    #: True when a method adapts to its own scores on the NOISY validation split (the split every run
+    #: already evaluates for model selection; e.g. STORM's sharpness=auto): the runner calls
+    #: `on_validation` after every evaluated epoch, and only when the validation labels carry the
+    #: noise (noise.apply_to_val=true; clean validation labels are never passed).
+    needs_validation_scores: bool = False
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -106,6 +111,10 @@ class LossMethod(nn.Module):
     def on_noise_rate(self, rate: float | None) -> None:
         """Called once before training, and only if `needs_noise_rate`: the config's `noise.rate`
         (None for a noise without one, e.g. noise=real)."""
+
+    def on_validation(self, epoch: int, score: float, metric: str) -> None:
+        """After every evaluated epoch (0-based), only if `needs_validation_scores` and the validation
+        labels are noisy: the epoch's validation score in the dataset's metric (`acc`, `f1`, `jga`...)."""
 
     def on_model(self, model: nn.Module, optimizer: torch.optim.Optimizer, builders: Builders) -> None:
         """Called once before training (after `on_train_start`, before a checkpoint is loaded) with the

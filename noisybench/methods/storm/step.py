@@ -3,6 +3,8 @@ training step that composes the parts of this package. The method, its equations
 and every deliberate departure from the paper: docs/methods/storm.md."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -58,6 +60,23 @@ def _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, we
                           "or method.weight_norm=class_sum")
 
 
+AUTO_WARMUP = 0.1  # sharpness=auto: τ = 1 for this share of the epochs (at least the first)
+
+
+def _sharpness(value) -> float | str:
+    """method.sharpness: a number in [1, 100] or auto."""
+    if value == "auto":
+        return "auto"
+    try:
+        tau = float(value)
+    except (TypeError, ValueError):
+        tau = math.nan
+    if not 1.0 <= tau <= 100.0:
+        raise ConfigError(f"method.sharpness={value} must be auto or a number in [1, 100] (1 = the paper's weights; "
+                          "2 = twice the spread of Ω's logits)")
+    return tau
+
+
 class STORM(LossMethod):
     """The STORM step method (docs/methods/storm.md): per batch, the dropout passes (`Passes`), the
     features (`features`), the weights from Ω (`Rescaler`), the lookahead (`InnerStep`) and Ω's
@@ -68,7 +87,7 @@ class STORM(LossMethod):
                  features: str = "full", meta_loss_rescaling: bool = True, meta_source: str = "noisy_train",
                  rescaler_lr: float = 1e-2, weight_norm: str = "weight_sum", lookahead: str = "persistent",
                  bn_scope: str = "batch", trained_pass_dropout: bool = True, apply_weights: bool = True,
-                 class_floor: float = 0.0, sharpness: float = 1.0) -> None:
+                 class_floor: float = 0.0, sharpness: float | str = 1.0) -> None:
         super().__init__(num_classes)
         _check(forward_passes, meta_interval, features, meta_source, rescaler_lr, weight_norm,
                lookahead, first_order, meta_loss_rescaling, bn_scope)
@@ -92,10 +111,13 @@ class STORM(LossMethod):
             raise ConfigError(f"method.class_floor={class_floor} must be in [0, 1] (0 = off; 0.5 = no class's mean "
                               "weight in a batch below half the batch's mean weight)")
         self.class_floor = float(class_floor)  # lift a starving class's weights (`weighting.class_boost`)
-        if not 1.0 <= float(sharpness) <= 100.0:
-            raise ConfigError(f"method.sharpness={sharpness} must be in [1, 100] (1 = the paper's weights; "
-                              "2 = twice the spread of Ω's logits)")
-        self.sharpness = float(sharpness)  # w' = σ(τ logit w) (`weighting.sharpen`)
+        self.sharpness = _sharpness(sharpness)  # w' = σ(τ logit w) (`weighting.sharpen`); "auto": `on_validation`
+        self.needs_validation_scores = self.sharpness == "auto"
+        self._tau = 1.0 if self.sharpness == "auto" else self.sharpness  # τ of the coming steps
+        self._val_best: float | None = None  # sharpness=auto: the best noisy-validation accuracy so far
+        self._tau_from = 1  # sharpness=auto: the first epoch (0-based) whose τ may differ from 1
+        # sharpness=auto: where τ comes from (hparams); the runner passes no score from CLEAN validation labels
+        self._auto_note = "off: no score on noisy validation labels (noise.apply_to_val=false, or none yet), so tau = 1"
         if bn_scope == "class" and not class_separation:
             raise ConfigError("method.bn_scope=class needs one Ω head per class (method.class_separation=true); "
                               "with a shared head set method.bn_scope=batch")
@@ -148,12 +170,26 @@ class STORM(LossMethod):
         self._meta_x, self._meta_y = x_val, y_val_clean
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        self._tau_from = max(1, math.ceil(AUTO_WARMUP * num_epochs))
         if self.memory is not None:
             self.memory.clear()
             self.meta_memory.clear()
         if self._weights is not None:
             self._weights.fill_(float("nan"))
         self.base_loss.on_epoch_start(epoch, num_epochs)
+
+    def on_validation(self, epoch: int, score: float, metric: str) -> None:
+        """sharpness=auto: τ for the next epochs from the best accuracy on the noisy validation split so far
+        (`weighting.auto_sharpness` of η = 1 − that accuracy, an upper bound of the share of corrupted
+        labels); 1 during the first AUTO_WARMUP of the epochs, and 1 for a metric that is not an accuracy."""
+        if metric != "acc":
+            self._auto_note = f"off: the validation metric {metric} is not an accuracy, so tau = 1"
+            return
+        if math.isfinite(score):
+            self._val_best = score if self._val_best is None else max(self._val_best, score)
+        if self._val_best is not None and epoch + 1 >= self._tau_from:
+            self._tau = weighting.auto_sharpness(1.0 - self._val_best)
+            self._auto_note = "noisy validation accuracy"
 
     # ---- checkpoints (noisybench.methods.base): Ω and the base loss come with state_dict() ----
     def get_extra_state(self) -> dict:
@@ -165,7 +201,8 @@ class STORM(LossMethod):
         return {"steps": self._steps, "groups": self._groups, "msize": self._msize, "weights": self._weights,
                 "memory": self.memory.state_dict(), "meta_memory": self.meta_memory.state_dict(),
                 "meta_optimizer": self.meta_optimizer.state_dict(), "meta_gen": self._meta_gen.get_state(),
-                "pending": None if self._pending is None else self._pending._asdict()}
+                "pending": None if self._pending is None else self._pending._asdict(),
+                "tau": self._tau, "val_best": self._val_best, "auto_note": self._auto_note, "tau_from": self._tau_from}
 
     def set_extra_state(self, state: dict) -> None:
         if not state:
@@ -183,16 +220,21 @@ class STORM(LossMethod):
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         self._meta_gen.set_state(state["meta_gen"].cpu())
         self._pending = pending_from_state(state["pending"])
+        if "tau" in state:  # (a checkpoint from before sharpness existed: τ = 1, as it trained)
+            self._tau, self._val_best, self._auto_note = float(state["tau"]), state["val_best"], state["auto_note"]
+            self._tau_from = int(state["tau_from"])
         self._model_id = None  # the next step re-reads model and optimizer and moves this state to their device
 
     def hparams(self) -> dict:
         # beyond the config's keys: the base loss's (also when named by its registry entry) and the
         # dropout STORM switched on
+        auto = {"sharpness_source": self._auto_note} if self.sharpness == "auto" else {}
         return {"base_loss": self.base_name, **{f"base_loss.{k}": v for k, v in self.base_hparams.items()},
-                "dropout_enabled": self.dropout_enabled}
+                "dropout_enabled": self.dropout_enabled, **auto}
 
     def state(self) -> dict:
-        return self.base_loss.state()
+        # sharpness=auto: the τ this epoch trained with (metrics.csv, the diagnostics figure)
+        return {**self.base_loss.state(), **({"sharpness": self._tau} if self.sharpness == "auto" else {})}
 
     def epoch_metrics(self, corrupted: torch.Tensor) -> dict:
         """Weight diagnostics against the corruption mask (never used for training)."""
@@ -313,9 +355,9 @@ class STORM(LossMethod):
 
     def _sharp(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """sharpness τ != 1: Ω's weight w -> σ(τ logit w) (values) and its derivative (None at τ = 1)."""
-        if self.sharpness == 1.0:
+        if self._tau == 1.0:
             return w, None
-        return weighting.sharpen(w, self.sharpness)  # (differentiable: `_rescaled` is checked by autograd)
+        return weighting.sharpen(w, self._tau)  # (differentiable: `_rescaled` is checked by autograd)
 
     def _boost(self, w: torch.Tensor, head: torch.Tensor) -> torch.Tensor | None:
         """class_floor > 0: the constant factor φ that lifts a starving class's weights (`weighting.class_boost`)."""

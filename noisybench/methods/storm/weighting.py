@@ -3,6 +3,8 @@ none, weight_sum, mass, class_sum, class_mass; docs/methods/storm.md), its value
 w-gradient and the batch loss the model trains on. `heads` = the number of Ω heads (classes)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from noisybench.tasks import LossTerms
@@ -107,6 +109,22 @@ def sharpen(w: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     wc = w.clamp(eps, 1.0 - eps)
     out = torch.sigmoid(tau * (torch.log(wc) - torch.log1p(-wc)))
     return out, tau * out * (1.0 - out) / (wc * (1.0 - wc))
+
+
+AUTO_TARGET = 0.02  # sharpness=auto: the weight the corrupted group may reach at most (two-group model)
+AUTO_MAX = 4.0  # sharpness=auto: the largest τ it chooses
+
+
+def auto_sharpness(noise_bound: float) -> float:
+    """`sharpness=auto`: τ from an upper bound η of the share of corrupted labels (1 − the best accuracy on
+    the noisy validation split). Two groups per class, clean (share 1 − η, logit +a) and corrupted (η,
+    logit −b), with Ω's last BatchNorm's mean 0 and variance ≤ 4 give b ≤ 2 √((1 − η) / η); τ is what
+    takes σ(−τ b) down to AUTO_TARGET: logit(1 − AUTO_TARGET) / b, within [1, AUTO_MAX]. τ = 1 (the paper)
+    for η ≤ 0.21, 1.5 at η = 0.38, 2.2 at 0.55."""
+    eta = min(max(float(noise_bound), 1e-6), 1.0 - 1e-6)
+    b = 2.0 * ((1.0 - eta) / eta) ** 0.5
+    tau = math.log((1.0 - AUTO_TARGET) / AUTO_TARGET) / b
+    return min(max(tau, 1.0), AUTO_MAX)
 
 
 def coefficients(norm: str, heads: int, terms: LossTerms, w: torch.Tensor, rows: int,
