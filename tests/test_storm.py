@@ -899,14 +899,15 @@ def test_auto_sharpness_from_the_noisy_validation_accuracy():
     assert method.state()["sharpness"] == 1.0
     method.on_validation(1, 0.40, "acc")  # the best so far (0.45) counts
     assert method.state()["sharpness"] == pytest.approx(weighting.auto_sharpness(0.55))
-    assert method.hparams()["sharpness_source"] == "noisy validation accuracy"
+    assert method.result_extras({}) == {"sharpness": method.state()["sharpness"],
+                                        "sharpness_source": "noisy validation accuracy", "sharpness_val_best": 0.45}
     f1 = STORM(num_classes=3, sharpness="auto")
     f1.on_epoch_start(0, 20)
     for epoch in range(5):
         f1.on_validation(epoch, 0.3, "f1")
-    assert f1.state()["sharpness"] == 1.0 and "not an accuracy" in f1.hparams()["sharpness_source"]
+    assert f1.state()["sharpness"] == 1.0 and "not an accuracy" in f1.result_extras({})["sharpness_source"]
     fixed = STORM(num_classes=3, sharpness=2)
-    assert not fixed.needs_validation_scores and "sharpness" not in fixed.state()
+    assert not fixed.needs_validation_scores and "sharpness" not in fixed.state() and fixed.result_extras({}) == {}
     for bad in ("sharp", 0.5, None):
         with pytest.raises(ConfigError, match="method.sharpness"):
             STORM(num_classes=3, sharpness=bad)

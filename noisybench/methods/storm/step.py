@@ -228,9 +228,14 @@ class STORM(LossMethod):
     def hparams(self) -> dict:
         # beyond the config's keys: the base loss's (also when named by its registry entry) and the
         # dropout STORM switched on
-        auto = {"sharpness_source": self._auto_note} if self.sharpness == "auto" else {}
         return {"base_loss": self.base_name, **{f"base_loss.{k}": v for k, v in self.base_hparams.items()},
-                "dropout_enabled": self.dropout_enabled, **auto}
+                "dropout_enabled": self.dropout_enabled}
+
+    def result_extras(self, noise_report: dict) -> dict:
+        """sharpness=auto: the last τ, where it came from, and the best noisy-validation accuracy it used."""
+        if self.sharpness != "auto":
+            return {}
+        return {"sharpness": self._tau, "sharpness_source": self._auto_note, "sharpness_val_best": self._val_best}
 
     def state(self) -> dict:
         # sharpness=auto: the τ this epoch trained with (metrics.csv, the diagnostics figure)
