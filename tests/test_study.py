@@ -80,7 +80,8 @@ def test_a_grid_search_runs_every_value_once_and_a_rerun_asks_nothing(cli_env, t
     p = nb("train", *cmd, env=cli_env)
     assert p.returncode == 0, p.stderr[-3000:]
     study = load(sweep, "storm_sharpness")
-    assert sorted(map(str, (t.params["method.sharpness"] for t in study.trials))) == ["1.0", "1.5", "2.0", "4.0", "auto"]
+    values = sorted(str(t.params["method.sharpness"]) for t in study.trials)
+    assert values == ["1.0", "1.5", "2.0", "4.0", "auto"]
     assert all(t.state.name == "COMPLETE" for t in study.trials)
     lasts = {json.loads(r.read_text())["val_last"] for r in sweep.glob("*/result.json")}
     assert {t.value for t in study.trials} <= lasts and len(lasts) >= 1
