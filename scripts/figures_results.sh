@@ -13,7 +13,7 @@ plot() {  # plot SET PATH... [options]: into results/figures/SET
   noisybench plot "$@" -o "results/figures/$set" -f png
 }
 plot mnist1d "$runs/mnist1d/base" "$runs/mnist1d/storm"          # scripts/table_mnist1d.sh
-plot mnist1d "$runs/mnist1d/base" "$runs/mnist1d/storm" "$runs/mnist1d/storm_sharp" --tune method.sharpness
+plot mnist1d "$runs/mnist1d/base" "$runs/mnist1d/storm_sharp" --tune method.sharpness
 plot mnist1d_tuned "$runs/mnist1d_lr"                             # scripts/table_mnist1d_tuned.sh
 plot mnist1d_tuned "$runs/mnist1d_lr" --tune optim.optimizer.lr
 plot sms_spam "$runs/sms_spam/storm"                              # scripts/table_sms.sh
