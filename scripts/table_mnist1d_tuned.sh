@@ -5,8 +5,7 @@
 # lr, and the figures (every lr, and tuned as the table). Usage: scripts/table_mnist1d_tuned.sh [out dir]
 set -euo pipefail
 out="${1:-multirun/mnist1d_lr}"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-time noisybench train -m method=ce,gce,dal optim.optimizer.lr=0.01,0.05,0.1 \
+time noisybench train -m hydra/launcher=local method=ce,gce,dal optim.optimizer.lr=0.01,0.05,0.1 \
   noise.rate=0.2,0.4,0.6 seed=0,1,2 hydra.sweep.dir="$out"
 noisybench report "$out" --tune optim.optimizer.lr -k last,selected,best -o "$out/tuned"
 noisybench report "$out" -k last,selected,best -o "$out/all"
