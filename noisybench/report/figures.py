@@ -40,6 +40,9 @@ __all__ = ["FORMATS", "Group", "Plot", "accuracy_vs_noise", "auc", "captions", "
 FORMATS = ("png", "pdf")
 DPI = 300  # PNG resolution for print (the PDF is vector)
 CAPTIONS = "figures.md"
+# the saved file is the drawing's bounding box (nothing clipped at the figure's edge, e.g. a right-hand
+# panel's title) plus a thin margin
+TIGHT = {"bbox_inches": "tight", "pad_inches": 0.03}
 CAPTIONS_TUNED = "figures_tuned.md"  # `plot --tune` into the same directory keeps the untuned captions
 
 
@@ -93,7 +96,7 @@ def save(plot: Plot, out_dir: Path, formats: Iterable[str] = FORMATS, dpi: int |
         else:
             meta = {"CreationDate": None} if fmt == "pdf" else None  # the same runs give the same PDF
             with rc_context(STYLE), atomic_output(path) as f:
-                plot.figure.savefig(f, format=fmt, dpi=dpi or DPI, metadata=meta)
+                plot.figure.savefig(f, format=fmt, dpi=dpi or DPI, metadata=meta, **TIGHT)
         paths.append(path)
     return paths
 
@@ -116,7 +119,7 @@ def png_bytes(plot: Plot, dpi: int = 150) -> bytes:
 
     buf = io.BytesIO()
     with rc_context(STYLE):
-        plot.figure.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+        plot.figure.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, **TIGHT)
     image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
     out = io.BytesIO()
     method = getattr(Image, "Quantize", Image).MEDIANCUT  # Pillow < 9.1: the module-level constants

@@ -67,7 +67,7 @@ def _row_of_panels(axes, i: int, c: str, saved_runs: list, epochs: list[int], pe
         if j == 0:
             ax.set_ylabel(f"{stack(c)} (n={len(saved_runs)})\ndensity", fontsize=7)
         if last:
-            ax.set_xlabel("per-sample weight")
+            ax.set_xlabel("weight")  # (short: the columns sit side by side)
 
 
 def sample_weight_histograms(group: Group) -> list[Plot]:
