@@ -175,6 +175,8 @@ FILES = {
     "noise.json a list": ("ce", lambda d: (d / "noise.json").write_text("[1, 2]")),
     "noise.json matrix of text": ("ce", lambda d: (d / "noise.json").write_text(
         json.dumps({"transition_matrix": [["a", "b"], ["c", "d"]], "realized_noise_rate": "x"}))),
+    # a noise without a transition matrix (dialogue-state noise, real noise): nothing is missing
+    "noise.json without a matrix": ("ce", lambda d: (d / "noise.json").write_text('{"type": "dst", "rate": 0.2}')),
     "noise.json names an int": ("ce", lambda d: (d / "noise.json").write_text(
         json.dumps({"transition_matrix": np.eye(3).tolist(), "class_names": 5, "realized_noise_rate": [1]}))),
     "weights truncated": ("storm", lambda d: _truncate(d / "sample_weights.npz")),
@@ -195,7 +197,7 @@ def test_run_files_of_another_shape_leave_the_run_out_of_that_figure(small_sweep
     assert "figures from 8 runs" in out
     run_dir = small_sweep / f"method={method},noise.rate=0.4,seed=0"
     footer = out.strip().splitlines()[-1]
-    if case == "noise.json names an int":  # the matrix is fine: drawn, without the class names
+    if case in ("noise.json names an int", "noise.json without a matrix"):  # (drawn without the class names)
         assert footer == "Every run found is in the figures."
     else:
         name = case.split()[0].replace("weights", "sample_weights.npz")
