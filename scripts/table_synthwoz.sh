@@ -5,8 +5,8 @@
 # sweeps; STORM's figures. Usage: scripts/table_synthwoz.sh [out dir]
 set -euo pipefail
 out="${1:-multirun/synthwoz}"
-time noisybench train -m dataset=synthwoz method=ce,gce,dal seed=0,1,2,3,4 noise.rate=0.0,0.2,0.4 \
-  trainer.threads=1 hydra.sweep.dir="$out/base"
+time noisybench train -m hydra/launcher=local dataset=synthwoz method=ce,gce,dal seed=0,1,2,3,4 noise.rate=0.0,0.2,0.4 \
+  hydra.sweep.dir="$out/base"
 time noisybench train -m hydra/launcher=local dataset=synthwoz method=storm seed=0,1,2,3,4 \
   noise.rate=0.0,0.2,0.4 hydra.sweep.dir="$out/storm"
 noisybench report "$out/base" "$out/storm" -k last,selected,best -o "$out/report"
