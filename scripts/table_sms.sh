@@ -8,7 +8,7 @@ data="${1:?usage: table_sms.sh <dir containing sms_spam/> [out dir]}"
 out="${2:-multirun/sms_spam}"
 seeds=0,1,2,3,4,5,6,7,8,9
 rates=0.0,0.1,0.2,0.3,0.4
-time noisybench train -m experiment=storm_spam method=ce,gce,dal noise.rate=$rates seed=$seeds \
+time noisybench train -m hydra/launcher=local experiment=storm_spam method=ce,gce,dal noise.rate=$rates seed=$seeds \
   data_dir="$data" hydra.sweep.dir="$out/base"
 time noisybench train -m hydra/launcher=local experiment=storm_spam method=storm seed=$seeds \
   noise.rate=$rates data_dir="$data" hydra.sweep.dir="$out/storm"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces results/synthwoz.md: CE / GCE / DAL / STORM x dst noise 0/0.2/0.4 x 5 seeds on
-# synthwoz (the dataset's defaults and conf/method_dataset/*_synthwoz.yaml). CE/GCE/DAL one run
-# at a time, one thread each; STORM's jobs side by side (the local preset). One report over both
+# synthwoz (the dataset's defaults and conf/method_dataset/*_synthwoz.yaml). Both sweeps with
+# their jobs side by side (the local preset), one thread each. One report over both
 # sweeps; STORM's figures. Usage: scripts/table_synthwoz.sh [out dir]
 set -euo pipefail
 out="${1:-multirun/synthwoz}"
