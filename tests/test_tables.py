@@ -40,7 +40,7 @@ def write_run(root: Path, name: str, *, val: float, test: float, method: str = "
         node[leaf] = value
     record = {
         "dataset": "mnist1d", "model": "cnn1d", "method": {"name": method, **(hp or {})},
-        "noise": {"type": "symmetric", "rate": cfg["noise"]["rate"], "include_true_class": True,
+        "noise": {"type": cfg["noise"]["name"], "rate": cfg["noise"]["rate"], "include_true_class": True,
                   "sampling": "bernoulli", "seed": cfg["noise"]["seed"]},
         "realized_noise_rate": 0.36, "seed": cfg["seed"], "noise_seed": cfg["noise"]["seed"],
         "epochs": cfg["trainer"]["epochs"], "metric": "acc", "test_last": test, "val_last": val,
@@ -87,6 +87,22 @@ def test_noise_keys_go_to_columns_and_derived_keys_are_named_once(tmp_path):
     (title, _, table), *_ = list(tables(df, ["last"]))
     assert "T_max" not in title and "epochs in {5, 10}" in title
     assert any("map=a" in c for c in table.columns)
+
+
+def test_a_key_of_one_noise_type_is_not_a_label(tmp_path):
+    """asymmetric noise has `noise.map`, instance noise `noise.std`, symmetric neither: the column's noise name
+    already says it, so no `map=None` / `std=None` in the labels; a value swept within one type still is."""
+    for seed in (0, 1):
+        write_run(tmp_path, f"sym{seed}", val=0.5, test=0.5, seed=seed)
+        write_run(tmp_path, f"asym{seed}", val=0.5, test=0.6, seed=seed, noise__name="asymmetric",
+                  noise__map="fashion_mnist")
+        for std in (0.1, 0.2):
+            write_run(tmp_path, f"inst{std}-{seed}", val=0.5, test=0.7, seed=seed, noise__name="instance",
+                      noise__std=std)
+    df, _ = load_runs([tmp_path])
+    ((title, _, table),) = list(tables(df, ["last"]))
+    assert "map" not in title and "map=" not in "".join(table.columns)
+    assert "std=0.1" in "".join(table.columns) and "std=0.2" in "".join(table.columns)
 
 
 def test_noise_seed_tied_to_seed_is_a_replicate(tmp_path):

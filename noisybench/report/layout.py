@@ -73,11 +73,24 @@ def varied_keys(df: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
     replicate = {sig(k) for k in REPLICATE if k in keys}
     excluded = set(SHOWN) | set(exclude)
     varied = [k for k in keys if len(set(sig(k))) > 1 and k not in excluded and k not in REPLICATE
-              and not k.startswith("method.") and sig(k) not in replicate]
+              and not k.startswith("method.") and sig(k) not in replicate and not _per_noise(k, configs)]
     chosen: dict = {}
     for k in sorted(varied, key=lambda k: (len(k), k)):  # a key equal to another in every run is derived
         chosen.setdefault(sig(k), k)
     return sorted(chosen.values())
+
+
+def _per_noise(key: str, configs: list[dict]) -> bool:
+    """A noise key that one noise type has and another has not, with one value per noise type
+    (`noise.map` of asymmetric noise, `noise.std` of instance noise): the column's noise name says it."""
+    if not key.startswith("noise."):
+        return False
+    seen: dict = {}
+    for c in configs:
+        value = json.dumps(c.get(key, "<absent>"), sort_keys=True, default=str)
+        if seen.setdefault(c.get("noise.name"), value) != value:
+            return False
+    return True
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:
