@@ -83,6 +83,10 @@ def test_sigkill_then_same_command_equals_uninterrupted_run(method, cli_env, tmp
     again = nb("train", *args, f"hydra.run.dir={run_dir}", env=cli_env)
     assert again.returncode == 0, again.stderr
     assert_same_run(tmp_path / "ref", run_dir)
+    if method == "storm":  # the default sharpness=auto moved τ off 1 (its state is in the checkpoint too)
+        header, *rows = (run_dir / "metrics.csv").read_text().splitlines()
+        tau = [float(r.split(",")[header.split(",").index("sharpness")]) for r in rows]
+        assert tau[0] == 1.0 and max(tau) > 1.0, tau
     rec = result(run_dir)
     assert rec["resumed_from"] and rec["resumed_from"][0]["epochs_done"] >= 1  # killed after epoch 2 had begun
     assert not (run_dir / "checkpoint.pt").exists()  # removed once result.json is written

@@ -911,3 +911,26 @@ def test_auto_sharpness_from_the_noisy_validation_accuracy():
     for bad in ("sharp", 0.5, None):
         with pytest.raises(ConfigError, match="method.sharpness"):
             STORM(num_classes=3, sharpness=bad)
+
+
+@pytest.mark.parametrize("apply_to_val", [True, False])
+def test_the_runner_passes_only_noisy_validation_scores_to_sharpness_auto(cli_env, tmp_path, apply_to_val):
+    """The runner calls on_validation only when the validation labels are noisy: with clean validation labels
+    (noise.apply_to_val=false) STORM's default sharpness=auto stays at 1 and says why; with noisy ones it reads
+    τ from them (an untrained 3-epoch model at 60 % noise: τ > 1 after the first epoch)."""
+    from cli_helpers import nb
+
+    run = tmp_path / "run"
+    p = nb("train", "experiment=smoke", "method=storm", "trainer.epochs=3", "noise.rate=0.6",
+           f"noise.apply_to_val={str(apply_to_val).lower()}", "trainer.threads=1", f"hydra.run.dir={run}",
+           env=cli_env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    extras = json.loads((run / "result.json").read_text())["method_result"]
+    header, *rows = (run / "metrics.csv").read_text().splitlines()
+    tau = [float(r.split(",")[header.split(",").index("sharpness")]) for r in rows]
+    if apply_to_val:
+        assert extras["sharpness_source"] == "noisy validation accuracy" and tau[0] == 1.0 and tau[-1] > 1.0
+        assert extras["sharpness"] > 1.0  # (set after the last evaluation, for epochs that would follow)
+    else:
+        assert extras["sharpness_source"].startswith("off: no score on noisy validation labels")
+        assert tau == [1.0, 1.0, 1.0] and extras["sharpness_val_best"] is None
