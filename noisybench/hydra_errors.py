@@ -64,7 +64,14 @@ def _deleted_group(msg: str) -> str | None:
 def missing_key_hint(error: Exception, overrides: list[str], app_config) -> str | None:
     """Hydra's "Could not override 'trainer.epoch' ... not in struct" as one line with the fix: the
     nearest existing key, or `+KEY=VALUE` when KEY is a parameter its node's target takes but the
-    config does not set (e.g. +optim.optimizer.dampening=0.1). None for other errors."""
+    config does not set (e.g. +optim.optimizer.dampening=0.1); and a `+KEY=VALUE` on a key the config
+    has: KEY=VALUE. None for other errors."""
+    added = re.search(r"Could not append to config\. An item is already at '([^']+)'", f"{error} {error.__cause__}")
+    if added:  # +KEY=VALUE on a key the config has: the + is for keys it has not
+        key = added.group(1)
+        value = next((o.split("=", 1)[1] for o in reversed(overrides)
+                      if "=" in o and o.split("=", 1)[0].lstrip("+~") == key), "VALUE")
+        return f"{key} is already in the config, so set it without the +: {key}={value}"
     m = re.search(r"Could not override '([^']+)'", str(error))
     if not m or app_config is None or "not in struct" not in f"{error} {error.__cause__}":
         return None

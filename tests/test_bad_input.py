@@ -81,6 +81,8 @@ CASES = [
     case("plus-typo", ["+trainer.epoch=3"], USAGE, "did you mean trainer.epochs=3",
          ("+trainer.epoch=3", "trainer.epochs=3")),
     case("plus-unknown-top", ["+foo=1"], USAGE, "foo is not an option of noisybench train"),
+    case("plus-on-an-existing-key", ["+trainer.epochs=3"], USAGE, "trainer.epochs is already in the config",
+         ("+trainer.epochs=3", "trainer.epochs=3")),
     case("plus-subset-typo", ["+dataset.subsett=100"], USAGE, "did you mean dataset.subset=100",
          ("+dataset.subsett=100", "dataset.subset=100")),
     case("typo-without-plus", ["trainer.epoch=3"], USAGE, "did you mean trainer.epochs=3",
